@@ -1,0 +1,28 @@
+# Two commands for a fresh machine (both create and use the project's own .venv):
+#   make demo   run the scrape stage locally on the built-in synthetic poster web
+#   make test   lint and run the test suite
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test venv benchmarks
+
+venv: $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip "setuptools<81" wheel
+	$(PY) -m pip install --quiet --no-build-isolation -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m pipelines.scrape --synthetic_films=300 --output=out/demo
+
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+benchmarks: $(STAMP)
+	$(PY) -m benchmarks.scrape_throughput
+	$(PY) -m benchmarks.hash_grouping
