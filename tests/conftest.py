@@ -23,3 +23,12 @@ def shared_data() -> pathlib.Path:
     if not (path / "README.md").exists():
         pytest.skip(f"real data not found at {path} (set {SHARED_DATA_ENV} to its folder)")
     return path
+
+
+def local_pipeline():
+    """A TestPipeline on the in-process runner (never Prism, which downloads a binary)."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipelines.common import LocalRunner
+
+    return TestPipeline(runner=LocalRunner(), blocking=True)
