@@ -17,6 +17,7 @@ else the ``image`` of the page's JSON-LD film object (the full-size original).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import urllib.parse
@@ -25,6 +26,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import bs4
+
+from transforms.catalog import normalise_genres
 
 NOT_A_TITLE_PAGE = "not_a_title_page"
 NO_POSTER_IN_PAGE = "no_poster_in_page"
@@ -253,3 +256,55 @@ def redact_secrets(text: str, secrets: Iterable[str]) -> str:
     for form in sorted(forms, key=len, reverse=True):
         text = text.replace(form, REDACTED)
     return _API_KEY.sub(lambda m: f"{m.group('name')}{m.group('sep')}{REDACTED}", text)
+
+
+@dataclasses.dataclass(frozen=True)
+class FilmMetadata:
+    """Title, year and genres found while resolving a poster (to fill catalog gaps)."""
+
+    title: str | None = None
+    year: int | None = None
+    genres: tuple[str, ...] = ()
+
+
+def _year_of(date: Any) -> int | None:
+    match = re.match(r"(\d{4})", str(date or ""))
+    return int(match.group(1)) if match else None
+
+
+# TMDb genre ids -> MovieLens genres (ids, unlike names, do not depend on the response language).
+TMDB_GENRE_IDS = {
+    28: "Action", 12: "Adventure", 16: "Animation", 35: "Comedy", 80: "Crime",
+    99: "Documentary", 18: "Drama", 10751: "Children", 14: "Fantasy", 27: "Horror",
+    10402: "Musical", 9648: "Mystery", 10749: "Romance", 878: "Sci-Fi", 53: "Thriller",
+    10752: "War", 37: "Western",
+}  # fmt: skip
+
+
+def tmdb_metadata(body: dict) -> FilmMetadata:
+    """Title, release year and genres (by TMDb genre id) of a TMDb /movie response."""
+    genres = [
+        TMDB_GENRE_IDS.get(g.get("id"), g.get("name", ""))
+        for g in body.get("genres") or []
+        if isinstance(g, dict)
+    ]
+    return FilmMetadata(
+        title=body.get("title") or None,
+        year=_year_of(body.get("release_date")),
+        genres=normalise_genres(genres),
+    )
+
+
+def imdb_metadata(html: str) -> FilmMetadata:
+    """Title, year and genres from the JSON-LD of an IMDb title page."""
+    soup = bs4.BeautifulSoup(html, "html.parser")
+    for item in _json_ld_objects(soup):
+        if _is_title_object(item):
+            genre = item.get("genre") or []
+            genres = [genre] if isinstance(genre, str) else [str(g) for g in genre]
+            return FilmMetadata(
+                title=item.get("name") or None,
+                year=_year_of(item.get("datePublished")),
+                genres=normalise_genres(genres),
+            )
+    return FilmMetadata()

@@ -1,0 +1,71 @@
+"""What every pipeline entry point shares: option parsing with --help, and the local runner."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import SetupOptions
+from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.runners.direct.direct_runner import DirectRunner
+
+_LOCAL_RUNNERS = (None, "DirectRunner", "direct", "directrunner")
+
+
+class LocalRunner(DirectRunner):
+    """The DirectRunner without its attempt to start Prism, which downloads a binary.
+
+    Beam 2.77's DirectRunner skips Prism for interactive pipelines and otherwise behaves the
+    same (in-process FnApiRunner, or its multi-process mode with --direct_running_mode).
+    """
+
+    _is_interactive = True
+
+
+def parse_options(
+    argv: Sequence[str] | None,
+    options_class: type[PipelineOptions],
+    description: str,
+) -> PipelineOptions:
+    """Parse argv into PipelineOptions; ``--help`` lists the stage's own options."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(
+        description=description,
+        epilog="Beam runner options (--runner, --project, --region, --temp_location, "
+        "--direct_running_mode, --direct_num_workers, --setup_file, ...) are accepted too.",
+    )
+    options_class._add_argparse_args(parser)  # noqa: SLF001 - Beam's documented extension hook
+    parser.parse_known_args(argv)  # exits with the help text on --help, or on a bad value
+    return PipelineOptions(argv)
+
+
+def make_pipeline(
+    options: PipelineOptions, test_pipeline: beam.Pipeline | None = None
+) -> beam.Pipeline:
+    """The pipeline to build on: the given test pipeline, or one on the right runner."""
+    if test_pipeline is not None:
+        return test_pipeline
+    runner = options.view_as(StandardOptions).runner
+    if runner in _LOCAL_RUNNERS or str(runner).lower() in _LOCAL_RUNNERS:
+        return beam.Pipeline(runner=LocalRunner(), options=options)
+    options.view_as(SetupOptions).save_main_session = False
+    return beam.Pipeline(options=options)
+
+
+def is_local(options: PipelineOptions) -> bool:
+    """Whether the pipeline runs on this machine (DirectRunner)."""
+    runner = options.view_as(StandardOptions).runner
+    return runner in _LOCAL_RUNNERS or str(runner).lower() in _LOCAL_RUNNERS
+
+
+def configure_logging() -> None:
+    """INFO logging for command-line runs, quiet for chatty libraries."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("urllib3", "absl", "tensorflow", "apache_beam.runners.portability"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,166 @@
+"""Poster drawing: genre signal, pHash separation, near copies and the decompression bomb."""
+
+from __future__ import annotations
+
+import collections
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from synthetic import posters
+from synthetic.catalog import Film
+from synthetic.catalog import SyntheticCatalog
+
+NEAR_LIMIT = 6
+DISTINCT_LIMIT = 12
+
+
+def _pairwise_hamming(hashes: np.ndarray) -> np.ndarray:
+    """Hamming distances between all pairs of 64-bit hashes, shape (n, n)."""
+    bits = np.unpackbits(hashes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1).astype(
+        np.int16
+    )
+    return (bits[:, None, :] != bits[None, :, :]).sum(axis=2)
+
+
+def _groups(catalog: SyntheticCatalog) -> np.ndarray:
+    """Per film, the movie id of the poster it was copied from (itself if none)."""
+    source = {d.movie_id: d.source_movie_id for d in catalog.duplicates}
+    return np.array([source.get(f.movie_id, f.movie_id) for f in catalog.films])
+
+
+def test_draw_is_deterministic_rgb_and_sized() -> None:
+    film = Film(12, "tt0114709", 862, "Toy Tale", 1995, ("Animation", "Comedy"))
+    a = posters.draw_poster(film, seed=3)
+    b = posters.draw_poster(film, seed=3)
+    assert a.mode == "RGB" and a.size == posters.DEFAULT_SIZE
+    assert a.tobytes() == b.tobytes()
+    assert posters.encode_jpeg(a) == posters.encode_jpeg(b)
+    assert posters.draw_poster(film, seed=4).tobytes() != a.tobytes()
+    assert posters.draw_poster(film, seed=3, size=(100, 150)).size == (100, 150)
+
+
+def test_every_genre_draws() -> None:
+    for k, genre in enumerate(posters.GENRE_STYLES):
+        film = Film(k + 1, f"tt{k + 1:07d}", k + 1, f"Film {k}", 2000, (genre,))
+        img = posters.draw_poster(film, seed=0)
+        assert np.asarray(img).std() > 10, genre
+
+
+def test_draw_is_fast() -> None:
+    films = [Film(i, f"tt{i:07d}", i, f"Film {i}", 2000, ("Drama", "Action")) for i in range(1, 61)]
+    posters.draw_poster(films[0], seed=0)
+    start = time.perf_counter()
+    for film in films:
+        posters.draw_poster(film, seed=0)
+    per_poster = (time.perf_counter() - start) / len(films)
+    assert per_poster < 0.05, f"{per_poster * 1000:.1f} ms per poster"
+
+
+def test_distinct_films_far_apart_planted_pairs_close(
+    catalog: SyntheticCatalog, hashes: np.ndarray
+) -> None:
+    dist = _pairwise_hamming(hashes)
+    groups = _groups(catalog)
+    same = groups[:, None] == groups[None, :]
+    upper = np.triu(np.ones_like(same), k=1).astype(bool)
+    distinct = dist[upper & ~same]
+    planted = dist[upper & same]
+    min_distinct = int(distinct.min())
+    assert (distinct <= DISTINCT_LIMIT).sum() == 0, (
+        f"min distinct-pair pHash distance {min_distinct} over {distinct.size} pairs"
+    )
+    assert planted.size == len(catalog.duplicates)
+    assert int(planted.max()) <= NEAR_LIMIT, f"max planted-pair distance {planted.max()}"
+    assert distinct.mean() > 26
+
+
+def test_near_copies_stay_near(catalog: SyntheticCatalog, hashes: np.ndarray) -> None:
+    rng = np.random.default_rng(11)
+    worst: dict[str, int] = collections.defaultdict(int)
+    for index, film in enumerate(catalog.films[:80]):
+        original = catalog.poster_bytes(film.movie_id)
+        for transform in posters.NEAR_TRANSFORMS:
+            copy = posters.near_copy(original, transform, rng)
+            assert copy != original
+            distance = posters.hamming(int(hashes[index]), posters.phash64_bytes(copy))
+            worst[transform] = max(worst[transform], distance)
+    assert max(worst.values()) <= NEAR_LIMIT, dict(worst)
+
+
+def test_near_copy_transforms_do_what_they_say() -> None:
+    film = Film(5, "tt0000005", 5, "Five", 1960, ("Western",))
+    original = posters.encode_jpeg(posters.draw_poster(film, seed=0))
+    rng = np.random.default_rng(0)
+    src = Image.open(io.BytesIO(original))
+    resized = Image.open(io.BytesIO(posters.near_copy(original, "resize", rng)))
+    assert resized.size != src.size
+    ratio = resized.width / src.width
+    assert 0.6 <= ratio <= 1.6
+    cropped = Image.open(io.BytesIO(posters.near_copy(original, "crop", rng)))
+    assert 0.955 * src.width <= cropped.width < src.width
+    assert 0.955 * src.height <= cropped.height < src.height
+    brighter = posters.near_copy(original, "brightness", rng)
+    ratio = (
+        np.asarray(Image.open(io.BytesIO(brighter)), float).mean() / np.asarray(src, float).mean()
+    )
+    assert 0.8 < ratio < 1.2 and abs(ratio - 1) > 0.02
+    reencoded = Image.open(io.BytesIO(posters.near_copy(original, "reencode", rng)))
+    assert reencoded.size == src.size
+    with pytest.raises(ValueError):
+        posters.near_copy(original, "mirror", rng)
+
+
+def test_genre_is_visible_to_a_nearest_centroid_classifier(catalog: SyntheticCatalog) -> None:
+    feats = np.array(
+        [
+            np.asarray(
+                Image.open(io.BytesIO(catalog.poster_bytes(f.movie_id))).resize(
+                    (8, 8), Image.Resampling.BOX
+                ),
+                dtype=np.float64,
+            ).ravel()
+            for f in catalog.films
+        ]
+    )
+    labels = np.array([f.genres[0] for f in catalog.films])
+    train = np.arange(len(labels)) % 3 != 0
+    classes = sorted(set(labels[train]))
+    centroids = np.array([feats[train & (labels == g)].mean(axis=0) for g in classes])
+    dists = ((feats[~train][:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    predicted = np.array(classes)[dists.argmin(axis=1)]
+    accuracy = float((predicted == labels[~train]).mean())
+    majority = collections.Counter(labels[train]).most_common(1)[0][0]
+    baseline = float((labels[~train] == majority).mean())
+    assert accuracy > max(0.35, 2 * baseline), (accuracy, baseline)
+
+
+def test_phash_reference_properties() -> None:
+    film = Film(9, "tt0000009", 9, "Nine", 1999, ("Sci-Fi",))
+    img = posters.draw_poster(film, seed=0)
+    value = posters.phash64(img)
+    assert 0 <= value < 2**64
+    assert value.bit_count() == 32, "63 AC coefficients vs their median: 31 above, plus DC"
+    assert posters.phash64(img.convert("L").convert("RGB")) == value
+    assert posters.hamming(value, value ^ 0b1011) == 3
+    ramp = Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1)), "L")
+    mirrored = ramp.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    assert posters.hamming(posters.phash64(ramp), posters.phash64(mirrored)) > 0
+
+
+def test_decompression_bomb_png(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = posters.decompression_bomb_png()
+    assert data.startswith(b"\x89PNG\r\n\x1a\n")
+    assert len(data) < 5000
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(io.BytesIO(data))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    with Image.open(io.BytesIO(data)) as img:
+        assert img.size == (60000, 60000)
+        assert img.format == "PNG"
+    with Image.open(io.BytesIO(posters.decompression_bomb_png(300, 200))) as small:
+        small.load()
+        assert small.size == (300, 200)

@@ -1,0 +1,436 @@
+"""A polite HTTP client for scraping: rate limits, retries, robots.txt, allowlist, size caps.
+
+One :class:`PoliteFetcher` is created per worker (in ``DoFn.setup``) and shared by the worker's
+fetch threads. Every failure is raised as :class:`FetchError` with a machine-readable reason, the
+last HTTP status and the number of attempts, with secrets removed from its URL and message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import email.utils
+import fnmatch
+import logging
+import random
+import threading
+import time
+import urllib.parse
+import urllib.robotparser
+from collections.abc import Callable
+from collections.abc import Mapping
+
+import requests
+import requests.adapters
+
+from transforms.resolve import redact_secrets
+
+DEFAULT_USER_AGENT = (
+    "poster-recs-scraper/0.1 (poster similarity research crawler; "
+    "+https://github.com/poster-recs/poster-recs)"
+)
+DEFAULT_ALLOWED_HOSTS = (
+    "api.themoviedb.org",
+    "image.tmdb.org",
+    "www.imdb.com",
+    "m.media-amazon.com",
+    "ia.media-imdb.com",
+    "images-na.ssl-images-amazon.com",
+)
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+NOAI_TOKENS = frozenset({"noai", "noimageai"})
+
+_LOG = logging.getLogger(__name__)
+
+
+class FetchError(Exception):
+    """A URL that could not be fetched, with a reason code fit for a dead-letter table."""
+
+    def __init__(
+        self,
+        reason: str,
+        detail: str,
+        *,
+        url: str = "",
+        http_status: int | None = None,
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.url = url
+        self.http_status = http_status
+        self.attempts = attempts
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchPolicy:
+    """How politely and how persistently to fetch."""
+
+    user_agent: str = DEFAULT_USER_AGENT
+    requests_per_second_per_host: float = 2.0
+    max_attempts: int = 4
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 30.0
+    max_retry_after_s: float = 120.0
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 15.0
+    max_body_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 5
+    allowed_hosts: tuple[str, ...] = DEFAULT_ALLOWED_HOSTS
+    respect_robots_txt: bool = True
+    pool_size: int = 16
+    secrets: tuple[str, ...] = dataclasses.field(default=(), repr=False)
+
+    def __post_init__(self) -> None:
+        if self.requests_per_second_per_host <= 0:
+            raise ValueError("requests_per_second_per_host must be > 0")
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        if self.max_body_bytes <= 0:
+            raise ValueError("max_body_bytes must be > 0")
+        if not self.allowed_hosts:
+            raise ValueError("allowed_hosts is empty: name at least one host to fetch from")
+
+
+@dataclasses.dataclass(frozen=True)
+class FetchResponse:
+    """A successful response: final URL (secrets removed), status, headers and body."""
+
+    url: str
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    attempts: int
+
+
+def host_allowed(netloc: str, allowed_hosts: tuple[str, ...]) -> bool:
+    """Whether ``host[:port]`` matches an allowlist entry: host, host:port or *.domain."""
+    netloc = netloc.lower()
+    hostname = netloc.rsplit(":", 1)[0] if netloc.count(":") == 1 else netloc
+    for pattern in allowed_hosts:
+        pattern = pattern.lower().strip()
+        if fnmatch.fnmatchcase(netloc, pattern) or fnmatch.fnmatchcase(hostname, pattern):
+            return True
+    return False
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def crawl_delay(robots_lines: list[str], user_agent: str) -> float | None:
+    """The Crawl-delay (fractional seconds allowed) of the group that applies to ``user_agent``."""
+    token = user_agent.split("/", 1)[0].strip().lower()
+    delays: dict[str, float] = {}
+    agents: list[str] = []
+    in_rules = False
+    for raw in robots_lines:
+        line = raw.split("#", 1)[0].strip()
+        if ":" not in line:
+            continue
+        field, value = (part.strip() for part in line.split(":", 1))
+        field = field.lower()
+        if field == "user-agent":
+            if in_rules:
+                agents, in_rules = [], False
+            agents.append(value.lower())
+            continue
+        in_rules = True
+        if field == "crawl-delay":
+            try:
+                seconds = float(value)
+            except ValueError:
+                continue
+            for agent in agents:
+                delays[agent] = seconds
+    for agent, seconds in delays.items():
+        if agent != "*" and agent in token:
+            return seconds
+    return delays.get("*")
+
+
+class HostRateLimiter:
+    """Spaces requests to each host at least ``1 / rate`` seconds apart, across threads."""
+
+    def __init__(
+        self,
+        requests_per_second: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._interval = 1.0 / requests_per_second
+        self._clock = clock
+        self._sleep = sleep
+        self._next: dict[str, float] = {}
+        self._min_interval: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def slow_down(self, host: str, interval_s: float) -> None:
+        """Raise the spacing for one host (e.g. to a robots.txt Crawl-delay)."""
+        with self._lock:
+            self._min_interval[host] = max(self._min_interval.get(host, 0.0), interval_s)
+
+    def wait(self, host: str) -> None:
+        """Block until the caller may send its next request to ``host``."""
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next.get(host, now))
+            interval = max(self._interval, self._min_interval.get(host, 0.0))
+            self._next[host] = slot + interval
+        delay = slot - now
+        if delay > 0:
+            self._sleep(delay)
+
+
+class PoliteFetcher:
+    """Fetches URLs politely; safe to share between threads of one worker."""
+
+    def __init__(self, policy: FetchPolicy, session: requests.Session | None = None) -> None:
+        self.policy = policy
+        self._session = session or requests.Session()
+        adapter = requests.adapters.HTTPAdapter(
+            pool_connections=policy.pool_size, pool_maxsize=policy.pool_size, max_retries=0
+        )
+        self._session.mount("http://", adapter)
+        self._session.mount("https://", adapter)
+        self._session.headers["User-Agent"] = policy.user_agent
+        self._limiter = HostRateLimiter(policy.requests_per_second_per_host)
+        self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        self._robots_locks: dict[str, threading.Lock] = {}
+        self._robots_guard = threading.Lock()
+        self._rng = random.Random()
+
+    def close(self) -> None:
+        """Release pooled connections."""
+        self._session.close()
+
+    def redact(self, text: str) -> str:
+        """Text with every configured secret and api_key value removed."""
+        return redact_secrets(text, self.policy.secrets)
+
+    # ------------------------------------------------------------------ public API
+    def get(self, url: str, params: Mapping[str, str] | None = None) -> FetchResponse:
+        """GET ``url`` (plus query ``params``, which may hold secrets) or raise FetchError."""
+        shown = self.redact(url)
+        self._check_target(url, shown, redirected=False)
+        attempts = 0
+        redirects = 0
+        last_status: int | None = None
+        last_reason, last_detail = "", ""
+        current = url
+        while attempts < self.policy.max_attempts:
+            attempts += 1
+            netloc = urllib.parse.urlsplit(current).netloc.lower()
+            self._limiter.wait(netloc)
+            try:
+                response = self._session.get(
+                    current,
+                    params=params,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(self.policy.connect_timeout_s, self.policy.read_timeout_s),
+                )
+            except requests.Timeout as exc:
+                last_reason, last_detail = "timeout", self.redact(str(exc))
+                self._backoff(attempts, None)
+                continue
+            except requests.RequestException as exc:
+                last_reason, last_detail = "connection_error", self.redact(str(exc))
+                self._backoff(attempts, None)
+                continue
+            with response:
+                last_status = response.status_code
+                if response.is_redirect or response.status_code in (301, 302, 303, 307, 308):
+                    location = response.headers.get("Location", "")
+                    target = urllib.parse.urljoin(current, location)
+                    redirects += 1
+                    if redirects > self.policy.max_redirects:
+                        raise FetchError(
+                            "too_many_redirects",
+                            f"more than {self.policy.max_redirects} redirects",
+                            url=shown,
+                            http_status=last_status,
+                            attempts=attempts,
+                        )
+                    self._check_target(target, self.redact(target), redirected=True)
+                    current = target
+                    params = None if urllib.parse.urlsplit(target).query else params
+                    attempts -= 1  # a redirect is not a failed attempt
+                    continue
+                if response.status_code in RETRYABLE_STATUS:
+                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                    last_reason = f"http_{response.status_code}"
+                    last_detail = f"HTTP {response.status_code} from {shown}"
+                    if retry_after is not None and retry_after > self.policy.max_retry_after_s:
+                        raise FetchError(
+                            "retry_after_too_long",
+                            f"server asked to wait {retry_after:.0f}s "
+                            f"(limit {self.policy.max_retry_after_s:.0f}s)",
+                            url=shown,
+                            http_status=last_status,
+                            attempts=attempts,
+                        )
+                    self._backoff(attempts, retry_after)
+                    continue
+                if response.status_code >= 400:
+                    raise FetchError(
+                        f"http_{response.status_code}",
+                        f"HTTP {response.status_code} from {shown}",
+                        url=shown,
+                        http_status=last_status,
+                        attempts=attempts,
+                    )
+                self._check_x_robots(response.headers, shown, attempts)
+                try:
+                    body = self._read_body(response, shown, attempts)
+                except _TruncatedBody as exc:
+                    last_reason, last_detail = "truncated_body", str(exc)
+                    self._backoff(attempts, None)
+                    continue
+                return FetchResponse(
+                    url=self.redact(response.url or current),
+                    status=response.status_code,
+                    headers=dict(response.headers),
+                    body=body,
+                    attempts=attempts,
+                )
+        raise FetchError(
+            last_reason or "gave_up",
+            f"gave up after {attempts} attempts: {last_detail}",
+            url=shown,
+            http_status=last_status,
+            attempts=attempts,
+        )
+
+    # ------------------------------------------------------------------ checks
+    def _check_target(self, url: str, shown: str, *, redirected: bool) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise FetchError(
+                "redirect_bad_scheme" if redirected else "bad_scheme",
+                f"only http and https URLs are fetched, not {parts.scheme or 'no'} scheme: {shown}",
+                url=shown,
+            )
+        if not parts.netloc or not host_allowed(parts.netloc, self.policy.allowed_hosts):
+            raise FetchError(
+                "redirect_host_not_allowed" if redirected else "host_not_allowed",
+                f"host {parts.netloc!r} is not in the allowlist; add it with --allowed_hosts "
+                f"if it should be fetched: {shown}",
+                url=shown,
+            )
+        if self.policy.respect_robots_txt and not self._robots_allows(url):
+            raise FetchError(
+                "robots_disallowed",
+                f"robots.txt of {parts.netloc} disallows {parts.path} for our user agent",
+                url=shown,
+            )
+
+    def _check_x_robots(self, headers: Mapping[str, str], shown: str, attempts: int) -> None:
+        tag = headers.get("X-Robots-Tag", "")
+        tokens = {t.strip().lower() for part in tag.split(",") for t in part.split(":")}
+        if tokens & NOAI_TOKENS:
+            raise FetchError(
+                "x_robots_tag_noai",
+                f"X-Robots-Tag '{tag}' forbids use for AI/image models",
+                url=shown,
+                http_status=200,
+                attempts=attempts,
+            )
+
+    def _read_body(self, response: requests.Response, shown: str, attempts: int) -> bytes:
+        limit = self.policy.max_body_bytes
+        declared = response.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise FetchError(
+                "body_too_large",
+                f"Content-Length {declared} exceeds the {limit}-byte limit",
+                url=shown,
+                http_status=response.status_code,
+                attempts=attempts,
+            )
+        chunks = []
+        size = 0
+        try:
+            for chunk in response.iter_content(chunk_size=64 * 1024):
+                size += len(chunk)
+                if size > limit:
+                    raise FetchError(
+                        "body_too_large",
+                        f"body exceeds the {limit}-byte limit",
+                        url=shown,
+                        http_status=response.status_code,
+                        attempts=attempts,
+                    )
+                chunks.append(chunk)
+        except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as exc:
+            raise _TruncatedBody(f"connection broke while reading {shown}: {exc}") from exc
+        body = b"".join(chunks)
+        if declared and declared.isdigit() and int(declared) != len(body):
+            raise _TruncatedBody(f"got {len(body)} of {declared} bytes from {shown}")
+        return body
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> None:
+        if attempt >= self.policy.max_attempts:
+            return
+        exp = min(self.policy.backoff_max_s, self.policy.backoff_base_s * 2 ** (attempt - 1))
+        delay = exp / 2 + self._rng.uniform(0, exp / 2)
+        if retry_after is not None:
+            delay = max(delay, retry_after)
+        time.sleep(delay)
+
+    # ------------------------------------------------------------------ robots.txt
+    def _robots_allows(self, url: str) -> bool:
+        parts = urllib.parse.urlsplit(url)
+        key = f"{parts.scheme}://{parts.netloc.lower()}"
+        with self._robots_guard:
+            lock = self._robots_locks.setdefault(key, threading.Lock())
+        with lock:
+            if key not in self._robots:
+                self._robots[key] = self._load_robots(key)
+            parser = self._robots[key]
+        if parser is None:
+            return False
+        return parser.can_fetch(self.policy.user_agent, url)
+
+    def _load_robots(self, origin: str) -> urllib.robotparser.RobotFileParser | None:
+        """Parse an origin's robots.txt; None (disallow all) when it cannot be read."""
+        parser = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
+        netloc = urllib.parse.urlsplit(origin).netloc
+        for attempt in range(1, self.policy.max_attempts + 1):
+            self._limiter.wait(netloc)
+            try:
+                response = self._session.get(
+                    origin + "/robots.txt",
+                    timeout=(self.policy.connect_timeout_s, self.policy.read_timeout_s),
+                )
+            except requests.RequestException:
+                self._backoff(attempt, None)
+                continue
+            if response.status_code >= 500 or response.status_code == 429:
+                self._backoff(attempt, parse_retry_after(response.headers.get("Retry-After")))
+                continue
+            if response.status_code >= 400:
+                parser.parse([])  # RFC 9309: an unavailable (4xx) robots.txt allows everything
+                return parser
+            lines = response.text.splitlines()
+            parser.parse(lines)
+            delay = crawl_delay(lines, self.policy.user_agent)
+            if delay:
+                self._limiter.slow_down(netloc, float(delay))
+            return parser
+        _LOG.warning("robots.txt of %s unreachable; treating the host as disallowed", origin)
+        return None
+
+
+class _TruncatedBody(Exception):
+    """The connection ended before the declared body was read (retryable)."""

@@ -1,0 +1,145 @@
+"""Output layout of a stage and its run manifest (counts that must add up).
+
+Layout under an output root (local or ``gs://``)::
+
+    {root}/{table}/run-NNNN/{table}-SSSSS-of-NNNNN.{ext}
+    {root}/manifests/run-NNNN.json   (and run-NNNN.parquet, the RunManifest row)
+
+A run counts as completed once its manifest exists; later runs read only completed runs, so a
+crashed run is simply redone under the same run id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import re
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+
+from schemas import RunManifest
+from transforms.sinks import parquet_encoder
+from transforms.sinks import write_bytes
+
+_RUN = re.compile(r"run-(\d{4,})\.json$")
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputLayout:
+    """Where one run of a stage writes its tables and manifest."""
+
+    root: str
+    run_id: str
+
+    @staticmethod
+    def completed_runs(root: str) -> list[str]:
+        """Run ids under ``root`` that finished (have a manifest), oldest first."""
+        pattern = FileSystems.join(root, "manifests", "run-*.json")
+        matches = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        ids = sorted(int(m.group(1)) for p in matches if (m := _RUN.search(p)))
+        return [f"run-{i:04d}" for i in ids]
+
+    @classmethod
+    def next_run(cls, root: str) -> OutputLayout:
+        """The layout of the next run under ``root`` (run-0001 for a new root)."""
+        done = cls.completed_runs(root)
+        number = int(done[-1].split("-")[1]) + 1 if done else 1
+        return cls(root=root, run_id=f"run-{number:04d}")
+
+    def table_prefix(self, table: str, run_id: str | None = None) -> str:
+        """Shard prefix of a table for this (or another) run."""
+        run = run_id or self.run_id
+        return FileSystems.join(self.root, table, run, table)
+
+    def table_glob(self, table: str, suffix: str, run_id: str | None = None) -> str:
+        """Glob of every shard of a table for this (or another) run."""
+        return f"{self.table_prefix(table, run_id)}-*-of-*{suffix}"
+
+    @property
+    def manifest_path(self) -> str:
+        """The JSON manifest of this run."""
+        return FileSystems.join(self.root, "manifests", f"{self.run_id}.json")
+
+
+def count(pcoll: beam.PCollection, label: str) -> beam.PCollection:
+    """A singleton PCollection holding the number of elements (0 when empty)."""
+    return pcoll | label >> beam.combiners.Count.Globally()
+
+
+def count_by(pcoll: beam.PCollection, label: str, key) -> beam.PCollection:
+    """A singleton PCollection holding {key(element): count}."""
+    return (
+        pcoll
+        | f"{label}Keys" >> beam.Map(key)
+        | f"{label}Count" >> beam.combiners.Count.PerElement()
+        | f"{label}Dict" >> beam.combiners.ToDict()
+    )
+
+
+def build_manifest(
+    layout: OutputLayout,
+    stage: str,
+    started_at: datetime.datetime,
+    input_path: str,
+    options: dict,
+    counts: dict[str, int],
+    breakdown: dict[str, dict],
+) -> RunManifest:
+    """The manifest row of a run, with the accounting identity evaluated."""
+    input_rows = counts["input_rows"]
+    accounted = (
+        counts["written"]
+        + counts["duplicates"]
+        + counts["dead_lettered"]
+        + counts["already_present"]
+    )
+    return RunManifest(
+        run_id=layout.run_id,
+        stage=stage,
+        started_at=started_at,
+        finished_at=datetime.datetime.now(datetime.UTC),
+        input_path=input_path,
+        output_path=layout.root,
+        input_rows=input_rows,
+        written=counts["written"],
+        duplicates=counts["duplicates"],
+        dead_lettered=counts["dead_lettered"],
+        already_present=counts["already_present"],
+        accounting_ok=input_rows == accounted,
+        counts_json=json.dumps(breakdown, sort_keys=True),
+        options_json=json.dumps(options, sort_keys=True, default=str),
+    )
+
+
+def manifest_json(manifest: RunManifest) -> str:
+    """The manifest as indented JSON (counts expanded) for people and tools."""
+    data = manifest.to_dict()
+    data["counts"] = json.loads(data.pop("counts_json"))
+    data["options"] = json.loads(data.pop("options_json"))
+    data["identity"] = (
+        f"input_rows {manifest.input_rows} == written {manifest.written} + duplicates "
+        f"{manifest.duplicates} + dead_lettered {manifest.dead_lettered} + already_present "
+        f"{manifest.already_present}: {'OK' if manifest.accounting_ok else 'VIOLATED'}"
+    )
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+def write_manifest(layout: OutputLayout, manifest: RunManifest) -> None:
+    """Write the manifest JSON and its one-row Parquet table; this marks the run completed."""
+    parquet_path = layout.manifest_path[: -len(".json")] + ".parquet"
+    write_bytes(parquet_path, parquet_encoder(RunManifest)([manifest]))
+    write_bytes(layout.manifest_path, manifest_json(manifest).encode("utf-8"))
+    if manifest.accounting_ok:
+        _LOG.info("%s: accounting identity holds (%d rows)", layout.run_id, manifest.input_rows)
+    else:
+        _LOG.error("%s: accounting identity VIOLATED: %s", layout.run_id, manifest_json(manifest))
+
+
+def read_manifest(path: str) -> dict:
+    """A manifest JSON written by :func:`write_manifest`."""
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read().decode("utf-8"))

@@ -1,0 +1,227 @@
+"""The scrape stage as one composite: catalog in, deduplicated PosterRecords and side tables out.
+
+Steps: read and parse the catalog (malformed rows dead-lettered), drop catalog duplicates (film
+id), skip films an earlier run already wrote, resolve + fetch + validate posters (failures
+dead-lettered), drop exact and near duplicates, write sharded TFRecords, the dead-letter and
+duplicates tables, and the run manifest whose counts must add up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import typing
+
+import apache_beam as beam
+
+from schemas import DeadLetter
+from schemas import DuplicateRecord
+from schemas import PosterRecord
+from transforms import manifest
+from transforms.catalog import CatalogFormat
+from transforms.catalog import ReadCatalog
+from transforms.dedupe import DedupeCatalog
+from transforms.dedupe import DedupePosters
+from transforms.fetch import FetchPosters
+from transforms.fetch import ImageConfig
+from transforms.fetch import ResolveConfig
+from transforms.http import FetchPolicy
+from transforms.manifest import OutputLayout
+from transforms.sinks import WriteShards
+from transforms.sinks import encode_tfrecord_file
+from transforms.sinks import parquet_encoder
+from transforms.sinks import read_tfrecords
+
+POSTERS_TABLE = PosterRecord.TABLE
+TFRECORD_SUFFIX = ".tfrecord"
+PARQUET_SUFFIX = ".parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScrapeConfig:
+    """Everything one scrape run needs, fixed before the pipeline is built."""
+
+    catalog: str
+    layout: OutputLayout
+    catalog_format: CatalogFormat | None
+    policy: FetchPolicy
+    resolve: ResolveConfig
+    image: ImageConfig
+    concurrency: int = 16
+    near_duplicate_threshold: int = 6
+    num_shards: int = 4
+    existing_runs: tuple[str, ...] = ()
+
+
+class ScrapeOutputs(typing.NamedTuple):
+    """The PCollections a scrape run produces."""
+
+    posters: beam.PCollection
+    dead_letter: beam.PCollection
+    duplicates: beam.PCollection
+    written_files: beam.PCollection
+    counts: dict[str, beam.PCollection]
+
+
+def _parse_existing(data: bytes) -> list[PosterRecord]:
+    return [PosterRecord.from_example(r) for r in read_tfrecords(data)]
+
+
+class _ReadExistingFn(beam.DoFn):
+    """Reads the posters of earlier completed runs (whole shard files, via FileSystems)."""
+
+    def process(self, pattern: str):
+        from apache_beam.io.filesystems import FileSystems
+
+        for match in FileSystems.match([pattern]):
+            for metadata in sorted(match.metadata_list, key=lambda m: m.path):
+                with FileSystems.open(metadata.path) as handle:
+                    yield from _parse_existing(handle.read())
+
+
+class ReadExistingPosters(beam.PTransform):
+    """PosterRecords written by the given completed runs of the same output root."""
+
+    def __init__(self, layout: OutputLayout, run_ids: typing.Sequence[str]) -> None:
+        super().__init__()
+        self._patterns = [layout.table_glob(POSTERS_TABLE, TFRECORD_SUFFIX, r) for r in run_ids]
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        return (
+            pbegin
+            | "ExistingPatterns" >> beam.Create(self._patterns)
+            | "ReadExisting" >> beam.ParDo(_ReadExistingFn())
+        )
+
+
+class _SkipExistingFn(beam.DoFn):
+    def __init__(self) -> None:
+        self._skipped = beam.metrics.Metrics.counter("scrape", "already_present")
+
+    def process(self, entry, existing_ids: set[int]):
+        if entry.movie_id in existing_ids:
+            self._skipped.inc()
+            yield beam.pvalue.TaggedOutput("already_present", entry)
+        else:
+            yield entry
+
+
+class ScrapePosters(beam.PTransform):
+    """Catalog file -> written poster TFRecords, dead-letter and duplicates tables."""
+
+    def __init__(self, config: ScrapeConfig) -> None:
+        super().__init__()
+        self._config = config
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> ScrapeOutputs:
+        config = self._config
+        run_id = config.layout.run_id
+        catalog = pbegin | "ReadCatalog" >> ReadCatalog(
+            config.catalog, run_id=run_id, catalog_format=config.catalog_format
+        )
+        unique = catalog.entries | "DedupeCatalog" >> DedupeCatalog(run_id)
+        existing = pbegin | "ReadExistingPosters" >> ReadExistingPosters(
+            config.layout, config.existing_runs
+        )
+        existing_ids = (
+            existing
+            | "ExistingIds" >> beam.Map(lambda r: r.movie_id)
+            | "ExistingIdSet" >> beam.combiners.ToSet()
+        )
+        todo = unique.entries | "SkipExisting" >> beam.ParDo(
+            _SkipExistingFn(), beam.pvalue.AsSingleton(existing_ids)
+        ).with_outputs("already_present", main="entries")
+        fetched = todo.entries | "FetchPosters" >> FetchPosters(
+            config.policy, config.resolve, config.image, run_id, config.concurrency
+        )
+        deduped = fetched.posters | "DedupePosters" >> DedupePosters(
+            run_id, config.near_duplicate_threshold, existing
+        )
+        dead_letter = (
+            catalog.dead_letter,
+            fetched.dead_letter,
+        ) | "AllDeadLetters" >> beam.Flatten()
+        duplicates = (unique.duplicates, deduped.duplicates) | "AllDuplicates" >> beam.Flatten()
+
+        layout = config.layout
+        written_posters = deduped.posters | "WritePosters" >> WriteShards(
+            layout.table_prefix(POSTERS_TABLE),
+            TFRECORD_SUFFIX,
+            config.num_shards,
+            encode_tfrecord_file,
+            sort_key=lambda r: r.movie_id,
+        )
+        written_dead = dead_letter | "WriteDeadLetters" >> WriteShards(
+            layout.table_prefix(DeadLetter.TABLE),
+            PARQUET_SUFFIX,
+            1,
+            parquet_encoder(DeadLetter),
+            sort_key=lambda d: (d.line_number or 0, d.stage, d.reason, d.input_row),
+        )
+        written_dups = duplicates | "WriteDuplicates" >> WriteShards(
+            layout.table_prefix(DuplicateRecord.TABLE),
+            PARQUET_SUFFIX,
+            1,
+            parquet_encoder(DuplicateRecord),
+            sort_key=lambda d: (d.line_number, d.movie_id),
+        )
+        written_files = (
+            written_posters,
+            written_dead,
+            written_dups,
+        ) | "AllWrittenFiles" >> beam.Flatten()
+        counts = {
+            "catalog_entries": manifest.count(catalog.entries, "CountEntries"),
+            "parse_errors": manifest.count(catalog.dead_letter, "CountParseErrors"),
+            "written": written_posters
+            | "ShardCounts" >> beam.Map(lambda path_and_count: path_and_count[1])
+            | "SumWritten" >> beam.CombineGlobally(sum),
+            "duplicates": manifest.count(duplicates, "CountDuplicates"),
+            "dead_lettered": manifest.count(dead_letter, "CountDeadLetters"),
+            "already_present": manifest.count(todo.already_present, "CountAlreadyPresent"),
+            "dead_letter_reasons": manifest.count_by(
+                dead_letter, "DeadLetterReasons", lambda d: f"{d.stage}/{d.reason}"
+            ),
+            "duplicate_kinds": manifest.count_by(duplicates, "DuplicateKinds", lambda d: d.kind),
+            "files": manifest.count(written_files, "CountFiles"),
+        }
+        return ScrapeOutputs(deduped.posters, dead_letter, duplicates, written_files, counts)
+
+
+class WriteScrapeManifest(beam.PTransform):
+    """Writes the run manifest once every table is written (marks the run completed)."""
+
+    def __init__(self, config: ScrapeConfig, started_at: datetime.datetime, options: dict) -> None:
+        super().__init__()
+        self._config = config
+        self._started_at = started_at
+        self._options = options
+
+    def expand(self, outputs: ScrapeOutputs) -> beam.PCollection:
+        config, started_at, options = self._config, self._started_at, self._options
+        side = {name: beam.pvalue.AsSingleton(p) for name, p in outputs.counts.items()}
+
+        def write(_, **c) -> str:
+            counts = {
+                "input_rows": c["catalog_entries"] + c["parse_errors"],
+                "written": c["written"],
+                "duplicates": c["duplicates"],
+                "dead_lettered": c["dead_lettered"],
+                "already_present": c["already_present"],
+            }
+            breakdown = {
+                "dead_letter_reasons": c["dead_letter_reasons"],
+                "duplicate_kinds": c["duplicate_kinds"],
+                "files_written": c["files"],
+            }
+            row = manifest.build_manifest(
+                config.layout, "scrape", started_at, config.catalog, options, counts, breakdown
+            )
+            manifest.write_manifest(config.layout, row)
+            return config.layout.manifest_path
+
+        return (
+            outputs.posters.pipeline
+            | "ManifestTrigger" >> beam.Create([None])
+            | "WriteManifest" >> beam.Map(write, **side)
+        )
