@@ -16,6 +16,8 @@ from typing import TypeVar
 
 import pyarrow as pa
 
+from schemas.example_proto import Example
+
 
 class Kind(enum.Enum):
     """Logical column types shared by every physical form."""
@@ -51,7 +53,7 @@ _BIGQUERY = {
     Kind.DATE: "DATE",
 }
 _EPOCH_DATE = datetime.date(1970, 1, 1)
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +168,7 @@ class Record:
     # ------------------------------------------------------------------ tf.train.Example
     def to_example(self) -> bytes:
         """Serialise the row as ``tf.train.Example`` bytes."""
-        from tensorflow.core.example import example_pb2
-
-        example = example_pb2.Example()
+        example = Example()
         for name, spec in self.columns():
             value = getattr(self, name)
             if value is None:
@@ -187,9 +187,7 @@ class Record:
     @classmethod
     def from_example(cls: type[R], serialized: bytes) -> R:
         """Parse ``tf.train.Example`` bytes written by :meth:`to_example`."""
-        from tensorflow.core.example import example_pb2
-
-        example = example_pb2.Example.FromString(serialized)
+        example = Example.FromString(serialized)
         features = example.features.feature
         kwargs = {}
         for name, spec in cls.columns():
@@ -245,8 +243,8 @@ class Record:
 
 def _as_utc(value: datetime.datetime) -> datetime.datetime:
     if value.tzinfo is None:
-        return value.replace(tzinfo=datetime.timezone.utc)
-    return value.astimezone(datetime.timezone.utc)
+        return value.replace(tzinfo=datetime.UTC)
+    return value.astimezone(datetime.UTC)
 
 
 def _to_feature_value(kind: Kind, value: Any) -> Any:

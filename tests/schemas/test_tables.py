@@ -23,53 +23,116 @@ from schemas import PosterRecord
 from schemas import RunManifest
 from schemas import WatchEvent
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 WHEN = datetime.datetime(2024, 5, 17, 3, 4, 5, 123456, tzinfo=UTC)
 
 SAMPLES = {
     CatalogEntry: CatalogEntry(
-        line_number=3, movie_id=260, imdb_id="tt0076759", tmdb_id=11, title="Star Wars",
-        year=1977, poster_url="https://image.tmdb.org/t/p/w500/x.jpg", genres=("Action", "Sci-Fi"),
+        line_number=3,
+        movie_id=260,
+        imdb_id="tt0076759",
+        tmdb_id=11,
+        title="Star Wars",
+        year=1977,
+        poster_url="https://image.tmdb.org/t/p/w500/x.jpg",
+        genres=("Action", "Sci-Fi"),
     ),
     PosterRecord: PosterRecord(
-        movie_id=260, image_jpeg=b"\xff\xd8\x00jpeg\xff\xd9", width=182, height=268,
-        original_width=364, original_height=536, original_format="JPEG",
-        content_sha256="ab" * 32, phash="f0e1d2c3b4a59687", source_url="http://x/y.jpg",
-        fetched_at=WHEN, catalog_line=3, imdb_id="tt0076759", tmdb_id=None, title="Star Wars",
-        year=1977, genres=("Action", "Adventure", "Sci-Fi"),
+        movie_id=260,
+        image_jpeg=b"\xff\xd8\x00jpeg\xff\xd9",
+        width=182,
+        height=268,
+        original_width=364,
+        original_height=536,
+        original_format="JPEG",
+        content_sha256="ab" * 32,
+        phash="f0e1d2c3b4a59687",
+        source_url="http://x/y.jpg",
+        fetched_at=WHEN,
+        catalog_line=3,
+        imdb_id="tt0076759",
+        tmdb_id=None,
+        title="Star Wars",
+        year=1977,
+        genres=("Action", "Adventure", "Sci-Fi"),
     ),
     EmbeddingRow: EmbeddingRow(
-        movie_id=1, dim=4, model_name="small_cnn", model_version="v1-abc",
-        content_sha256="cd" * 32, embedded_at=WHEN, embedding=(0.5, -0.5, 0.25, 0.125),
+        movie_id=1,
+        dim=4,
+        model_name="small_cnn",
+        model_version="v1-abc",
+        content_sha256="cd" * 32,
+        embedded_at=WHEN,
+        embedding=(0.5, -0.5, 0.25, 0.125),
     ),
     NeighborRow: NeighborRow(
-        movie_id=1, rank=1, neighbor_id=2, score=0.875, model_version="v1",
+        movie_id=1,
+        rank=1,
+        neighbor_id=2,
+        score=0.875,
+        model_version="v1",
         run_date=datetime.date(2024, 5, 17),
     ),
     CandidateRow: CandidateRow(
-        user_id=7, rank=1, movie_id=3, score=1.5, model_version="v1",
-        run_date=datetime.date(2024, 5, 17), contributing_movie_ids=(1, 2),
+        user_id=7,
+        rank=1,
+        movie_id=3,
+        score=1.5,
+        model_version="v1",
+        run_date=datetime.date(2024, 5, 17),
+        contributing_movie_ids=(1, 2),
     ),
     WatchEvent: WatchEvent(user_id=7, movie_id=1, rating=4.5, watched_at=WHEN),
     DeadLetter: DeadLetter(
-        run_id="run-0001", stage="fetch", reason="http_500", detail="gave up", input_row="{}",
-        attempts=4, line_number=9, movie_id=None, url="http://x", http_status=500,
+        run_id="run-0001",
+        stage="fetch",
+        reason="http_500",
+        detail="gave up",
+        input_row="{}",
+        attempts=4,
+        line_number=9,
+        movie_id=None,
+        url="http://x",
+        http_status=500,
     ),
     DuplicateRecord: DuplicateRecord(
-        run_id="run-0001", movie_id=5, canonical_movie_id=4, kind="near", distance=3,
-        line_number=6, content_sha256="ef" * 32, canonical_content_sha256=None, source_url=None,
+        run_id="run-0001",
+        movie_id=5,
+        canonical_movie_id=4,
+        kind="near",
+        distance=3,
+        line_number=6,
+        content_sha256="ef" * 32,
+        canonical_content_sha256=None,
+        source_url=None,
     ),
     RunManifest: RunManifest(
-        run_id="run-0001", stage="scrape", started_at=WHEN, finished_at=WHEN, input_path="c.csv",
-        output_path="out", input_rows=10, written=7, duplicates=2, dead_lettered=1,
-        already_present=0, accounting_ok=True, counts_json="{}", options_json="{}",
+        run_id="run-0001",
+        stage="scrape",
+        started_at=WHEN,
+        finished_at=WHEN,
+        input_path="c.csv",
+        output_path="out",
+        input_rows=10,
+        written=7,
+        duplicates=2,
+        dead_lettered=1,
+        already_present=0,
+        accounting_ok=True,
+        counts_json="{}",
+        options_json="{}",
     ),
 }
 
 ARROW_TYPES = {
-    Kind.INT64: pa.int64(), Kind.FLOAT32: pa.float32(), Kind.FLOAT64: pa.float64(),
-    Kind.BOOL: pa.bool_(), Kind.STRING: pa.string(), Kind.BYTES: pa.binary(),
-    Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"), Kind.DATE: pa.date32(),
+    Kind.INT64: pa.int64(),
+    Kind.FLOAT32: pa.float32(),
+    Kind.FLOAT64: pa.float64(),
+    Kind.BOOL: pa.bool_(),
+    Kind.STRING: pa.string(),
+    Kind.BYTES: pa.binary(),
+    Kind.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+    Kind.DATE: pa.date32(),
 }
 
 
@@ -147,3 +210,13 @@ def test_missing_required_feature_is_a_clear_error():
     partial.features.feature["movie_id"].int64_list.value.append(1)
     with pytest.raises(ValueError, match="required feature 'image_jpeg' missing"):
         PosterRecord.from_example(partial.SerializeToString())
+
+
+def test_examples_are_wire_identical_to_tensorflows():
+    from tensorflow.core.example import example_pb2
+
+    for table, row in SAMPLES.items():
+        ours = row.to_example()
+        theirs = example_pb2.Example.FromString(ours)
+        assert theirs.SerializeToString(deterministic=True) == ours, table.TABLE
+        assert table.from_example(theirs.SerializeToString()) == row
