@@ -69,3 +69,17 @@ def configure_logging() -> None:
     )
     for noisy in ("urllib3", "absl", "tensorflow", "apache_beam.runners.portability"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def log_counters(result, namespace: str) -> dict[str, int]:
+    """Log and return the Beam Metrics counters of a finished run in one namespace."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
+    totals: dict[str, int] = {}
+    for counter in counters:
+        name = counter.key.metric.name
+        totals[name] = totals.get(name, 0) + (counter.committed or counter.attempted or 0)
+    for name in sorted(totals):
+        logging.getLogger(__name__).info("counter %s/%s = %d", namespace, name, totals[name])
+    return totals

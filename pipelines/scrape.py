@@ -26,6 +26,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
 from pipelines.common import configure_logging
+from pipelines.common import log_counters
 from pipelines.common import make_pipeline
 from pipelines.common import parse_options
 from transforms.catalog import CatalogFormat
@@ -36,11 +37,11 @@ from transforms.http import DEFAULT_ALLOWED_HOSTS
 from transforms.http import DEFAULT_USER_AGENT
 from transforms.http import FetchPolicy
 from transforms.manifest import OutputLayout
+from transforms.manifest import WriteRunManifest
 from transforms.manifest import read_manifest
 from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from transforms.scrape import ScrapeConfig
 from transforms.scrape import ScrapePosters
-from transforms.scrape import WriteScrapeManifest
 
 TMDB_KEY_ENV = "TMDB_API_KEY"
 _SECRET_OPTIONS = ("tmdb_api_key",)
@@ -230,14 +231,16 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         _LOG.info("scrape %s -> %s (%s)", config.catalog, config.layout.root, config.layout.run_id)
         pipeline = make_pipeline(options, test_pipeline)
         outputs = pipeline | "Scrape" >> ScrapePosters(config)
-        _ = outputs | "Manifest" >> WriteScrapeManifest(
-            config, started_at, _public_options(scrape_options)
+        _ = outputs.counts | "Manifest" >> WriteRunManifest(
+            config.layout, "scrape", started_at, config.catalog, _public_options(scrape_options)
         )
         result = pipeline.run()
         result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:
         return {}
+    counters = log_counters(result, "scrape")
     manifest = read_manifest(config.layout.manifest_path)
+    manifest["counters"] = counters
     _LOG.info("manifest %s: %s", config.layout.manifest_path, manifest["identity"])
     return manifest
 

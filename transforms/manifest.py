@@ -65,6 +65,9 @@ class OutputLayout:
         return FileSystems.join(self.root, "manifests", f"{self.run_id}.json")
 
 
+ACCOUNTED = ("written", "duplicates", "dead_lettered", "already_present")
+
+
 def count(pcoll: beam.PCollection, label: str) -> beam.PCollection:
     """A singleton PCollection holding the number of elements (0 when empty)."""
     return pcoll | label >> beam.combiners.Count.Globally()
@@ -78,6 +81,11 @@ def count_by(pcoll: beam.PCollection, label: str, key) -> beam.PCollection:
         | f"{label}Count" >> beam.combiners.Count.PerElement()
         | f"{label}Dict" >> beam.combiners.ToDict()
     )
+
+
+def dead_letter_reasons(dead: beam.PCollection, label: str) -> beam.PCollection:
+    """A singleton {"stage/reason": count} of a dead-letter PCollection."""
+    return count_by(dead, label, lambda d: f"{d.stage}/{d.reason}")
 
 
 def build_manifest(
@@ -113,6 +121,45 @@ def build_manifest(
         counts_json=json.dumps(breakdown, sort_keys=True),
         options_json=json.dumps(options, sort_keys=True, default=str),
     )
+
+
+class WriteRunManifest(beam.PTransform):
+    """Writes a run's manifest from singleton count PCollections, after every table is written.
+
+    The input is a dict of singleton PCollections: ``input_rows`` and the four ``ACCOUNTED``
+    counts, plus any others, which go into the manifest's per-reason breakdown.
+    """
+
+    def __init__(
+        self,
+        layout: OutputLayout,
+        stage: str,
+        started_at: datetime.datetime,
+        input_path: str,
+        options: dict,
+    ) -> None:
+        super().__init__()
+        self._args = (layout, stage, started_at, input_path, options)
+
+    def expand(self, counts: dict[str, beam.PCollection]) -> beam.PCollection:
+        missing = {"input_rows", *ACCOUNTED} - set(counts)
+        if missing:
+            raise ValueError(f"manifest counts missing: {sorted(missing)}")
+        layout, stage, started_at, input_path, options = self._args
+        side = {name: beam.pvalue.AsSingleton(p) for name, p in counts.items()}
+
+        def write(_, **values) -> str:
+            totals = {k: values.pop(k) for k in ("input_rows", *ACCOUNTED)}
+            row = build_manifest(layout, stage, started_at, input_path, options, totals, values)
+            write_manifest(layout, row)
+            return layout.manifest_path
+
+        pipeline = next(iter(counts.values())).pipeline
+        return (
+            pipeline
+            | "ManifestTrigger" >> beam.Create([None])
+            | "WriteManifest" >> beam.Map(write, **side)
+        )
 
 
 def manifest_json(manifest: RunManifest) -> str:

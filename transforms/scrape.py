@@ -9,7 +9,6 @@ duplicates tables, and the run manifest whose counts must add up.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import typing
 
 import apache_beam as beam
@@ -30,7 +29,7 @@ from transforms.manifest import OutputLayout
 from transforms.sinks import WriteShards
 from transforms.sinks import encode_tfrecord_file
 from transforms.sinks import parquet_encoder
-from transforms.sinks import read_tfrecords
+from transforms.sinks import read_tfrecord_records
 
 POSTERS_TABLE = PosterRecord.TABLE
 TFRECORD_SUFFIX = ".tfrecord"
@@ -63,22 +62,6 @@ class ScrapeOutputs(typing.NamedTuple):
     counts: dict[str, beam.PCollection]
 
 
-def _parse_existing(data: bytes) -> list[PosterRecord]:
-    return [PosterRecord.from_example(r) for r in read_tfrecords(data)]
-
-
-class _ReadExistingFn(beam.DoFn):
-    """Reads the posters of earlier completed runs (whole shard files, via FileSystems)."""
-
-    def process(self, pattern: str):
-        from apache_beam.io.filesystems import FileSystems
-
-        for match in FileSystems.match([pattern]):
-            for metadata in sorted(match.metadata_list, key=lambda m: m.path):
-                with FileSystems.open(metadata.path) as handle:
-                    yield from _parse_existing(handle.read())
-
-
 class ReadExistingPosters(beam.PTransform):
     """PosterRecords written by the given completed runs of the same output root."""
 
@@ -90,7 +73,7 @@ class ReadExistingPosters(beam.PTransform):
         return (
             pbegin
             | "ExistingPatterns" >> beam.Create(self._patterns)
-            | "ReadExisting" >> beam.ParDo(_ReadExistingFn())
+            | "ReadExisting" >> beam.FlatMap(read_tfrecord_records, PosterRecord)
         )
 
 
@@ -170,58 +153,17 @@ class ScrapePosters(beam.PTransform):
             written_dead,
             written_dups,
         ) | "AllWrittenFiles" >> beam.Flatten()
+        rows = (catalog.entries, catalog.dead_letter) | "AllCatalogRows" >> beam.Flatten()
         counts = {
-            "catalog_entries": manifest.count(catalog.entries, "CountEntries"),
-            "parse_errors": manifest.count(catalog.dead_letter, "CountParseErrors"),
+            "input_rows": manifest.count(rows, "CountCatalogRows"),
             "written": written_posters
             | "ShardCounts" >> beam.Map(lambda path_and_count: path_and_count[1])
             | "SumWritten" >> beam.CombineGlobally(sum),
             "duplicates": manifest.count(duplicates, "CountDuplicates"),
             "dead_lettered": manifest.count(dead_letter, "CountDeadLetters"),
             "already_present": manifest.count(todo.already_present, "CountAlreadyPresent"),
-            "dead_letter_reasons": manifest.count_by(
-                dead_letter, "DeadLetterReasons", lambda d: f"{d.stage}/{d.reason}"
-            ),
+            "dead_letter_reasons": manifest.dead_letter_reasons(dead_letter, "DeadLetterReasons"),
             "duplicate_kinds": manifest.count_by(duplicates, "DuplicateKinds", lambda d: d.kind),
-            "files": manifest.count(written_files, "CountFiles"),
+            "files_written": manifest.count(written_files, "CountFiles"),
         }
         return ScrapeOutputs(deduped.posters, dead_letter, duplicates, written_files, counts)
-
-
-class WriteScrapeManifest(beam.PTransform):
-    """Writes the run manifest once every table is written (marks the run completed)."""
-
-    def __init__(self, config: ScrapeConfig, started_at: datetime.datetime, options: dict) -> None:
-        super().__init__()
-        self._config = config
-        self._started_at = started_at
-        self._options = options
-
-    def expand(self, outputs: ScrapeOutputs) -> beam.PCollection:
-        config, started_at, options = self._config, self._started_at, self._options
-        side = {name: beam.pvalue.AsSingleton(p) for name, p in outputs.counts.items()}
-
-        def write(_, **c) -> str:
-            counts = {
-                "input_rows": c["catalog_entries"] + c["parse_errors"],
-                "written": c["written"],
-                "duplicates": c["duplicates"],
-                "dead_lettered": c["dead_lettered"],
-                "already_present": c["already_present"],
-            }
-            breakdown = {
-                "dead_letter_reasons": c["dead_letter_reasons"],
-                "duplicate_kinds": c["duplicate_kinds"],
-                "files_written": c["files"],
-            }
-            row = manifest.build_manifest(
-                config.layout, "scrape", started_at, config.catalog, options, counts, breakdown
-            )
-            manifest.write_manifest(config.layout, row)
-            return config.layout.manifest_path
-
-        return (
-            outputs.posters.pipeline
-            | "ManifestTrigger" >> beam.Create([None])
-            | "WriteManifest" >> beam.Map(write, **side)
-        )

@@ -110,6 +110,15 @@ def read_parquet_records(path_glob: str, table: type[Record]) -> list[Record]:
     return rows
 
 
+def read_tfrecord_records(path_glob: str, table: type[Record]) -> list[Record]:
+    """Every record of the TFRecord files matching ``path_glob`` (local or gs://)."""
+    rows: list[Record] = []
+    for path in sorted(m.path for r in FileSystems.match([path_glob]) for m in r.metadata_list):
+        with FileSystems.open(path) as handle:
+            rows.extend(table.from_example(record) for record in read_tfrecords(handle.read()))
+    return rows
+
+
 def write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically through FileSystems (temporary name, then rename)."""
     temp = f"{path}.tmp-writing"
@@ -161,12 +170,9 @@ class WriteShards(beam.PTransform):
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         sort_key = self._sort_key
         num_shards = self._num_shards
-        keyed = records | "KeyByShard" >> beam.Map(
-            lambda r: (shard_of(sort_key(r), num_shards), r)
-        )
-        every_shard = (
-            records.pipeline
-            | "AllShards" >> beam.Create([(i, None) for i in range(num_shards)])
+        keyed = records | "KeyByShard" >> beam.Map(lambda r: (shard_of(sort_key(r), num_shards), r))
+        every_shard = records.pipeline | "AllShards" >> beam.Create(
+            [(i, None) for i in range(num_shards)]
         )
         return (
             (keyed, every_shard)

@@ -336,3 +336,15 @@ def test_api_key_never_logged(clean_web, tmp_path, caplog):
     assert KEY not in caplog.text
     manifest = json.loads((tmp_path / "o" / "manifests" / "run-0001.json").read_text())
     assert manifest["options"]["tmdb_api_key"] == "REDACTED"
+
+
+def test_metrics_count_every_stage(happy_run):
+    manifest, _, _ = happy_run
+    counters = manifest["counters"]
+    planted = CATALOG.duplicates
+    assert counters["catalog_rows"] == 80
+    assert counters["fetched"] == 80 and counters.get("fetch_failed", 0) == 0
+    assert counters["posters_kept"] == manifest["written"]
+    exact = sum(d.kind == "exact" for d in planted)
+    assert counters.get("duplicates_exact", 0) == exact
+    assert counters.get("duplicates_near", 0) == len(planted) - exact

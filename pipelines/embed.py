@@ -1,0 +1,204 @@
+"""Embed stage: poster TFRecords in, one L2-normalised vector per poster out, as Parquet.
+
+Reads the scrape stage's TFRecords (local or gs://), embeds every poster with a CNN from the
+model registry (or a trained ``.keras`` model) through Beam's RunInference, and writes under
+``--output``, in a folder per model version so vectors of different models never mix::
+
+    {model_version}/model/{model_version}.keras          the exact model used (raw pixels in)
+    {model_version}/embeddings/run-NNNN/embeddings-SSSSS-of-NNNNN.parquet   schemas.EmbeddingRow
+    {model_version}/dead_letter/run-NNNN/dead_letter-00000-of-00001.parquet
+    {model_version}/manifests/run-NNNN.json (+ .parquet)
+
+Posters whose (content hash, model version) is already in the table are not embedded again.
+
+    python -m pipelines.embed --posters=out/demo --output=out/vectors --model=squeezenet_v1_1 \\
+        --weights=../shared/data/weights/squeezenet_v1.1_imagenet_notop_keras1.h5
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import tempfile
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
+
+from pipelines.common import configure_logging
+from pipelines.common import log_counters
+from pipelines.common import make_pipeline
+from pipelines.common import parse_options
+from schemas import DeadLetter
+from schemas import EmbeddingRow
+from schemas import PosterRecord
+from transforms import manifest
+from transforms.embed import EmbedConfig
+from transforms.embed import EmbedPosters
+from transforms.manifest import OutputLayout
+from transforms.manifest import WriteRunManifest
+from transforms.manifest import read_manifest
+from transforms.sinks import WriteShards
+from transforms.sinks import parquet_encoder
+from transforms.sinks import read_parquet_records
+from transforms.sinks import read_tfrecord_records
+from transforms.sinks import write_bytes
+
+_LOG = logging.getLogger(__name__)
+
+
+class EmbedOptions(PipelineOptions):
+    """Options of the embed stage."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group("embed stage")
+        group.add_argument(
+            "--posters",
+            help="Poster TFRecords: a glob, or the --output root of the scrape stage.",
+        )
+        group.add_argument("--output", help="Root of the vector tables (local or gs://).")
+        group.add_argument(
+            "--model",
+            default="inception_v3",
+            help="A backbone (inception_v3, vgg16, nasnet_large, resnet50, efficientnet_b0, "
+            "mobilenet_v2, squeezenet_v1_1, small_cnn, pixels) or a trained .keras file.",
+        )
+        group.add_argument(
+            "--weights",
+            default=None,
+            help="'imagenet' (Keras download, needs internet), a local or gs:// .h5, "
+            ".weights.h5 or .keras file, or omit for random weights.",
+        )
+        group.add_argument("--min_batch_size", type=int, default=8)
+        group.add_argument("--max_batch_size", type=int, default=64)
+        group.add_argument(
+            "--share_model_across_processes",
+            action="store_true",
+            help="Load one copy of the model per worker VM, shared by its SDK processes "
+            "(for large models and GPUs).",
+        )
+        group.add_argument("--num_shards", type=int, default=4, help="Vector Parquet shards.")
+
+
+def posters_glob(posters: str) -> str:
+    """The TFRecord glob for --posters: a glob as given, or a scrape output root."""
+    if any(ch in posters for ch in "*?[") or posters.endswith(".tfrecord"):
+        return posters
+    return FileSystems.join(posters, PosterRecord.TABLE, "*", f"{PosterRecord.TABLE}-*.tfrecord")
+
+
+def stage_model(model: str, weights: str | None, output: str) -> tuple[EmbedConfig, OutputLayout]:
+    """Build (or load) the embedding model, save it under its version folder, return the config."""
+    from models.registry import load_embedding_model
+    from models.registry import save_embedding_model
+
+    em = load_embedding_model(model, weights)
+    root = FileSystems.join(output, em.version)
+    layout = OutputLayout.next_run(root)
+    model_uri = FileSystems.join(root, "model", f"{em.version}.keras")
+    if not FileSystems.exists(model_uri):
+        with tempfile.TemporaryDirectory() as tmp:
+            local = os.path.join(tmp, f"{em.version}.keras")
+            save_embedding_model(em, local)
+            with open(local, "rb") as handle:
+                write_bytes(model_uri, handle.read())
+    config = EmbedConfig(
+        model_uri=model_uri,
+        model_name=em.name,
+        model_version=em.version,
+        input_size=tuple(em.input_size),
+        dim=int(em.dim),
+        run_id=layout.run_id,
+    )
+    return config, layout
+
+
+def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
+    """Run the embed stage; returns the run's manifest (as written)."""
+    options = parse_options(argv, EmbedOptions, __doc__.splitlines()[0])
+    opts = options.view_as(EmbedOptions)
+    if not opts.posters or not opts.output:
+        raise ValueError("--posters and --output are required")
+    started_at = datetime.datetime.now(datetime.UTC)
+    base, layout = stage_model(opts.model, opts.weights, opts.output)
+    config = EmbedConfig(
+        **{
+            **base.__dict__,
+            "min_batch_size": opts.min_batch_size,
+            "max_batch_size": opts.max_batch_size,
+            "share_model_across_processes": opts.share_model_across_processes,
+        }
+    )
+    pattern = posters_glob(opts.posters)
+    done_runs = OutputLayout.completed_runs(layout.root)
+    existing_globs = [layout.table_glob(EmbeddingRow.TABLE, ".parquet", r) for r in done_runs]
+    _LOG.info("embed %s with %s -> %s (%s)", pattern, config.model_version, layout.root,
+              layout.run_id)  # fmt: skip
+
+    pipeline = make_pipeline(options, test_pipeline)
+    posters = (
+        pipeline
+        | "PosterGlob" >> beam.Create([pattern])
+        | "ReadPosters" >> beam.FlatMap(read_tfrecord_records, PosterRecord)
+    )
+    embedded = (
+        pipeline
+        | "ExistingGlobs" >> beam.Create(existing_globs)
+        | "ReadExisting" >> beam.FlatMap(read_parquet_records, EmbeddingRow)
+        | "ExistingKeys" >> beam.Map(lambda r: (r.movie_id, r.content_sha256))
+        | "ExistingKeySet" >> beam.combiners.ToSet()
+    )
+    split = posters | "SkipEmbedded" >> beam.Partition(
+        lambda r, n, done: int((r.movie_id, r.content_sha256) in done),
+        2,
+        done=beam.pvalue.AsSingleton(embedded),
+    )
+    todo, present = split[0], split[1]
+    rows, dead = todo | "Embed" >> EmbedPosters(config)
+    written = rows | "WriteVectors" >> WriteShards(
+        layout.table_prefix(EmbeddingRow.TABLE),
+        ".parquet",
+        opts.num_shards,
+        parquet_encoder(EmbeddingRow, list_size=config.dim),
+        sort_key=lambda r: (r.movie_id, r.content_sha256),
+    )
+    written_dead = dead | "WriteDeadLetters" >> WriteShards(
+        layout.table_prefix(DeadLetter.TABLE),
+        ".parquet",
+        1,
+        parquet_encoder(DeadLetter),
+        sort_key=lambda d: (d.movie_id or 0, d.stage, d.reason, d.input_row),
+    )
+    files = (written, written_dead) | "AllFiles" >> beam.Flatten()
+    counts = {
+        "input_rows": manifest.count(posters, "CountPosters"),
+        "written": manifest.count(rows, "CountVectors"),
+        "duplicates": manifest.count(pipeline | "NoDuplicates" >> beam.Create([]), "CountDups"),
+        "dead_lettered": manifest.count(dead, "CountDead"),
+        "already_present": manifest.count(present, "CountPresent"),
+        "dead_letter_reasons": manifest.dead_letter_reasons(dead, "Reasons"),
+        "files_written": manifest.count(files, "CountFiles"),
+    }
+    public = options.get_all_options(drop_default=True, retain_unknown_options=False)
+    public.update(model_version=config.model_version, model_uri=config.model_uri)
+    _ = counts | "Manifest" >> WriteRunManifest(layout, "embed", started_at, pattern, public)
+    result = pipeline.run()
+    result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        return {}
+    written_manifest = read_manifest(layout.manifest_path)
+    written_manifest["counters"] = log_counters(result, "embed")
+    written_manifest["model_version"] = config.model_version
+    written_manifest["vectors_glob"] = layout.table_glob(EmbeddingRow.TABLE, ".parquet")
+    _LOG.info("manifest %s: %s", layout.manifest_path, written_manifest["identity"])
+    return written_manifest
+
+
+if __name__ == "__main__":
+    configure_logging()
+    summary = run()
+    print(summary["identity"])
+    raise SystemExit(0 if summary["accounting_ok"] else 1)

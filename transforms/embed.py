@@ -1,0 +1,215 @@
+"""Embedding posters with a CNN through Beam's RunInference.
+
+Steps: decode and resize each poster for the model (failures dead-lettered), skip posters whose
+(content hash, model version) is already embedded, run the keyed TensorFlow model handler (one
+model per worker process, optionally shared across processes, the GPU used when visible), and
+turn predictions into :class:`schemas.EmbeddingRow` rows. Inference failures are dead-lettered
+through ``with_exception_handling``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import io
+import logging
+import os
+import tempfile
+import traceback
+from collections.abc import Iterable
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference import utils as inference_utils
+from apache_beam.ml.inference.base import KeyedModelHandler
+from apache_beam.ml.inference.base import PredictionResult
+from apache_beam.ml.inference.base import RunInference
+from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
+
+from schemas import DeadLetter
+from schemas import EmbeddingRow
+from schemas import PosterRecord
+
+DEAD_LETTER = "dead_letter"
+_LOG = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedConfig:
+    """What the embedding transforms need: the model file, its identity and batching."""
+
+    model_uri: str
+    model_name: str
+    model_version: str
+    input_size: tuple[int, int]
+    dim: int
+    run_id: str
+    min_batch_size: int = 8
+    max_batch_size: int = 64
+    share_model_across_processes: bool = False
+
+
+def prepare_image(jpeg: bytes, input_size: tuple[int, int]) -> np.ndarray:
+    """Decoded RGB pixels resized to the model's input size, float32 0..255 (HxWx3)."""
+    from PIL import Image
+
+    from models.registry import resize_to
+
+    with Image.open(io.BytesIO(jpeg)) as image:
+        image.load()
+        return resize_to(image, input_size)
+
+
+def _local_copy(uri: str) -> str:
+    """A local path holding the file at ``uri`` (gs:// files are copied to a temp dir)."""
+    if "://" not in uri:
+        return uri
+    from apache_beam.io.filesystems import FileSystems
+
+    local = os.path.join(tempfile.mkdtemp(prefix="embed-model-"), os.path.basename(uri))
+    with FileSystems.open(uri) as src, open(local, "wb") as dst:
+        dst.write(src.read())
+    return local
+
+
+def predict_batch(
+    model: Any, batch: Sequence[np.ndarray], inference_args: dict | None = None, model_id=None
+) -> Iterable[PredictionResult]:
+    """The model's compiled batched predict on a stacked batch (the same call a bare loop makes)."""
+    outputs = model.predict_on_batch(np.stack(batch, axis=0))
+    return inference_utils._convert_to_result(batch, np.asarray(outputs, np.float32), model_id)
+
+
+class PosterModelHandler(TFModelHandlerNumpy):
+    """Loads the poster embedding ``.keras`` model (local or gs://) with the GPU configured."""
+
+    def __init__(self, config: EmbedConfig) -> None:
+        super().__init__(
+            config.model_uri,
+            inference_fn=predict_batch,
+            min_batch_size=config.min_batch_size,
+            max_batch_size=config.max_batch_size,
+            large_model=config.share_model_across_processes,
+        )
+        self._config = config
+
+    def load_model(self):
+        """Configure GPUs (memory growth), then load the Keras model once per process."""
+        import keras
+
+        import models.layers  # noqa: F401 - registers the custom layers for deserialisation
+        from models.registry import configure_gpu
+
+        gpus = configure_gpu()
+        model = keras.saving.load_model(_local_copy(self._config.model_uri), compile=False)
+        _LOG.info("loaded %s on %s", self._config.model_version, gpus or "CPU")
+        return model
+
+    def get_metrics_namespace(self) -> str:
+        """Metrics namespace of RunInference's own counters."""
+        return "embed"
+
+
+def _dead_letter(run_id: str, stage: str, record_key: tuple, exc: Any) -> DeadLetter:
+    movie_id, sha = record_key
+    if isinstance(exc, tuple) and len(exc) >= 2:  # (type, message, traceback) from Beam
+        reason, detail = getattr(exc[0], "__name__", str(exc[0])), str(exc[1])
+    else:
+        reason, detail = type(exc).__name__, "".join(traceback.format_exception_only(exc)).strip()
+    return DeadLetter(
+        run_id=run_id,
+        stage=stage,
+        reason=reason,
+        detail=detail[:2000],
+        input_row=f"movie_id={movie_id} content_sha256={sha}",
+        attempts=1,
+        movie_id=movie_id,
+    )
+
+
+class _ToRowFn(beam.DoFn):
+    def __init__(self, config: EmbedConfig) -> None:
+        self._config = config
+        self._rows = beam.metrics.Metrics.counter("embed", "vectors")
+
+    def start_bundle(self) -> None:
+        self._now = datetime.datetime.now(datetime.UTC)
+
+    def process(self, keyed: tuple[tuple[int, str], PredictionResult]):
+        (movie_id, sha), result = keyed
+        vector = np.asarray(result.inference, dtype=np.float32).ravel()
+        norm = float(np.linalg.norm(vector))
+        if not np.isfinite(norm) or norm == 0.0:
+            yield beam.pvalue.TaggedOutput(
+                DEAD_LETTER,
+                _dead_letter(self._config.run_id, "inference", (movie_id, sha),
+                             ValueError(f"degenerate vector (norm {norm})")),
+            )  # fmt: skip
+            return
+        self._rows.inc()
+        yield EmbeddingRow(
+            movie_id=movie_id,
+            dim=int(vector.size),
+            model_name=self._config.model_name,
+            model_version=self._config.model_version,
+            content_sha256=sha,
+            embedded_at=self._now,
+            embedding=tuple(float(v) for v in vector / norm),
+        )
+
+
+class EmbedPosters(beam.PTransform):
+    """PosterRecord -> EmbeddingRow; bad images and failed inferences go to ``dead_letter``."""
+
+    def __init__(self, config: EmbedConfig) -> None:
+        super().__init__()
+        if not 1 <= config.min_batch_size <= config.max_batch_size:
+            raise ValueError("need 1 <= --min_batch_size <= --max_batch_size")
+        self._config = config
+
+    def expand(self, posters: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        config = self._config
+        size = config.input_size
+        keyed = posters | "KeyPosters" >> beam.Map(
+            lambda r: ((r.movie_id, r.content_sha256), r.image_jpeg)
+        )
+        decoded, bad_images = (
+            keyed
+            | "DecodeAndResize"
+            >> beam.Map(lambda kv: (kv[0], prepare_image(kv[1], size))).with_exception_handling()
+        )
+        predictions, failed = (
+            decoded
+            | "RunInference"
+            >> RunInference(KeyedModelHandler(PosterModelHandler(config))).with_exception_handling()
+        )
+        rows = predictions | "ToRows" >> beam.ParDo(_ToRowFn(config)).with_outputs(
+            DEAD_LETTER, main="rows"
+        )
+        run_id = config.run_id
+        decode_dead = bad_images | "DecodeDeadLetters" >> beam.Map(
+            lambda bad: _dead_letter(run_id, "decode", bad[0][0], bad[1])
+        )
+        inference_dead = failed.failed_inferences | "InferenceDeadLetters" >> beam.FlatMap(
+            lambda bad: [_dead_letter(run_id, "inference", key, bad[1]) for key, _ in bad[0]]
+        )
+        dead = (decode_dead, inference_dead, rows.dead_letter) | "AllEmbedDeadLetters" >> (
+            beam.Flatten()
+        )
+        return rows.rows, dead
+
+
+def read_posters(pattern: str) -> beam.PTransform:
+    """Read poster TFRecords (local or gs://) as PosterRecords."""
+
+    @beam.ptransform_fn
+    def _read(pbegin):
+        return (
+            pbegin
+            | "ReadTFRecords" >> beam.io.ReadFromTFRecord(pattern)
+            | "ParseExamples" >> beam.Map(PosterRecord.from_example)
+        )
+
+    return _read()
