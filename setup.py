@@ -24,7 +24,9 @@ setuptools.setup(
     version="0.1.0",
     description="Beam pipelines that turn movie posters into recommendation candidates",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["pipelines*", "transforms*", "models*", "schemas*", "synthetic*"]),
+    packages=setuptools.find_packages(
+        include=["pipelines*", "transforms*", "models*", "schemas*", "synthetic*"]
+    ),
     install_requires=REQUIRED,
     extras_require={"test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"]},
 )
