@@ -26,6 +26,18 @@ class LocalRunner(DirectRunner):
     _is_interactive = True
 
 
+class CommonOptions(PipelineOptions):
+    """Options every stage shares (declared once: Beam parses all option classes together)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group("output")
+        group.add_argument("--output", help="Output root of the stage (local or gs://).")
+        group.add_argument(
+            "--num_shards", type=int, default=4, help="Shards of the stage's main output table."
+        )
+
+
 def parse_options(
     argv: Sequence[str] | None,
     options_class: type[PipelineOptions],
@@ -38,7 +50,8 @@ def parse_options(
         epilog="Beam runner options (--runner, --project, --region, --temp_location, "
         "--direct_running_mode, --direct_num_workers, --setup_file, ...) are accepted too.",
     )
-    options_class._add_argparse_args(parser)  # noqa: SLF001 - Beam's documented extension hook
+    CommonOptions._add_argparse_args(parser)
+    options_class._add_argparse_args(parser)
     parser.parse_known_args(argv)  # exits with the help text on --help, or on a bad value
     return PipelineOptions(argv)
 

@@ -27,6 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
 from pipelines.common import log_counters
 from pipelines.common import make_pipeline
@@ -59,7 +60,6 @@ class EmbedOptions(PipelineOptions):
             "--posters",
             help="Poster TFRecords: a glob, or the --output root of the scrape stage.",
         )
-        group.add_argument("--output", help="Root of the vector tables (local or gs://).")
         group.add_argument(
             "--model",
             default="inception_v3",
@@ -80,7 +80,6 @@ class EmbedOptions(PipelineOptions):
             help="Load one copy of the model per worker VM, shared by its SDK processes "
             "(for large models and GPUs).",
         )
-        group.add_argument("--num_shards", type=int, default=4, help="Vector Parquet shards.")
 
 
 def posters_glob(posters: str) -> str:
@@ -120,10 +119,11 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     """Run the embed stage; returns the run's manifest (as written)."""
     options = parse_options(argv, EmbedOptions, __doc__.splitlines()[0])
     opts = options.view_as(EmbedOptions)
-    if not opts.posters or not opts.output:
+    common = options.view_as(CommonOptions)
+    if not opts.posters or not common.output:
         raise ValueError("--posters and --output are required")
     started_at = datetime.datetime.now(datetime.UTC)
-    base, layout = stage_model(opts.model, opts.weights, opts.output)
+    base, layout = stage_model(opts.model, opts.weights, common.output)
     config = EmbedConfig(
         **{
             **base.__dict__,
@@ -161,7 +161,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     written = rows | "WriteVectors" >> WriteShards(
         layout.table_prefix(EmbeddingRow.TABLE),
         ".parquet",
-        opts.num_shards,
+        common.num_shards,
         parquet_encoder(EmbeddingRow, list_size=config.dim),
         sort_key=lambda r: (r.movie_id, r.content_sha256),
     )

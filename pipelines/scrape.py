@@ -25,6 +25,7 @@ import urllib.parse
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
 from pipelines.common import log_counters
 from pipelines.common import make_pipeline
@@ -61,7 +62,6 @@ class ScrapeOptions(PipelineOptions):
             default=None,
             help="Catalog format; detected from the header when omitted.",
         )
-        group.add_argument("--output", help="Output root (local or gs://).")
         group.add_argument(
             "--synthetic_films",
             type=int,
@@ -147,18 +147,17 @@ class ScrapeOptions(PipelineOptions):
             default=DEFAULT_NEAR_DUPLICATE_THRESHOLD,
             help="Max Hamming distance of 64-bit perceptual hashes for near duplicates.",
         )
-        group.add_argument("--num_shards", type=int, default=4, help="Poster TFRecord shards.")
 
 
 def _hosts_of(*urls: str) -> tuple[str, ...]:
     return tuple(urllib.parse.urlsplit(u).netloc for u in urls if u)
 
 
-def build_config(options: ScrapeOptions, started_at: datetime.datetime) -> ScrapeConfig:
+def build_config(options: ScrapeOptions, common: CommonOptions) -> ScrapeConfig:
     """The frozen config of a run, with clear errors for missing or bad options."""
     if not options.catalog:
         raise ValueError("--catalog is required (or --synthetic_films=N for the built-in demo)")
-    if not options.output:
+    if not common.output:
         raise ValueError("--output is required: the root folder (local or gs://) to write to")
     api_key = options.tmdb_api_key or os.environ.get(TMDB_KEY_ENV, "")
     bases = (options.tmdb_api_base, options.tmdb_image_base, options.imdb_base)
@@ -179,7 +178,7 @@ def build_config(options: ScrapeOptions, started_at: datetime.datetime) -> Scrap
         pool_size=max(options.fetch_concurrency, 1),
         secrets=(api_key,) if api_key else (),
     )
-    layout = OutputLayout.next_run(options.output)
+    layout = OutputLayout.next_run(common.output)
     return ScrapeConfig(
         catalog=options.catalog,
         layout=layout,
@@ -200,8 +199,8 @@ def build_config(options: ScrapeOptions, started_at: datetime.datetime) -> Scrap
         ),
         concurrency=options.fetch_concurrency,
         near_duplicate_threshold=options.near_duplicate_threshold,
-        num_shards=options.num_shards,
-        existing_runs=tuple(OutputLayout.completed_runs(options.output)),
+        num_shards=common.num_shards,
+        existing_runs=tuple(OutputLayout.completed_runs(common.output)),
     )
 
 
@@ -214,6 +213,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     """Run the scrape stage; returns the run's manifest (as written)."""
     options = parse_options(argv, ScrapeOptions, __doc__.splitlines()[0])
     scrape_options = options.view_as(ScrapeOptions)
+    common = options.view_as(CommonOptions)
     with contextlib.ExitStack() as stack:
         if scrape_options.synthetic_films:
             from synthetic.demo import start_synthetic_web
@@ -222,12 +222,12 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
                 start_synthetic_web(
                     scrape_options.synthetic_films,
                     seed=scrape_options.synthetic_seed,
-                    workdir=scrape_options.output or "out/scrape",
+                    workdir=common.output or "out/scrape",
                 )
             )
             demo.apply_to(scrape_options)
         started_at = datetime.datetime.now(datetime.UTC)
-        config = build_config(scrape_options, started_at)
+        config = build_config(scrape_options, common)
         _LOG.info("scrape %s -> %s (%s)", config.catalog, config.layout.root, config.layout.run_id)
         pipeline = make_pipeline(options, test_pipeline)
         outputs = pipeline | "Scrape" >> ScrapePosters(config)

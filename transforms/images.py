@@ -1,7 +1,7 @@
 """Validation and normalisation of fetched poster bytes, and their 64-bit perceptual hash.
 
-Every function here is pure (bytes in, a value or ``ImageRejected`` out), so a Beam DoFn can call it
-per element and route each rejection, with its machine-readable ``reason``, to a dead-letter output.
+Plain functions, no Beam: bytes in, a value or ``ImageRejected`` out, so a DoFn can call them per
+element and route each rejection, with its machine-readable ``reason``, to a dead-letter output.
 """
 
 from __future__ import annotations
@@ -88,6 +88,7 @@ class _StrictTruncation:
 
     The setting is a Pillow module global that other code may have switched on; a reference count
     lets concurrent decodes share one strict window and restores the caller's value after the last.
+    Other code decoding in that window is strict too, which can only turn silent damage into errors.
     """
 
     def __init__(self) -> None:
@@ -161,8 +162,6 @@ def _decode(img: ImageFile.ImageFile) -> Image.Image:
         with _strict_truncation():
             img.load()
         return ImageOps.exif_transpose(img)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(REASON_TOO_MANY_PIXELS, str(exc)) from exc
     except Exception as exc:
         raise _decode_failure("cannot decode the image", exc) from exc
 
@@ -216,7 +215,9 @@ def normalise_image(
     """Validates fetched poster bytes and re-encodes them as a bounded-size RGB JPEG.
 
     ``original_width``/``original_height`` are those of the decoded original after its EXIF
-    orientation, so they share the aspect ratio of the stored JPEG. Raises ``ImageRejected``.
+    orientation, so they share the aspect ratio of the stored JPEG. Raises ``ImageRejected``; the
+    pixel count is checked from the header against ``max_pixels`` (and Pillow's own bomb limit,
+    2 * ``Image.MAX_IMAGE_PIXELS``, which is read but never changed here).
     """
     if max_pixels < 1 or max_side < 1 or min_side < 1 or not 1 <= jpeg_quality <= 100:
         raise ValueError(
@@ -228,6 +229,14 @@ def normalise_image(
     content_sha256 = hashlib.sha256(data).hexdigest()
     with _open_checked(data, max_pixels, min_side) as opened:
         original_format = opened.format or "UNKNOWN"
+        # A plain RGB JPEG without metadata that already fits is stored as fetched: re-encoding
+        # would only lose quality (and cost time).
+        keep_bytes = (
+            original_format == "JPEG"
+            and opened.mode == "RGB"
+            and max(opened.size) <= max_side
+            and not {"exif", "icc_profile", "comment"} & set(opened.info)
+        )
         decoded = _decode(opened)
     try:
         rgb = to_rgb(decoded)
@@ -236,7 +245,7 @@ def normalise_image(
         size = _fit_within(original_width, original_height, max_side)
         if size != rgb.size:
             rgb = rgb.resize(size, Image.Resampling.LANCZOS)
-        jpeg = _encode_jpeg(rgb, jpeg_quality)
+        jpeg = data if keep_bytes and size == decoded.size else _encode_jpeg(rgb, jpeg_quality)
     except Exception as exc:
         raise ImageRejected(
             REASON_BAD_IMAGE, f"cannot convert {decoded.mode} pixels to a JPEG: {exc!r}"

@@ -243,7 +243,11 @@ def candidate_pairs(
     bands: int | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each pair i < j of hashes within ``threshold`` bits: (i, j, distance) sorted by (i, j)."""
+    """Each pair i < j of hashes within ``threshold`` bits: (i, j, distance) sorted by (i, j).
+
+    Exact: the same pairs as comparing all n^2 / 2, without doing so. k copies of one hash yield
+    their k (k - 1) / 2 pairs here; ``group_near_duplicates`` never expands them.
+    """
     _check_settings(threshold, bands, chunk_size)
     h = _as_hashes(hashes)
     values, inverse = np.unique(h, return_inverse=True)

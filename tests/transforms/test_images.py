@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import io
 import itertools
@@ -59,7 +60,7 @@ def draw_poster(seed: int, size: tuple[int, int] = POSTER_SIZE) -> Image.Image:
     return img
 
 
-def encode(img: Image.Image, fmt: str, **params) -> bytes:
+def encode(img: Image.Image, fmt: str, **params: object) -> bytes:
     """The image encoded in ``fmt``."""
     buffer = io.BytesIO()
     img.save(buffer, format=fmt, **params)
@@ -278,6 +279,24 @@ def test_truncation_is_caught_even_when_pillow_is_told_to_tolerate_it(
     assert ImageFile.LOAD_TRUNCATED_IMAGES is True, "the caller's setting must be restored"
 
 
+def test_strict_truncation_holds_across_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    whole = [encode(draw_poster(seed), "PNG") for seed in range(8)]
+    inputs = [data[: len(data) // 2] if k % 2 else data for k, data in enumerate(whole * 4)]
+
+    def outcome(data: bytes) -> str:
+        try:
+            normalise_image(data)
+        except ImageRejected as exc:
+            return exc.reason
+        return "ok"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(outcome, inputs))
+    assert outcomes == ["ok", "image_truncated"] * 16
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True
+
+
 @pytest.mark.parametrize("side", [60_000, 7_000])
 def test_huge_header_is_rejected_before_decoding(side: int) -> None:
     max_image_pixels = Image.MAX_IMAGE_PIXELS
@@ -393,3 +412,19 @@ def test_real_posters_near_copies_and_distinct_films(shared_data: pathlib.Path) 
     print(f"distinct posters: min {distinct.min()}, percentiles {percentiles}")
     assert percentiles[1] > threshold, percentiles
     assert (distinct <= threshold).mean() < 0.001, f"{(distinct <= threshold).sum()} close pairs"
+
+
+def test_plain_rgb_jpeg_that_fits_is_stored_as_fetched():
+    from PIL import Image as PILImage
+
+    img = PILImage.new("RGB", (120, 180), (200, 30, 60))
+    plain = io.BytesIO()
+    img.save(plain, format="JPEG", quality=85)
+    assert normalise_image(plain.getvalue()).jpeg == plain.getvalue()
+    exif = PILImage.Exif()
+    exif[0x0112] = 1
+    tagged = io.BytesIO()
+    img.save(tagged, format="JPEG", quality=85, exif=exif.tobytes())
+    stored = normalise_image(tagged.getvalue()).jpeg
+    assert stored != tagged.getvalue() and b"Exif" not in stored
+    assert normalise_image(plain.getvalue(), max_side=100).jpeg != plain.getvalue()
