@@ -8,7 +8,7 @@ In one run, on this machine, with the same model and the same posters:
 
 Target: pipeline / bare loop >= 0.9. Uses a GPU when TensorFlow sees one.
 
-    python -m benchmarks.embed_throughput [--model inception_v3] [--images 1024] [--batch 32]
+    python -m benchmarks.embed_throughput [--model inception_v3] [--images 2048] [--batch 32]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="inception_v3")
     parser.add_argument("--weights", default=None, help="Random weights when omitted.")
-    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--images", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=32)
     args, beam_args = parser.parse_known_args(argv)
 

@@ -74,12 +74,34 @@ def _local_copy(uri: str) -> str:
     return local
 
 
-def predict_batch(
-    model: Any, batch: Sequence[np.ndarray], inference_args: dict | None = None, model_id=None
-) -> Iterable[PredictionResult]:
-    """The model's compiled batched predict on a stacked batch (the same call a bare loop makes)."""
-    outputs = model.predict_on_batch(np.stack(batch, axis=0))
-    return inference_utils._convert_to_result(batch, np.asarray(outputs, np.float32), model_id)
+def padded_size(n: int, min_batch_size: int) -> int:
+    """The batch size a batch of n is padded to: the next power of two >= n and >= the minimum."""
+    size = 1 << max(0, (n - 1).bit_length())
+    return max(size, min_batch_size)
+
+
+class PaddedPredict:
+    """Batched ``predict_on_batch`` with batches zero-padded to a few fixed sizes.
+
+    The compiled predict function is traced once per batch shape (about a second each for an
+    Inception-sized model), so padding to powers of two bounds the number of traces to a handful
+    however BatchElements sizes its batches. Padding rows are dropped from the outputs.
+    """
+
+    def __init__(self, min_batch_size: int) -> None:
+        self._min = min_batch_size
+
+    def __call__(
+        self, model: Any, batch: Sequence[np.ndarray], inference_args: dict | None = None,
+        model_id: str | None = None,
+    ) -> Iterable[PredictionResult]:  # fmt: skip
+        stacked = np.stack(batch, axis=0)
+        target = padded_size(len(batch), self._min)
+        if target > len(batch):
+            padding = np.zeros((target - len(batch), *stacked.shape[1:]), stacked.dtype)
+            stacked = np.concatenate([stacked, padding])
+        outputs = np.asarray(model.predict_on_batch(stacked), np.float32)[: len(batch)]
+        return inference_utils._convert_to_result(batch, outputs, model_id)
 
 
 class PosterModelHandler(TFModelHandlerNumpy):
@@ -88,7 +110,7 @@ class PosterModelHandler(TFModelHandlerNumpy):
     def __init__(self, config: EmbedConfig) -> None:
         super().__init__(
             config.model_uri,
-            inference_fn=predict_batch,
+            inference_fn=PaddedPredict(config.min_batch_size),
             min_batch_size=config.min_batch_size,
             max_batch_size=config.max_batch_size,
             large_model=config.share_model_across_processes,
