@@ -96,3 +96,13 @@ def log_counters(result, namespace: str) -> dict[str, int]:
     for name in sorted(totals):
         logging.getLogger(__name__).info("counter %s/%s = %d", namespace, name, totals[name])
     return totals
+
+
+def main(run) -> None:
+    """Command-line entry: INFO logging, run the stage, print its accounting, exit non-zero
+    when the accounting identity does not hold."""
+    configure_logging()
+    summary = run()
+    print(f"outputs under {summary.get('output_path', '?')} (run {summary.get('run_id', '?')})")
+    print(summary["identity"])
+    raise SystemExit(0 if summary["accounting_ok"] else 1)

@@ -26,8 +26,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
 from pipelines.common import CommonOptions
-from pipelines.common import configure_logging
 from pipelines.common import log_counters
+from pipelines.common import main
 from pipelines.common import make_pipeline
 from pipelines.common import parse_options
 from transforms.catalog import CatalogFormat
@@ -246,7 +246,4 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
 
 
 if __name__ == "__main__":
-    configure_logging()
-    summary = run()
-    print(summary["identity"])
-    raise SystemExit(0 if summary["accounting_ok"] else 1)
+    main(run)

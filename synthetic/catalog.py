@@ -25,29 +25,12 @@ from typing import TextIO
 import numpy as np
 from PIL import Image
 
+from schemas.genres import MOVIELENS_GENRES
 from synthetic import posters
+from transforms.catalog import CATALOG_HEADERS
+from transforms.catalog import CatalogFormat
 
-GENRES: tuple[str, ...] = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "IMAX",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
+GENRES = MOVIELENS_GENRES
 
 GENRE_WEIGHTS: dict[str, float] = {
     "Drama": 25.0,
@@ -93,38 +76,11 @@ TMDB_GENRES: dict[str, tuple[int, str] | None] = {
     "Western": (37, "Western"),
 }
 
-TMDB5000_HEADER: tuple[str, ...] = (
-    "budget",
-    "genres",
-    "homepage",
-    "id",
-    "keywords",
-    "original_language",
-    "original_title",
-    "overview",
-    "popularity",
-    "production_companies",
-    "production_countries",
-    "release_date",
-    "revenue",
-    "runtime",
-    "spoken_languages",
-    "status",
-    "tagline",
-    "title",
-    "vote_average",
-    "vote_count",
-)
-LINKS_HEADER: tuple[str, ...] = ("movieId", "imdbId", "tmdbId")
-MOVIEGENRE_HEADER: tuple[str, ...] = (
-    "imdbId",
-    "Imdb Link",
-    "Title",
-    "IMDB Score",
-    "Genre",
-    "Poster",
-)
-PLAIN_HEADER: tuple[str, ...] = ("movie_id", "poster_url", "title", "year", "genres")
+# The writers produce exactly the headers the scrape stage's reader accepts.
+TMDB5000_HEADER = CATALOG_HEADERS[CatalogFormat.TMDB5000]
+LINKS_HEADER = CATALOG_HEADERS[CatalogFormat.LINKS]
+MOVIEGENRE_HEADER = CATALOG_HEADERS[CatalogFormat.MOVIEGENRE]
+PLAIN_HEADER = CATALOG_HEADERS[CatalogFormat.PLAIN]
 RATINGS_HEADER: tuple[str, ...] = ("userId", "movieId", "rating", "timestamp")
 
 HISTORY_START = 1420070400  # 2015-01-01T00:00:00Z

@@ -31,6 +31,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 import schemas
+from schemas.genres import MOVIELENS_GENRES
 
 ENTRIES_TAG = "entries"
 DEAD_LETTER_TAG = "dead_letter"
@@ -40,28 +41,6 @@ MAX_RAW_CHARS = 2000
 MIN_YEAR = 1870
 MAX_YEAR = 2100
 
-MOVIELENS_GENRES: tuple[str, ...] = (
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "IMAX",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
-"""The MovieLens genre vocabulary, the only genres an entry carries."""
 
 GENRE_ALIASES: dict[str, str] = {
     "science fiction": "Sci-Fi",
@@ -88,7 +67,7 @@ class CatalogFormat(enum.StrEnum):
     PLAIN = "plain"
 
 
-_HEADERS: dict[CatalogFormat, tuple[str, ...]] = {
+CATALOG_HEADERS: dict[CatalogFormat, tuple[str, ...]] = {
     CatalogFormat.LINKS: ("movieId", "imdbId", "tmdbId"),
     CatalogFormat.TMDB5000: (
         "budget",
@@ -115,7 +94,7 @@ _HEADERS: dict[CatalogFormat, tuple[str, ...]] = {
     CatalogFormat.MOVIEGENRE: ("imdbId", "Imdb Link", "Title", "IMDB Score", "Genre", "Poster"),
     CatalogFormat.PLAIN: ("movie_id", "poster_url", "title", "year", "genres"),
 }
-_REQUIRED_COLUMNS = {fmt: len(header) for fmt, header in _HEADERS.items()}
+_REQUIRED_COLUMNS = {fmt: len(header) for fmt, header in CATALOG_HEADERS.items()}
 _REQUIRED_COLUMNS[CatalogFormat.PLAIN] = 2
 _SOURCES = {
     CatalogFormat.LINKS: "MovieLens links.csv",
@@ -126,7 +105,7 @@ _SOURCES = {
 
 
 def _describe_header(fmt: CatalogFormat) -> str:
-    header = _HEADERS[fmt]
+    header = CATALOG_HEADERS[fmt]
     required = _REQUIRED_COLUMNS[fmt]
     text = ",".join(header[:required])
     if required < len(header):
@@ -145,7 +124,7 @@ def _normalise_name(name: str) -> str:
 def _column_index(header: Sequence[str], fmt: CatalogFormat) -> dict[str, int] | None:
     """Map each of the format's column names (lower case) present in ``header`` to its index."""
     positions = {_normalise_name(name): i for i, name in enumerate(header)}
-    wanted = [name.lower() for name in _HEADERS[fmt]]
+    wanted = [name.lower() for name in CATALOG_HEADERS[fmt]]
     if not all(name in positions for name in wanted[: _REQUIRED_COLUMNS[fmt]]):
         return None
     return {name: positions[name] for name in wanted if name in positions}
@@ -226,7 +205,7 @@ class _Row:
     def __init__(self, cells: Sequence[str], columns: dict[str, int], fmt: CatalogFormat) -> None:
         self._cells = cells
         self._columns = columns
-        self._names = {name.lower(): name for name in _HEADERS[fmt]}
+        self._names = {name.lower(): name for name in CATALOG_HEADERS[fmt]}
 
     def get(self, column: str) -> str:
         index = self._columns.get(column.lower())
@@ -382,7 +361,7 @@ def _columns_for(header: Sequence[str], fmt: CatalogFormat) -> dict[str, int]:
     columns = _column_index(header, fmt)
     if columns is not None:
         return columns
-    names = [name.lower() for name in _HEADERS[fmt]]
+    names = [name.lower() for name in CATALOG_HEADERS[fmt]]
     if not _REQUIRED_COLUMNS[fmt] <= len(header) <= len(names):
         raise ValueError(
             f"catalog header has {len(header)} columns, which does not fit the "
