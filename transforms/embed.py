@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import io
 import logging
 import os
 import tempfile
@@ -52,14 +51,14 @@ class EmbedConfig:
 
 
 def prepare_image(jpeg: bytes, input_size: tuple[int, int]) -> np.ndarray:
-    """Decoded RGB pixels resized to the model's input size, float32 0..255 (HxWx3)."""
-    from PIL import Image
+    """Decoded RGB pixels resized to the model's input size, float32 0..255 (HxWx3).
 
-    from models.registry import resize_to
+    The same TensorFlow op the training stage's tf.Transform graph uses, so trained models
+    embed exactly the pixels they were trained on.
+    """
+    from models.image_ops import decode_and_resize_numpy
 
-    with Image.open(io.BytesIO(jpeg)) as image:
-        image.load()
-        return resize_to(image, input_size)
+    return decode_and_resize_numpy(jpeg, input_size)
 
 
 def _local_copy(uri: str) -> str:

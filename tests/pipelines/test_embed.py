@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime
-import io
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from models.evaluation import mean_neighbour_genre_jaccard
+from models.image_ops import decode_and_resize_numpy
 from models.registry import embed_images
 from models.registry import load_embedding_model
 from models.registry import resize_to
@@ -109,7 +109,7 @@ def test_embed_end_to_end(poster_files, tmp_path, shared_or_none, variant):
     em = load_embedding_model(model, weights)
     assert em.version == manifest["model_version"]
     pixels = np.stack([
-        resize_to(Image.open(io.BytesIO(records[r.movie_id].image_jpeg)), em.input_size)
+        decode_and_resize_numpy(records[r.movie_id].image_jpeg, em.input_size)
         for r in rows
     ])  # fmt: skip
     direct = embed_images(em, pixels)
@@ -130,7 +130,8 @@ def test_corrupt_image_reaches_the_dead_letter_table(poster_files, tmp_path):
         d for f in sorted(folder.glob("*.parquet")) for d in DeadLetter.from_arrow(pq.read_table(f))
     ]
     assert [(d.movie_id, d.stage) for d in dead] == [(CORRUPT_ID, "decode")]
-    assert dead[0].reason in ("UnidentifiedImageError", "OSError")
+    assert dead[0].reason == "InvalidArgumentError"
+    assert "movie_id=999999" in dead[0].input_row
 
 
 def test_second_run_embeds_only_new_posters(poster_files, tmp_path):
