@@ -28,5 +28,7 @@ setuptools.setup(
         include=["pipelines*", "transforms*", "models*", "schemas*", "synthetic*"]
     ),
     install_requires=REQUIRED,
-    extras_require={"test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "scikit-learn>=1.5"],
+    },
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import types
 from typing import Any
 from typing import ClassVar
 from typing import TypeVar
@@ -89,10 +90,18 @@ def column(
 R = TypeVar("R", bound="Record")
 
 
+class _ColumnNames:
+    """``Table.c.name`` -> "name": column names for SQL and Arrow, checked on access."""
+
+    def __get__(self, obj: object, owner: type) -> types.SimpleNamespace:
+        return types.SimpleNamespace(**{name: name for name in owner.column_names()})
+
+
 class Record:
     """Base of every table row: derives schemas and converts rows between forms."""
 
     TABLE: ClassVar[str] = ""
+    c: ClassVar[types.SimpleNamespace] = _ColumnNames()  # type: ignore[assignment]
 
     @classmethod
     def columns(cls) -> list[tuple[str, ColumnSpec]]:

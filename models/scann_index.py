@@ -1,0 +1,218 @@
+"""A ScaNN index over one model version's poster vectors: build, measure, save, load, search.
+
+ScaNN's package init loads TensorFlow ops built for another TensorFlow release and only
+tolerates TensorFlow being absent, so :func:`import_scann` (the one place scann is imported)
+hides ``tensorflow`` from ``sys.modules`` while importing it and uses the TF-free pybind API.
+Indexes are serialised with relative paths and staged to and from any Beam filesystem (gs://).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+BRUTE_FORCE_MAX = 20_000
+TREE_MIN = 200_000
+IDS_FILE = "ids.npy"
+MANIFEST_FILE = "index_manifest.json"
+_IMPORT_LOCK = threading.Lock()
+
+
+def import_scann() -> Any:
+    """ScaNN's TF-free pybind module, importing scann with TensorFlow hidden from its init."""
+    with _IMPORT_LOCK:
+        if "scann" not in sys.modules:
+            saved = sys.modules.get("tensorflow")
+            sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
+            try:
+                import scann  # noqa: F401
+            finally:
+                if saved is None:
+                    del sys.modules["tensorflow"]
+                else:
+                    sys.modules["tensorflow"] = saved
+        from scann.scann_ops.py import scann_ops_pybind
+
+        return scann_ops_pybind
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexParams:
+    """How the searcher is built; every field can be overridden from the command line."""
+
+    mode: str  # brute_force | ah | tree_ah
+    num_neighbors: int = 10
+    num_leaves: int = 0
+    num_leaves_to_search: int = 0
+    training_sample_size: int = 100_000
+    dims_per_block: int = 2
+    anisotropic_quantization_threshold: float = 0.2
+    reorder_k: int = 100
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("brute_force", "ah", "tree_ah"):
+            raise ValueError(f"index mode must be brute_force, ah or tree_ah, not {self.mode!r}")
+        if self.mode == "tree_ah" and not 0 < self.num_leaves_to_search <= self.num_leaves:
+            raise ValueError("tree_ah needs 0 < num_leaves_to_search <= num_leaves")
+
+
+def choose_params(n: int, **overrides: Any) -> IndexParams:
+    """Brute force for small tables, AH + reordering for medium, tree + AH for large."""
+    mode = overrides.pop("mode", None) or (
+        "brute_force" if n <= BRUTE_FORCE_MAX else "ah" if n < TREE_MIN else "tree_ah"
+    )
+    base: dict[str, Any] = {"mode": mode}
+    if mode == "tree_ah":
+        leaves = max(2, round(math.sqrt(n)))
+        base.update(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 10))
+        base["training_sample_size"] = min(n, 250_000)
+    base.update({k: v for k, v in overrides.items() if v is not None})
+    return IndexParams(**base)
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
+        raise ValueError("vectors must be finite and non-zero to be L2-normalised")
+    return vectors / norms
+
+
+def exact_search(
+    database: np.ndarray, queries: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k by dot product (indices, scores), ties broken by the lower index."""
+    scores = queries @ database.T
+    k = min(k, database.shape[0])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    top_scores = np.take_along_axis(scores, top, axis=1)
+    order = np.lexsort((top, -top_scores), axis=1)
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+
+
+class PosterIndex:
+    """A ScaNN searcher with the movie ids of its rows and what it was built from."""
+
+    def __init__(self, searcher: Any, ids: np.ndarray, info: dict) -> None:
+        self.searcher = searcher
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.info = info
+
+    @property
+    def model_version(self) -> str:
+        """The model version of the indexed vectors."""
+        return self.info["model_version"]
+
+    @classmethod
+    def build(
+        cls, ids: np.ndarray, vectors: np.ndarray, model_version: str, params: IndexParams
+    ) -> PosterIndex:
+        """Build a dot-product searcher over L2-normalised vectors."""
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids for {len(vectors)} vectors")
+        if len(set(np.asarray(ids).tolist())) != len(ids):
+            raise ValueError("movie ids must be unique within one index")
+        database = _normalise(vectors)
+        pybind = import_scann()
+        k = min(params.num_neighbors, len(database))
+        builder = pybind.builder(database, k, "dot_product")
+        if params.mode == "brute_force":
+            builder = builder.score_brute_force()
+        else:
+            if params.mode == "tree_ah":
+                builder = builder.tree(
+                    num_leaves=params.num_leaves,
+                    num_leaves_to_search=params.num_leaves_to_search,
+                    training_sample_size=min(params.training_sample_size, len(database)),
+                )
+            builder = builder.score_ah(
+                params.dims_per_block,
+                anisotropic_quantization_threshold=params.anisotropic_quantization_threshold,
+            ).reorder(params.reorder_k)
+        start = time.perf_counter()
+        searcher = builder.build()
+        info = {
+            "model_version": model_version,
+            "n": int(len(database)),
+            "dim": int(database.shape[1]),
+            "params": dataclasses.asdict(params),
+            "build_seconds": round(time.perf_counter() - start, 3),
+        }
+        return cls(searcher, ids, info)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (movie ids, dot-product scores) for each query row, best first."""
+        queries = _normalise(np.atleast_2d(queries))
+        k = min(k, len(self.ids))
+        leaves = self.info["params"].get("num_leaves_to_search") or None
+        if leaves:
+            rows, scores = self.searcher.search_batched(
+                queries, final_num_neighbors=k, leaves_to_search=leaves
+            )
+        else:
+            rows, scores = self.searcher.search_batched(queries, final_num_neighbors=k)
+        rows = np.asarray(rows, dtype=np.int64)
+        return self.ids[rows], np.asarray(scores, dtype=np.float32)
+
+    def recall_at_k(
+        self, database: np.ndarray, k: int = 10, sample: int = 1000, seed: int = 0
+    ) -> float:
+        """Mean overlap of the index's top-k with exact search, on a sample of rows as queries."""
+        database = _normalise(database)
+        rng = np.random.default_rng(seed)
+        picks = rng.choice(len(database), size=min(sample, len(database)), replace=False)
+        queries = database[np.sort(picks)]
+        exact_rows, _ = exact_search(database, queries, k)
+        found, _ = self.search(queries, k)
+        exact_ids = self.ids[exact_rows]
+        hits = [
+            len(set(a.tolist()) & set(b.tolist())) for a, b in zip(found, exact_ids, strict=True)
+        ]
+        return float(np.sum(hits) / exact_ids.size)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, uri: str) -> None:
+        """Serialise (relative paths) and copy every file to ``uri`` (a local dir or gs://)."""
+        from apache_beam.io.filesystems import FileSystems
+
+        from transforms.sinks import write_bytes
+
+        with tempfile.TemporaryDirectory() as local:
+            self.searcher.serialize(local, relative_path=True)
+            np.save(os.path.join(local, IDS_FILE), self.ids)
+            with open(os.path.join(local, MANIFEST_FILE), "w") as handle:
+                json.dump(self.info, handle, indent=2, sort_keys=True)
+            for name in sorted(os.listdir(local)):
+                with open(os.path.join(local, name), "rb") as handle:
+                    write_bytes(FileSystems.join(uri, name), handle.read())
+
+    @classmethod
+    def load(cls, uri: str) -> PosterIndex:
+        """Copy an index from ``uri`` (local or gs://) to a local temp dir and load it."""
+        from apache_beam.io.filesystems import FileSystems
+
+        local = tempfile.mkdtemp(prefix="scann-index-")
+        pattern = FileSystems.join(uri, "*")
+        matches = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+        if not any(p.endswith(MANIFEST_FILE) for p in matches):
+            raise FileNotFoundError(f"no ScaNN index at {uri} ({MANIFEST_FILE} missing)")
+        for path in matches:
+            with (
+                FileSystems.open(path) as src,
+                open(os.path.join(local, os.path.basename(path)), "wb") as dst,
+            ):
+                dst.write(src.read())
+        with open(os.path.join(local, MANIFEST_FILE)) as handle:
+            info = json.load(handle)
+        ids = np.load(os.path.join(local, IDS_FILE))
+        searcher = import_scann().load_searcher(local)
+        return cls(searcher, ids, info)

@@ -1,0 +1,210 @@
+"""Nightly neighbours and candidates: a ScaNN index and watch history in, warehouse tables out.
+
+For one ``--run_date``: every film with a vector gets its nearest neighbours from the index
+(loaded once per worker), the top 10 go to the ``neighbors`` table; with ``--watch_history``
+the neighbour lists (``--neighbors_k`` deep) are joined to the users' watch history to rank each
+user's top ``--candidates_k`` films into the ``candidates`` table. Both tables go to
+``--warehouse`` (``duckdb:///path/file.duckdb`` locally, ``bq://project.dataset`` on GCP), and
+rerunning a date replaces that date's rows. A JSON report of the run goes under ``--output``.
+
+    python -m pipelines.neighbors --run_date=2024-05-17 --vectors=out/vectors \\
+        --watch_history=ratings.csv --warehouse=duckdb:///out/warehouse.duckdb --output=out/nightly
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
+
+from pipelines.common import CommonOptions
+from pipelines.common import configure_logging
+from pipelines.common import log_counters
+from pipelines.common import make_pipeline
+from pipelines.common import parse_options
+from pipelines.embed import EmbedOptions
+from pipelines.embed import posters_glob
+from pipelines.index import IndexOptions
+from pipelines.index import resolve_version
+from schemas import CandidateRow
+from schemas import DeadLetter
+from schemas import NeighborRow
+from schemas import PosterRecord
+from transforms.candidates import BuildCandidates
+from transforms.candidates import CandidateConfig
+from transforms.candidates import ReadWatchHistory
+from transforms.neighbors import SIMILARITIES
+from transforms.neighbors import FindNeighbors
+from transforms.neighbors import NeighborConfig
+from transforms.neighbors import neighbor_rows
+from transforms.sinks import WriteShards
+from transforms.sinks import parquet_encoder
+from transforms.sinks import read_tfrecord_records
+from transforms.sinks import write_bytes
+from transforms.warehouse import Warehouse
+from transforms.warehouse import WriteWarehouseTable
+from transforms.warehouse import clear_partition
+from transforms.warehouse import load_into_duckdb
+
+_LOG = logging.getLogger(__name__)
+
+
+class NeighborsOptions(PipelineOptions):
+    """Options of the nightly neighbours and candidates job."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group("neighbours and candidates")
+        group.add_argument("--run_date", help="Run date, YYYY-MM-DD (the warehouse partition).")
+        group.add_argument(
+            "--index", default=None, help="Index folder (default {vectors}/{model_version}/index)."
+        )
+        group.add_argument(
+            "--neighbors_k",
+            type=int,
+            default=50,
+            help="Neighbours kept per film for candidates (the table keeps 10).",
+        )
+        group.add_argument("--similarity", choices=SIMILARITIES, default="cosine")
+        group.add_argument(
+            "--same_genre",
+            action="store_true",
+            help="Only films sharing a genre are neighbours (needs --posters).",
+        )
+        group.add_argument(
+            "--watch_history",
+            default=None,
+            help="userId,movieId,rating,timestamp as CSV or Parquet (local or gs://), or "
+            "bq://PROJECT.DATASET.TABLE. Without it only neighbours are built.",
+        )
+        group.add_argument("--candidates_k", type=int, default=100)
+        group.add_argument(
+            "--half_life_days",
+            type=float,
+            default=365.0,
+            help="Recency decay: a watch this old counts half.",
+        )
+        group.add_argument(
+            "--min_rating",
+            type=float,
+            default=0.0,
+            help="Watches rated below this do not attract candidates.",
+        )
+        group.add_argument("--warehouse", default=None,
+                           help="duckdb:///path/file.duckdb (default {output}/warehouse.duckdb) "
+                           "or bq://PROJECT.DATASET.")  # fmt: skip
+
+
+def read_vector_rows(path_glob: str):
+    """(movie id, vector) rows of the vector files matching a glob."""
+    from models.vectors import read_vector_table
+
+    table = read_vector_table(path_glob)
+    for movie_id, vector in zip(table.ids.tolist(), table.vectors, strict=True):
+        yield movie_id, np.asarray(vector, dtype=np.float32)
+
+
+def film_genres(path_glob: str):
+    """(movie id, genres) of the posters matching a glob."""
+    for record in read_tfrecord_records(path_glob, PosterRecord):
+        yield record.movie_id, frozenset(record.genres)
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    """Build the neighbour (and candidate) tables for one run date; returns the run report."""
+    from models.vectors import vectors_glob
+
+    options = parse_options(argv, NeighborsOptions, __doc__.splitlines()[0])
+    opts = options.view_as(NeighborsOptions)
+    index_opts = options.view_as(IndexOptions)
+    output = options.view_as(CommonOptions).output
+    if not opts.run_date or not index_opts.vectors or not output:
+        raise ValueError("--run_date, --vectors and --output are required")
+    run_date = datetime.date.fromisoformat(opts.run_date)
+    version = resolve_version(index_opts.vectors, index_opts.model_version)
+    index_uri = opts.index or FileSystems.join(index_opts.vectors, version, "index")
+    warehouse = Warehouse.parse(
+        opts.warehouse or "duckdb://" + FileSystems.join(output, "warehouse.duckdb")
+    )
+    config = NeighborConfig(
+        index_uri=index_uri, k=opts.neighbors_k, similarity=opts.similarity,
+        same_genre=opts.same_genre,
+    )  # fmt: skip
+    posters = options.view_as(EmbedOptions).posters
+    if opts.same_genre and not posters:
+        raise ValueError("--same_genre needs --posters (the scrape output root) for the genres")
+    if warehouse.kind == "duckdb":
+        for table in (NeighborRow, CandidateRow):
+            clear_partition(warehouse, table, run_date)
+
+    pipeline = make_pipeline(options, test_pipeline)
+    vectors = (
+        pipeline
+        | "VectorGlob" >> beam.Create([vectors_glob(index_opts.vectors, version)])
+        | "ReadVectors" >> beam.FlatMap(read_vector_rows)
+    )
+    genres = None
+    if opts.same_genre:
+        genres = (
+            pipeline
+            | "PosterGlob" >> beam.Create([posters_glob(posters)])
+            | "ReadGenres" >> beam.FlatMap(film_genres)
+        )
+    lists = vectors | "FindNeighbors" >> FindNeighbors(config, genres)
+    _ = (
+        lists
+        | "NeighborRows" >> beam.FlatMap(neighbor_rows, version, run_date)
+        | "WriteNeighbors"
+        >> WriteWarehouseTable(warehouse, NeighborRow, run_date, lambda r: (r.movie_id, r.rank))
+    )
+    if opts.watch_history:
+        run_id = f"nightly-{run_date.isoformat()}"
+        history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(opts.watch_history, run_id)
+        candidate_config = CandidateConfig(
+            top_k=opts.candidates_k, half_life_days=opts.half_life_days,
+            min_rating=opts.min_rating, model_version=version,
+        )  # fmt: skip
+        rows, _ = (history.events, lists) | "BuildCandidates" >> BuildCandidates(
+            candidate_config, run_date
+        )
+        _ = rows | "WriteCandidates" >> WriteWarehouseTable(
+            warehouse, CandidateRow, run_date, lambda r: (r.user_id, r.rank)
+        )
+        _ = history.dead_letter | "WriteDeadLetters" >> WriteShards(
+            FileSystems.join(output, DeadLetter.TABLE, run_id, DeadLetter.TABLE), ".parquet", 1,
+            parquet_encoder(DeadLetter), lambda d: (d.line_number or 0, d.input_row),
+        )  # fmt: skip
+
+    result = pipeline.run()
+    result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        return {}
+    report = {
+        "run_date": run_date.isoformat(),
+        "model_version": version,
+        "index": index_uri,
+        "warehouse": opts.warehouse or f"duckdb://{warehouse.target}",
+        "neighbors": log_counters(result, "neighbors"),
+        "candidates": log_counters(result, "candidates"),
+    }
+    if warehouse.kind == "duckdb":
+        report["rows_loaded"] = {
+            table.TABLE: load_into_duckdb(warehouse, table, run_date)
+            for table in ((NeighborRow, CandidateRow) if opts.watch_history else (NeighborRow,))
+        }
+    path = FileSystems.join(output, "reports", f"nightly-{run_date.isoformat()}.json")
+    write_bytes(path, json.dumps(report, indent=2, sort_keys=True).encode())
+    report["report_path"] = path
+    return report
+
+
+if __name__ == "__main__":
+    configure_logging()
+    summary = run()
+    print(json.dumps(summary, indent=2, sort_keys=True))

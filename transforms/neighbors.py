@@ -1,0 +1,145 @@
+"""Nearest-neighbour lists for every film, from a ScaNN index loaded once per worker.
+
+``FindNeighbors`` spreads (movie id, vector) rows across workers; each worker loads the index in
+``setup()`` and queries in batches. Each film gets its ``k`` best neighbours (itself excluded,
+optionally only films sharing a genre), scored by the chosen similarity, ties broken by the lower
+neighbour id. The published neighbour table keeps the top 10; candidate generation uses more.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterator
+from collections.abc import Mapping
+from collections.abc import Sequence
+
+import apache_beam as beam
+import numpy as np
+
+from schemas import NeighborRow
+
+SIMILARITIES = ("cosine", "dot", "l2")
+PUBLISHED_K = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class NeighborConfig:
+    """How neighbour lists are built."""
+
+    index_uri: str
+    k: int = 50
+    similarity: str = "cosine"
+    same_genre: bool = False
+    overfetch: int = 4
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(f"--similarity must be one of {SIMILARITIES}, not {self.similarity!r}")
+        if self.k < PUBLISHED_K:
+            raise ValueError(f"--neighbors_k must be at least {PUBLISHED_K}")
+
+
+def similarity_scores(dot: np.ndarray, similarity: str) -> np.ndarray:
+    """Index scores (dot products of unit vectors) as the chosen similarity, higher is closer.
+
+    cosine and dot are the same on L2-normalised vectors; l2 is the negated Euclidean distance.
+    """
+    if similarity == "l2":
+        return -np.sqrt(np.maximum(0.0, 2.0 - 2.0 * dot))
+    return dot
+
+
+def rank_neighbors(
+    movie_id: int,
+    candidate_ids: Sequence[int],
+    scores: Sequence[float],
+    k: int,
+    genres: Mapping[int, frozenset[str]] | None = None,
+) -> list[tuple[int, float]]:
+    """The film's top-k (neighbour id, score): itself excluded, genre filter, ties by id."""
+    own = genres.get(movie_id, frozenset()) if genres is not None else None
+    pairs = []
+    for nid, score in zip(candidate_ids, scores, strict=True):
+        nid = int(nid)
+        if nid == movie_id or nid < 0:
+            continue
+        if own is not None and not own & genres.get(nid, frozenset()):
+            continue
+        pairs.append((nid, float(score)))
+    pairs.sort(key=lambda p: (-round(p[1], 6), p[0]))
+    return pairs[:k]
+
+
+class _QueryIndexFn(beam.DoFn):
+    """Loads the index once per DoFn instance and answers batches of film vectors."""
+
+    def __init__(self, config: NeighborConfig) -> None:
+        self._config = config
+        self._films = beam.metrics.Metrics.counter("neighbors", "films_queried")
+        self._short = beam.metrics.Metrics.counter("neighbors", "films_with_fewer_than_k")
+
+    def setup(self) -> None:
+        from models.scann_index import PosterIndex
+
+        self._index = PosterIndex.load(self._config.index_uri)
+
+    def process(self, batch: list[tuple[int, np.ndarray]], genres=None) -> Iterator:
+        config = self._config
+        fetch = config.k + 1
+        if config.same_genre:
+            fetch = min(len(self._index.ids), config.k * config.overfetch + 1)
+        ids = [movie_id for movie_id, _ in batch]
+        vectors = np.stack([vector for _, vector in batch]).astype(np.float32)
+        found, dots = self._index.search(vectors, fetch)
+        scores = similarity_scores(dots, config.similarity)
+        for movie_id, row_ids, row_scores in zip(ids, found, scores, strict=True):
+            ranked = rank_neighbors(movie_id, row_ids, row_scores, config.k, genres)
+            self._films.inc()
+            if len(ranked) < config.k:
+                self._short.inc()
+            yield movie_id, ranked
+
+
+class FindNeighbors(beam.PTransform):
+    """(movie id, vector) -> (movie id, [(neighbour id, score), ...] best first)."""
+
+    def __init__(self, config: NeighborConfig, genres: beam.PCollection | None = None) -> None:
+        super().__init__()
+        self._config = config
+        self._genres = genres
+
+    def expand(self, vectors: beam.PCollection) -> beam.PCollection:
+        side = {}
+        if self._config.same_genre:
+            if self._genres is None:
+                raise ValueError("same-genre neighbours need the films' genres (--posters)")
+            side["genres"] = beam.pvalue.AsDict(self._genres)
+        return (
+            vectors
+            | "Spread" >> beam.Reshuffle()
+            | "Batch"
+            >> beam.BatchElements(
+                min_batch_size=self._config.batch_size, max_batch_size=self._config.batch_size
+            )
+            | "QueryIndex" >> beam.ParDo(_QueryIndexFn(self._config), **side)
+        )
+
+
+def neighbor_rows(
+    movie_and_neighbors: tuple[int, list[tuple[int, float]]],
+    model_version: str,
+    run_date: datetime.date,
+) -> Iterator[NeighborRow]:
+    """The published rows (top 10) of one film's neighbour list."""
+    movie_id, ranked = movie_and_neighbors
+    for rank, (nid, score) in enumerate(ranked[:PUBLISHED_K], start=1):
+        yield NeighborRow(
+            movie_id=movie_id,
+            rank=rank,
+            neighbor_id=nid,
+            score=score,
+            model_version=model_version,
+            run_date=run_date,
+        )
