@@ -75,7 +75,7 @@ def rank_candidates(
     watched = {e.movie_id for e in events}
     scores: dict[int, float] = collections.defaultdict(float)
     parts: dict[int, dict[int, float]] = collections.defaultdict(dict)
-    for event in events:
+    for event in sorted(events, key=lambda e: (e.movie_id, e.watched_at)):
         weight = rating_weight(event.rating, config.min_rating) * recency_weight(
             event.watched_at, reference, config.half_life_days
         )
@@ -87,7 +87,9 @@ def rank_candidates(
             contribution = similarity * weight
             scores[nid] += contribution
             parts[nid][event.movie_id] = parts[nid].get(event.movie_id, 0.0) + contribution
-    ranked = sorted(scores.items(), key=lambda kv: (-round(kv[1], 9), kv[0]))[: config.top_k]
+    # Scores are rounded to 1e-9 so that float noise cannot reorder ties between runs.
+    rounded = {movie_id: round(score, 9) for movie_id, score in scores.items()}
+    ranked = sorted(rounded.items(), key=lambda kv: (-kv[1], kv[0]))[: config.top_k]
     out = []
     for movie_id, score in ranked:
         contributors = sorted(parts[movie_id].items(), key=lambda kv: (-kv[1], kv[0]))

@@ -68,7 +68,7 @@ def rank_neighbors(
         if own is not None and not own & genres.get(nid, frozenset()):
             continue
         pairs.append((nid, float(score)))
-    pairs.sort(key=lambda p: (-round(p[1], 6), p[0]))
+    pairs.sort(key=lambda p: (-p[1], p[0]))
     return pairs[:k]
 
 

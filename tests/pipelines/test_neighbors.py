@@ -1,0 +1,170 @@
+"""Index, nightly neighbours, candidates and the DuckDB warehouse, end to end."""
+
+from __future__ import annotations
+
+import datetime
+import pathlib
+
+import duckdb
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from models.scann_index import exact_search
+from pipelines import index as index_stage
+from pipelines import neighbors
+from schemas import CandidateRow
+from schemas import EmbeddingRow
+from schemas import NeighborRow
+from synthetic.catalog import make_catalog
+from synthetic.catalog import make_watch_history
+from synthetic.catalog import write_ratings_csv
+
+VERSION = "test_model-0123456789ab"
+N_FILMS = 300
+WHEN = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+
+
+def clustered_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(12, dim))
+    vectors = centres[rng.integers(0, 12, n)] + 0.35 * rng.normal(size=(n, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_vectors(root: pathlib.Path, ids, vectors) -> None:
+    folder = root / VERSION / EmbeddingRow.TABLE / "run-0001"
+    folder.mkdir(parents=True)
+    rows = [
+        EmbeddingRow(movie_id=int(m), dim=vectors.shape[1], model_name="test_model",
+                     model_version=VERSION, content_sha256=f"{m:064d}", embedded_at=WHEN,
+                     embedding=tuple(float(x) for x in v))
+        for m, v in zip(ids, vectors, strict=True)
+    ]  # fmt: skip
+    pq.write_table(EmbeddingRow.to_arrow(rows, list_size=vectors.shape[1]),
+                   folder / "embeddings-00000-of-00001.parquet")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nightly")
+    catalog = make_catalog(N_FILMS, seed=2)
+    with_vectors = [f.movie_id for f in catalog.films[: N_FILMS - 20]]  # 20 films have none
+    vectors = clustered_vectors(len(with_vectors))
+    write_vectors(tmp / "vectors", with_vectors, vectors)
+    ratings = make_watch_history(catalog, 25, seed=3)
+    write_ratings_csv(tmp / "ratings.csv", ratings)
+    info = index_stage.run([f"--vectors={tmp / 'vectors'}"])
+    return tmp, np.array(with_vectors), vectors, ratings, info
+
+
+def nightly(tmp: pathlib.Path, *extra: str) -> dict:
+    return neighbors.run([
+        "--run_date=2024-05-17", f"--vectors={tmp / 'vectors'}", f"--output={tmp / 'out'}",
+        f"--watch_history={tmp / 'ratings.csv'}", *extra,
+    ])  # fmt: skip
+
+
+def test_index_manifest_records_the_build(world):
+    _, ids, _, _, info = world
+    assert info["n"] == len(ids) and info["dim"] == 32 and info["model_version"] == VERSION
+    assert info["params"]["mode"] == "brute_force" and info["recall_at_10"] == 1.0
+    assert pathlib.Path(info["index_uri"], "index_manifest.json").exists()
+
+
+def test_recall_floor_is_enforced(world, tmp_path):
+    tmp = world[0]
+    with pytest.raises(index_stage.RecallTooLow, match="recall@10"):
+        index_stage.run([f"--vectors={tmp / 'vectors'}", f"--output={tmp_path}",
+                         "--index_mode=tree_ah", "--num_leaves=40", "--num_leaves_to_search=1",
+                         "--reorder_k=10", "--recall_floor=0.99"])  # fmt: skip
+    assert not (tmp_path / "index_manifest.json").exists()
+
+
+def test_neighbor_table_matches_exact_search(world):
+    tmp, ids, vectors, _, _ = world
+    report = nightly(tmp)
+    con = duckdb.connect(str(tmp / "out" / "warehouse.duckdb"), read_only=True)
+    rows = con.execute(f"select movie_id, rank, neighbor_id, score from {NeighborRow.TABLE} "
+                       "order by movie_id, rank").fetchall()  # fmt: skip
+    con.close()
+    assert report["rows_loaded"]["neighbors"] == len(ids) * 10 == len(rows)
+    by_film: dict[int, list] = {}
+    for movie_id, rank, nid, score in rows:
+        by_film.setdefault(movie_id, []).append((rank, nid, score))
+    _, exact_scores = exact_search(vectors, vectors, 11)
+    row_of = {m: i for i, m in enumerate(ids.tolist())}
+    for i, movie_id in enumerate(ids.tolist()):
+        got = by_film[movie_id]
+        assert [r for r, _, _ in got] == list(range(1, 11))
+        assert movie_id not in [n for _, n, _ in got]
+        scores = [s for _, _, s in got]
+        assert scores == sorted(scores, reverse=True)
+        true = [float(vectors[i] @ vectors[row_of[n]]) for _, n, _ in got]
+        np.testing.assert_allclose(scores, true, atol=1e-5)
+        assert scores[-1] >= exact_scores[i][10] - 1e-5  # 10th best other film (0th is itself)
+
+
+def test_candidates_exclude_watched_films_and_report_missing_vectors(world):
+    tmp, ids, _, ratings, _ = world
+    report = nightly(tmp)
+    con = duckdb.connect(str(tmp / "out" / "warehouse.duckdb"), read_only=True)
+    rows = con.execute(
+        f"select user_id, rank, movie_id, score from {CandidateRow.TABLE}"
+    ).fetchall()
+    con.close()
+    watched: dict[int, set[int]] = {}
+    for user, movie, _, _ in ratings:
+        watched.setdefault(user, set()).add(movie)
+    assert rows
+    with_vectors = set(ids.tolist())
+    for user, rank, movie, score in rows:
+        assert movie not in watched[user] and movie in with_vectors
+        assert 1 <= rank <= 100 and score > 0
+    missing = sum(1 for _, movie, _, _ in ratings if movie not in with_vectors)
+    assert missing > 0
+    assert report["candidates"]["events_without_vector"] == missing
+    assert report["candidates"]["events"] == len(ratings)
+
+
+def test_rerun_of_a_date_replaces_its_rows(world):
+    tmp = world[0]
+    nightly(tmp)
+    nightly(tmp)
+    con = duckdb.connect(str(tmp / "out" / "warehouse.duckdb"), read_only=True)
+    dupes = con.execute(f"select movie_id, rank, count(*) c from {NeighborRow.TABLE} "
+                        "group by all having c > 1").fetchall()  # fmt: skip
+    cand_dupes = con.execute(f"select user_id, rank, count(*) c from {CandidateRow.TABLE} "
+                             "group by all having c > 1").fetchall()  # fmt: skip
+    dates = con.execute(f"select distinct run_date from {NeighborRow.TABLE}").fetchall()
+    con.close()
+    assert dupes == [] and cand_dupes == []
+    assert dates == [(datetime.date(2024, 5, 17),)]
+
+
+def test_index_loads_after_its_folder_moves(world, tmp_path):
+    tmp, ids, vectors, _, info = world
+    import shutil
+
+    from models.scann_index import PosterIndex
+
+    moved = tmp_path / "moved_index"
+    shutil.copytree(info["index_uri"], moved)
+    found, _ = PosterIndex.load(str(moved)).search(vectors[:5], 3)
+    assert found[:, 0].tolist() == ids[:5].tolist()
+
+
+def test_builds_for_dataflow_offline_with_bigquery(world, tmp_path):
+    tmp = world[0]
+    result = neighbors.run([
+        "--run_date=2024-05-17", f"--vectors={tmp / 'vectors'}", f"--output={tmp_path}",
+        f"--watch_history={tmp / 'ratings.csv'}", "--warehouse=bq://poster-recs-test.recs",
+        "--runner=DataflowRunner", "--dry_run=True", "--project=poster-recs-test",
+        "--region=us-central1", "--temp_location=gs://poster-recs-test/tmp",
+    ])  # fmt: skip
+    assert result == {}
+
+
+def test_bad_warehouse_uri_is_a_clear_error(world):
+    with pytest.raises(ValueError, match="bq://PROJECT.DATASET or duckdb"):
+        nightly(world[0], "--warehouse=postgres://x")
