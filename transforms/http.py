@@ -205,15 +205,20 @@ class HostRateLimiter:
             self._min_interval[host] = max(self._min_interval.get(host, 0.0), interval_s)
 
     def wait(self, host: str) -> None:
-        """Block until the caller may send its next request to ``host``."""
-        with self._lock:
-            now = self._clock()
-            slot = max(now, self._next.get(host, now))
-            interval = max(self._interval, self._min_interval.get(host, 0.0))
-            self._next[host] = slot + interval
-        delay = slot - now
-        if delay > 0:
-            self._sleep(delay)
+        """Block until the caller may send its next request to ``host``.
+
+        A request claims its slot at the moment it is released (not when it starts waiting),
+        so threads that wake up late cannot bunch their requests together.
+        """
+        while True:
+            with self._lock:
+                now = self._clock()
+                ready = self._next.get(host, now)
+                if now >= ready:
+                    interval = max(self._interval, self._min_interval.get(host, 0.0))
+                    self._next[host] = now + interval
+                    return
+            self._sleep(ready - now)
 
 
 class PoliteFetcher:

@@ -182,11 +182,20 @@ def test_per_host_rate_limit_measured_from_the_server_log(fresh):
     films = [f for f in CATALOG.films if fresh.fault_for(f.movie_id) is None][:16]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda f: fetcher.get(fresh.poster_url(f)), films))
-    times = sorted(r.time for r in fresh.request_log)
-    assert len(times) == 17  # robots.txt + 16 posters
-    gaps = [b - a for a, b in itertools.pairwise(times)]
-    assert min(gaps) >= 1 / rate - 0.01, f"requests closer than 1/{rate}s: {min(gaps):.4f}"
-    assert times[-1] - times[0] >= 16 / rate - 0.02
+    assert [r.path for r in fresh.request_log][0] == "/robots.txt"
+    times = sorted(r.time for r in fresh.request_log if r.path.startswith("/posters/"))
+    assert len(times) == 16
+    # Requests are released 1/rate apart; the server logs them with scheduling jitter, so
+    # check every window of 5 consecutive requests (and the whole run), not single gaps.
+    windows = [times[i + 4] - times[i] for i in range(len(times) - 4)]
+    assert min(windows) >= 4 / rate - 0.06, f"5 requests within {min(windows):.3f}s"
+    assert times[-1] - times[0] >= 15 / rate - 0.02
+    unlimited = PoliteFetcher(policy_for(fresh, requests_per_second_per_host=1000.0))
+    fresh.reset_log()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda f: unlimited.get(fresh.poster_url(f)), films))
+    fast = sorted(r.time for r in fresh.request_log)
+    assert fast[-1] - fast[0] < 16 / rate / 2, "the limit, not the server, paced the first run"
 
 
 def test_api_key_is_sent_but_never_shown(fresh):
