@@ -221,7 +221,8 @@ def _event_from_mapping(row: Mapping, run_id: str, line: int) -> WatchEvent | De
         )  # fmt: skip
 
 
-def _read_history_file(path: str, run_id: str) -> Iterator[WatchEvent | DeadLetter]:
+def read_history_file(path: str, run_id: str) -> Iterator[WatchEvent | DeadLetter]:
+    """Events (or dead letters) of a local or gs:// ratings CSV or Parquet file."""
     from apache_beam.io.filesystems import FileSystems
 
     with FileSystems.open(path) as handle:
@@ -284,7 +285,7 @@ class ReadWatchHistory(beam.PTransform):
             items = (
                 pbegin
                 | "HistoryPath" >> beam.Create([self._uri])
-                | "ParseHistory" >> beam.FlatMap(_read_history_file, run_id)
+                | "ParseHistory" >> beam.FlatMap(read_history_file, run_id)
             )
         routed = items | "RouteBadRows" >> beam.Map(_route).with_outputs(DEAD_LETTER, main="events")
         return WatchHistory(routed.events, routed[DEAD_LETTER])
