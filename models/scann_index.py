@@ -25,18 +25,21 @@ TREE_MIN = 200_000
 IDS_FILE = "ids.npy"
 MANIFEST_FILE = "index_manifest.json"
 _IMPORT_LOCK = threading.Lock()
+_ABSENT = object()
+_EXACT_QUERY_BLOCK = 128
+_EXACT_DATABASE_BLOCK = 131_072
 
 
 def import_scann() -> Any:
     """ScaNN's TF-free pybind module, importing scann with TensorFlow hidden from its init."""
     with _IMPORT_LOCK:
         if "scann" not in sys.modules:
-            saved = sys.modules.get("tensorflow")
+            saved = sys.modules.get("tensorflow", _ABSENT)
             sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
             try:
                 import scann  # noqa: F401
             finally:
-                if saved is None:
+                if saved is _ABSENT:
                     del sys.modules["tensorflow"]
                 else:
                     sys.modules["tensorflow"] = saved
@@ -70,12 +73,13 @@ def choose_params(n: int, **overrides: Any) -> IndexParams:
     mode = overrides.pop("mode", None) or (
         "brute_force" if n <= BRUTE_FORCE_MAX else "ah" if n < TREE_MIN else "tree_ah"
     )
+    overrides = {k: v for k, v in overrides.items() if v is not None}
     base: dict[str, Any] = {"mode": mode}
     if mode == "tree_ah":
-        leaves = max(2, round(math.sqrt(n)))
+        leaves = overrides.get("num_leaves") or max(2, round(math.sqrt(n)))
         base.update(num_leaves=leaves, num_leaves_to_search=max(1, leaves // 10))
         base["training_sample_size"] = min(n, 250_000)
-    base.update({k: v for k, v in overrides.items() if v is not None})
+    base.update(overrides)
     return IndexParams(**base)
 
 
@@ -90,13 +94,30 @@ def _normalise(vectors: np.ndarray) -> np.ndarray:
 def exact_search(
     database: np.ndarray, queries: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by dot product (indices, scores), ties broken by the lower index."""
-    scores = queries @ database.T
-    k = min(k, database.shape[0])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    order = np.lexsort((top, -top_scores), axis=1)
-    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_scores, order, axis=1)
+    """Exact top-k by dot product (indices, scores), best first, equal scores by lower index.
+
+    Works in blocks of queries x database rows, so memory stays near 200 MB at any size.
+    """
+    n = database.shape[0]
+    k = min(k, n)
+    dtype = np.result_type(queries.dtype, database.dtype)
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    scores = np.empty((len(queries), k), dtype=dtype)
+    for q0 in range(0, len(queries), _EXACT_QUERY_BLOCK):
+        block = queries[q0 : q0 + _EXACT_QUERY_BLOCK]
+        found_rows, found_scores = [], []
+        for d0 in range(0, n, _EXACT_DATABASE_BLOCK):
+            products = block @ database[d0 : d0 + _EXACT_DATABASE_BLOCK].T
+            keep = min(k, products.shape[1])
+            top = np.argpartition(products, products.shape[1] - keep, axis=1)[:, -keep:]
+            found_scores.append(np.take_along_axis(products, top, axis=1))
+            found_rows.append(top + d0)
+        candidates = np.concatenate(found_rows, axis=1)
+        candidate_scores = np.concatenate(found_scores, axis=1)
+        order = np.lexsort((candidates, -candidate_scores), axis=1)[:, :k]
+        rows[q0 : q0 + len(block)] = np.take_along_axis(candidates, order, axis=1)
+        scores[q0 : q0 + len(block)] = np.take_along_axis(candidate_scores, order, axis=1)
+    return rows, scores
 
 
 class PosterIndex:
@@ -150,18 +171,26 @@ class PosterIndex:
         return cls(searcher, ids, info)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (movie ids, dot-product scores) for each query row, best first."""
+        """Top-k (movie ids, dot-product scores) for each query row, best first.
+
+        Where the index finds fewer than k rows (too few in the searched leaves) the missing
+        places hold id -1 and score NaN.
+        """
         queries = _normalise(np.atleast_2d(queries))
         k = min(k, len(self.ids))
-        leaves = self.info["params"].get("num_leaves_to_search") or None
-        if leaves:
-            rows, scores = self.searcher.search_batched(
-                queries, final_num_neighbors=k, leaves_to_search=leaves
-            )
-        else:
-            rows, scores = self.searcher.search_batched(queries, final_num_neighbors=k)
+        params = self.info["params"]
+        options: dict[str, int] = {"final_num_neighbors": k}
+        if params["mode"] != "brute_force":
+            # ScaNN reorders only reorder_k candidates and pads the rest with row 0 / NaN.
+            options["pre_reorder_num_neighbors"] = max(k, params["reorder_k"])
+        if params.get("num_leaves_to_search"):
+            options["leaves_to_search"] = params["num_leaves_to_search"]
+        rows, scores = self.searcher.search_batched(queries, **options)
         rows = np.asarray(rows, dtype=np.int64)
-        return self.ids[rows], np.asarray(scores, dtype=np.float32)
+        scores = np.asarray(scores, dtype=np.float32)
+        ids = self.ids[rows]
+        ids[~np.isfinite(scores)] = -1
+        return ids, scores
 
     def recall_at_k(
         self, database: np.ndarray, k: int = 10, sample: int = 1000, seed: int = 0
@@ -200,19 +229,19 @@ class PosterIndex:
         """Copy an index from ``uri`` (local or gs://) to a local temp dir and load it."""
         from apache_beam.io.filesystems import FileSystems
 
-        local = tempfile.mkdtemp(prefix="scann-index-")
         pattern = FileSystems.join(uri, "*")
         matches = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
         if not any(p.endswith(MANIFEST_FILE) for p in matches):
             raise FileNotFoundError(f"no ScaNN index at {uri} ({MANIFEST_FILE} missing)")
-        for path in matches:
-            with (
-                FileSystems.open(path) as src,
-                open(os.path.join(local, os.path.basename(path)), "wb") as dst,
-            ):
-                dst.write(src.read())
-        with open(os.path.join(local, MANIFEST_FILE)) as handle:
-            info = json.load(handle)
-        ids = np.load(os.path.join(local, IDS_FILE))
-        searcher = import_scann().load_searcher(local)
+        with tempfile.TemporaryDirectory(prefix="scann-index-") as local:
+            for path in matches:
+                with (
+                    FileSystems.open(path) as src,
+                    open(os.path.join(local, os.path.basename(path)), "wb") as dst,
+                ):
+                    dst.write(src.read())
+            with open(os.path.join(local, MANIFEST_FILE)) as handle:
+                info = json.load(handle)
+            ids = np.load(os.path.join(local, IDS_FILE))
+            searcher = import_scann().load_searcher(local)  # reads every file into memory
         return cls(searcher, ids, info)
