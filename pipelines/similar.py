@@ -1,0 +1,400 @@
+"""Query by poster: the films whose posters look most like a given poster, or a mix of several.
+
+A query is a local or gs:// image file, an http(s) image URL, an IMDb title id (``tt0076759``)
+or an IMDb title URL. URLs and IMDb pages are fetched with the scrape stage's fetch code and
+politeness rules (host allowlist, robots.txt, per-host rate, retries, user agent), every poster
+is validated and normalised like a scraped one, then embedded with the model the index was built
+from (the embed stage's ``{version}/model/{version}.keras``, decoded and resized exactly as the
+embed stage does) and searched in the ScaNN index. ``--mix`` averages the queries' unit vectors
+and returns the films nearest to the mix. Bad input ends with one line on stderr, exit status 2.
+
+    python -m pipelines.similar --vectors=out/vectors --posters=out/demo --query=poster.jpg
+    python -m pipelines.similar --vectors=out/vectors --query=tt0076759,tt0080684 --mix
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import posixpath
+import re
+import sys
+import urllib.parse
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.common import parse_options
+from transforms import resolve
+from transforms.http import DEFAULT_ALLOWED_HOSTS
+from transforms.http import FetchError
+from transforms.http import FetchPolicy
+from transforms.http import FetchResponse
+from transforms.http import PoliteFetcher
+from transforms.images import ImageRejected
+from transforms.images import normalise_image
+
+if TYPE_CHECKING:
+    from models.lookup import QueryModel
+    from models.scann_index import PosterIndex
+
+EXIT_BAD_INPUT = 2
+_IMDB_ID = re.compile(r"tt\d{7,}")
+_IMDB_TITLE_PATH = re.compile(r"/title/(tt\d{7,})(?:/.*)?")
+_REUSED_FLAGS = (
+    "--vectors, --model_version, --index, --posters, --model, --weights, --imdb_base, "
+    "--allowed_hosts, --http_user_agent, --requests_per_second_per_host, --max_attempts, "
+    "--connect_timeout_s, --read_timeout_s, --max_pixels, --max_side (as in the other stages)"
+)
+
+
+class SimilarOptions(PipelineOptions):
+    """Options of the query-by-poster tool (the others are the stages' own flags)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group("query by poster", f"Also used: {_REUSED_FLAGS}.")
+        group.add_argument(
+            "--query",
+            action="append",
+            default=None,
+            help="A poster: an image file (local or gs://), an http(s) image URL, an IMDb title "
+            "id (tt0076759) or an IMDb title URL. Repeat the flag or separate with commas.",
+        )
+        group.add_argument("--top_k", type=int, default=10, help="Films listed per query.")
+        group.add_argument(
+            "--mix",
+            action="store_true",
+            help="Average the queries' embeddings and list the films nearest to the mix.",
+        )
+
+
+class QueryError(Exception):
+    """A query that cannot be answered; the message is one line that says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+    """One query as given, and what kind it is: 'file', 'url' or 'imdb'."""
+
+    text: str
+    kind: str
+    imdb_id: str | None = None
+    imdb_base: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueryPoster:
+    """A query's poster, validated and normalised like a scraped one."""
+
+    query: str
+    label: str
+    jpeg: bytes
+
+
+def parse_query(text: str, imdb_base: str) -> Query:
+    """Classify a query: IMDb title id or URL, other http(s) URL, or an image file."""
+    text = text.strip()
+    if _IMDB_ID.fullmatch(text):
+        return Query(text, "imdb", imdb_id=text, imdb_base=imdb_base)
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme in ("http", "https"):
+        title = _IMDB_TITLE_PATH.fullmatch(parts.path)
+        if title is not None:
+            base = f"{parts.scheme}://{parts.netloc}"
+            return Query(text, "imdb", imdb_id=title.group(1), imdb_base=base)
+        return Query(text, "url")
+    return Query(text, "file")
+
+
+def split_queries(values: Sequence[str] | None) -> list[str]:
+    """The queries of repeated and comma-separated --query values, in order."""
+    return [part.strip() for value in values or () for part in value.split(",") if part.strip()]
+
+
+def fetch_policy(scrape_options: PipelineOptions) -> FetchPolicy:
+    """The scrape stage's fetch policy, from the same flags (allowlist, rate, robots, agent)."""
+    opts = scrape_options
+    if opts.allowed_hosts:
+        allowed = tuple(h.strip() for h in opts.allowed_hosts.split(",") if h.strip())
+    else:
+        bases = (opts.tmdb_api_base, opts.tmdb_image_base, opts.imdb_base)
+        allowed = DEFAULT_ALLOWED_HOSTS + tuple(urllib.parse.urlsplit(b).netloc for b in bases)
+    return FetchPolicy(
+        user_agent=opts.http_user_agent,
+        requests_per_second_per_host=opts.requests_per_second_per_host,
+        max_attempts=opts.max_attempts,
+        backoff_base_s=opts.backoff_base_s,
+        max_retry_after_s=opts.max_retry_after_s,
+        connect_timeout_s=opts.connect_timeout_s,
+        read_timeout_s=opts.read_timeout_s,
+        max_body_bytes=opts.max_body_bytes,
+        allowed_hosts=allowed,
+        pool_size=1,
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _normalise(data: bytes, what: str, scrape_options: PipelineOptions) -> bytes:
+    """The poster as the scrape stage would store it (RGB JPEG); QueryError if not an image."""
+    try:
+        return normalise_image(
+            data,
+            max_pixels=scrape_options.max_pixels,
+            max_side=scrape_options.max_side,
+            min_side=scrape_options.min_side,
+            jpeg_quality=scrape_options.jpeg_quality,
+        ).jpeg
+    except ImageRejected as exc:
+        raise QueryError(
+            f"not an image: {what} ({_one_line(exc)}) — give a JPEG or PNG poster"
+        ) from None
+
+
+def _fetch(fetcher: PoliteFetcher, url: str) -> FetchResponse:
+    try:
+        return fetcher.get(url)
+    except FetchError as exc:
+        detail = exc.detail
+        if exc.reason == "robots_disallowed":
+            detail += " (a robots.txt that cannot be read counts as disallowing)"
+        raise QueryError(
+            f"could not fetch {exc.url or url}: {_one_line(detail)} — check the URL or "
+            "--allowed_hosts"
+        ) from None
+
+
+def load_query_poster(
+    query: Query, fetcher: PoliteFetcher | None, scrape_options: PipelineOptions
+) -> QueryPoster:
+    """Read or politely fetch one query's poster and validate it like a scraped one."""
+    if query.kind == "file":
+        if not FileSystems.exists(query.text):
+            raise QueryError(
+                f"no such file: {query.text} — give an image file, an http(s) URL or an IMDb "
+                "title id such as tt0076759"
+            )
+        try:
+            with FileSystems.open(query.text) as handle:
+                data = handle.read()
+        except OSError as exc:
+            raise QueryError(
+                f"cannot read {query.text}: {_one_line(exc)} — give an image file"
+            ) from None
+        name = os.path.basename(query.text.rstrip("/"))
+        return QueryPoster(query.text, name, _normalise(data, query.text, scrape_options))
+    url, label = query.text, query.text
+    if query.kind == "imdb":
+        page_url = resolve.imdb_title_url(query.imdb_base, query.imdb_id)
+        page = _fetch(fetcher, page_url).body.decode("utf-8", errors="replace")
+        try:
+            url = resolve.parse_imdb_title_page(page, page_url=page_url)
+        except ValueError as exc:
+            raise QueryError(
+                f"no poster on {page_url}: {_one_line(exc)} — give an IMDb title id or the "
+                "poster's image URL"
+            ) from None
+        meta = resolve.imdb_metadata(page)
+        label = query.imdb_id + (f" {meta.title}" if meta.title else "")
+        label += f" ({meta.year})" if meta.year else ""
+    body = _fetch(fetcher, url).body
+    return QueryPoster(query.text, label, _normalise(body, url, scrape_options))
+
+
+def _load_index(uri: str, vectors: str | None) -> PosterIndex:
+    from models.scann_index import PosterIndex
+
+    try:
+        return PosterIndex.load(uri)
+    except FileNotFoundError:
+        raise QueryError(
+            f"no index at {uri} — build it with python -m pipelines.index "
+            f"--vectors={vectors or 'VECTORS'} (and --model_version), or pass --index"
+        ) from None
+
+
+def _load_model(model: str, weights: str | None, version: str) -> QueryModel:
+    from models.lookup import load_query_model
+
+    if model.endswith(".keras") and not FileSystems.exists(model):
+        raise QueryError(
+            f"no model at {model} — run python -m pipelines.embed for {version} first, or "
+            "pass the embedding model with --model"
+        )
+    try:
+        return load_query_model(model, weights)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        raise QueryError(f"cannot load the model {model}: {_one_line(exc)}") from None
+
+
+def _given(argv: Sequence[str], flag: str) -> bool:
+    return any(a == f"--{flag}" or a.startswith(f"--{flag}=") for a in argv)
+
+
+def open_index_and_model(
+    options: PipelineOptions, argv: Sequence[str]
+) -> tuple[str, PosterIndex, QueryModel]:
+    """The index (--index, else {vectors}/{version}/index) and the model it was built from.
+
+    The model is --model when given, else the embed stage's staged ``.keras`` file; a model
+    whose version is not the index's is a QueryError that says how to rebuild.
+    """
+    from models.lookup import index_uri
+    from models.lookup import staged_model_uri
+    from pipelines.embed import EmbedOptions
+    from pipelines.index import IndexOptions
+    from pipelines.index import resolve_version
+    from pipelines.neighbors import NeighborsOptions
+
+    vectors = options.view_as(IndexOptions).vectors
+    wanted = options.view_as(IndexOptions).model_version
+    uri = options.view_as(NeighborsOptions).index
+    embed_opts = options.view_as(EmbedOptions)
+    if not vectors and not uri:
+        raise QueryError("no index — give --vectors (the embed stage's output root) or --index")
+    if not uri:
+        try:
+            uri = index_uri(vectors, resolve_version(vectors, wanted))
+        except ValueError as exc:
+            raise QueryError(_one_line(exc)) from None
+    index = _load_index(uri, vectors)
+    version = wanted or index.model_version
+    if _given(argv, "model"):
+        source = embed_opts.model
+    else:
+        # The index stage writes {vectors}/{version}/index: its grandparent is the vectors root.
+        root = vectors or posixpath.dirname(posixpath.dirname(uri.rstrip("/")))
+        source = staged_model_uri(root, version)
+    model = _load_model(source, embed_opts.weights, version)
+    if model.version != index.model_version:
+        raise QueryError(
+            f"index {uri} was built for {index.model_version} but the model is {model.version} "
+            f"— rebuild with python -m pipelines.index --vectors={vectors or 'VECTORS'} "
+            f"--model_version={model.version}, or pass that version's index with --index"
+        )
+    return uri, index, model
+
+
+def embed_queries(
+    texts: Sequence[str], model: QueryModel, scrape_options: PipelineOptions
+) -> tuple[list[QueryPoster], np.ndarray]:
+    """Each query's poster (fetched politely where needed) and its unit vector."""
+    import tensorflow as tf
+
+    from models.lookup import embed_image_bytes
+
+    queries = [parse_query(t, scrape_options.imdb_base) for t in texts]
+    fetcher = None
+    if any(q.kind != "file" for q in queries):
+        fetcher = PoliteFetcher(fetch_policy(scrape_options))
+    try:
+        posters = [load_query_poster(q, fetcher, scrape_options) for q in queries]
+    finally:
+        if fetcher is not None:
+            fetcher.close()
+    try:
+        return posters, embed_image_bytes(model, [p.jpeg for p in posters])
+    except tf.errors.OpError as exc:
+        raise QueryError(
+            f"not an image: {_one_line(exc)[:200]} — give a JPEG or PNG poster"
+        ) from None
+
+
+def _search(options: PipelineOptions, argv: Sequence[str]) -> list[dict]:
+    """Load the index and its model, fetch and embed the queries, search; raises QueryError."""
+    from models.lookup import read_posters
+    from pipelines.embed import EmbedOptions
+    from pipelines.scrape import ScrapeOptions
+
+    opts = options.view_as(SimilarOptions)
+    texts = split_queries(opts.query)
+    if not texts:
+        raise QueryError(
+            "no query — give --query=poster.jpg, an image URL or an IMDb id such as tt0076759"
+        )
+    if opts.top_k < 1:
+        raise QueryError(f"--top_k={opts.top_k} — give at least 1")
+    _, index, model = open_index_and_model(options, argv)
+    posters, vectors = embed_queries(texts, model, options.view_as(ScrapeOptions))
+    asked = [(p.query, p.label) for p in posters]
+    if opts.mix:
+        mixed = vectors.mean(axis=0, keepdims=True)
+        vectors = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+        asked = [(" + ".join(q for q, _ in asked), "mix of " + " + ".join(la for _, la in asked))]
+    posters_root = options.view_as(EmbedOptions).posters
+    films = read_posters(posters_root) if posters_root else {}
+    found, scores = index.search(vectors, opts.top_k)
+    results = []
+    for (text, label), ids, sims in zip(asked, found.tolist(), scores.tolist(), strict=True):
+        ranked = [(m, s) for m, s in zip(ids, sims, strict=True) if m != -1]
+        for rank, (movie_id, score) in enumerate(ranked, start=1):
+            record = films.get(movie_id)
+            results.append(
+                {
+                    "query": text,
+                    "label": label,
+                    "rank": rank,
+                    "movie_id": int(movie_id),
+                    "title": record.title if record else None,
+                    "year": record.year if record else None,
+                    "score": float(score),
+                    "model_version": index.model_version,
+                }
+            )
+    return results
+
+
+def format_results(results: Sequence[dict]) -> str:
+    """The results as text: a heading per query, then rank, movie id, score, title and year."""
+    lines: list[str] = []
+    for result in results:
+        if result["rank"] == 1:
+            if lines:
+                lines.append("")
+            lines.append(f"query: {result['label']}  (model {result['model_version']})")
+            lines.append(f"{'rank':>4}  {'movie_id':>8}  {'score':>7}  title (year)")
+        title = result["title"] or "-"
+        year = f" ({result['year']})" if result["year"] else ""
+        lines.append(
+            f"{result['rank']:>4}  {result['movie_id']:>8}  {result['score']:>7.4f}  {title}{year}"
+        )
+    return "\n".join(lines)
+
+
+def run(argv: Sequence[str] | None = None) -> list[dict]:
+    """Answer the queries; returns one dict per (query, rank): query as given, its label, rank,
+    movie id, title, year, score and model version.
+
+    Bad input prints one line on stderr and raises SystemExit(2).
+    """
+    import pipelines.embed  # noqa: F401 - registers the stages' flags this tool reuses
+    import pipelines.neighbors  # noqa: F401
+    import pipelines.scrape  # noqa: F401
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = parse_options(argv, SimilarOptions, __doc__.splitlines()[0])
+    try:
+        return _search(options, argv)
+    except QueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_INPUT) from None
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command-line entry: errors-only logging, answer the queries, print the results."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+    print(format_results(run(argv)))
+
+
+if __name__ == "__main__":
+    main()
