@@ -153,19 +153,16 @@ def _hosts_of(*urls: str) -> tuple[str, ...]:
     return tuple(urllib.parse.urlsplit(u).netloc for u in urls if u)
 
 
-def build_config(options: ScrapeOptions, common: CommonOptions) -> ScrapeConfig:
-    """The frozen config of a run, with clear errors for missing or bad options."""
-    if not options.catalog:
-        raise ValueError("--catalog is required (or --synthetic_films=N for the built-in demo)")
-    if not common.output:
-        raise ValueError("--output is required: the root folder (local or gs://) to write to")
-    api_key = options.tmdb_api_key or os.environ.get(TMDB_KEY_ENV, "")
+def fetch_policy(
+    options: ScrapeOptions, secrets: tuple[str, ...] = (), pool_size: int | None = None
+) -> FetchPolicy:
+    """The fetch policy (allowlist, rate, retries, timeouts, agent) from the scrape flags."""
     bases = (options.tmdb_api_base, options.tmdb_image_base, options.imdb_base)
     if options.allowed_hosts:
         allowed = tuple(h.strip() for h in options.allowed_hosts.split(",") if h.strip())
     else:
         allowed = DEFAULT_ALLOWED_HOSTS + _hosts_of(*bases)
-    policy = FetchPolicy(
+    return FetchPolicy(
         user_agent=options.http_user_agent,
         requests_per_second_per_host=options.requests_per_second_per_host,
         max_attempts=options.max_attempts,
@@ -175,9 +172,19 @@ def build_config(options: ScrapeOptions, common: CommonOptions) -> ScrapeConfig:
         read_timeout_s=options.read_timeout_s,
         max_body_bytes=options.max_body_bytes,
         allowed_hosts=allowed,
-        pool_size=max(options.fetch_concurrency, 1),
-        secrets=(api_key,) if api_key else (),
+        pool_size=pool_size or max(options.fetch_concurrency, 1),
+        secrets=secrets,
     )
+
+
+def build_config(options: ScrapeOptions, common: CommonOptions) -> ScrapeConfig:
+    """The frozen config of a run, with clear errors for missing or bad options."""
+    if not options.catalog:
+        raise ValueError("--catalog is required (or --synthetic_films=N for the built-in demo)")
+    if not common.output:
+        raise ValueError("--output is required: the root folder (local or gs://) to write to")
+    api_key = options.tmdb_api_key or os.environ.get(TMDB_KEY_ENV, "")
+    policy = fetch_policy(options, secrets=(api_key,) if api_key else ())
     layout = OutputLayout.next_run(common.output)
     return ScrapeConfig(
         catalog=options.catalog,

@@ -31,7 +31,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import parse_options
 from transforms import resolve
-from transforms.http import DEFAULT_ALLOWED_HOSTS
 from transforms.http import FetchError
 from transforms.http import FetchPolicy
 from transforms.http import FetchResponse
@@ -119,24 +118,9 @@ def split_queries(values: Sequence[str] | None) -> list[str]:
 
 def fetch_policy(scrape_options: PipelineOptions) -> FetchPolicy:
     """The scrape stage's fetch policy, from the same flags (allowlist, rate, robots, agent)."""
-    opts = scrape_options
-    if opts.allowed_hosts:
-        allowed = tuple(h.strip() for h in opts.allowed_hosts.split(",") if h.strip())
-    else:
-        bases = (opts.tmdb_api_base, opts.tmdb_image_base, opts.imdb_base)
-        allowed = DEFAULT_ALLOWED_HOSTS + tuple(urllib.parse.urlsplit(b).netloc for b in bases)
-    return FetchPolicy(
-        user_agent=opts.http_user_agent,
-        requests_per_second_per_host=opts.requests_per_second_per_host,
-        max_attempts=opts.max_attempts,
-        backoff_base_s=opts.backoff_base_s,
-        max_retry_after_s=opts.max_retry_after_s,
-        connect_timeout_s=opts.connect_timeout_s,
-        read_timeout_s=opts.read_timeout_s,
-        max_body_bytes=opts.max_body_bytes,
-        allowed_hosts=allowed,
-        pool_size=1,
-    )
+    from pipelines.scrape import fetch_policy as scrape_fetch_policy
+
+    return scrape_fetch_policy(scrape_options, pool_size=1)
 
 
 def _one_line(text: str) -> str:

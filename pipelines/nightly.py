@@ -1,0 +1,235 @@
+"""The whole nightly job for one run date: scrape, (train,) embed, index, neighbours, candidates.
+
+Each stage is the stage's own ``run()`` with one set of options: every flag given here reaches
+every stage (Beam runner flags included), and this job sets each stage's inputs and outputs
+under ``--output``::
+
+    {output}/scrape/    poster TFRecords, dead letters, duplicates, manifests
+    {output}/train/     the trained .keras model and its report (with --train)
+    {output}/vectors/   Parquet vectors and the ScaNN index, per model version
+    {output}/nightly/   warehouse.duckdb (+ Parquet), reports/, dead letters
+
+With ``--synthetic_films=N`` the catalog, the posters and the watch history come from the built-in
+synthetic poster web on 127.0.0.1, so the whole job runs with no internet and no cloud account::
+
+    python -m pipelines.nightly --synthetic_films=300 --train --output=out/nightly
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import sys
+import time
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.common import CommonOptions
+from pipelines.common import configure_logging
+from pipelines.common import parse_options
+
+_LOG = logging.getLogger(__name__)
+
+
+class NightlyOptions(PipelineOptions):
+    """Options of the whole nightly job (each stage's own flags are accepted too)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group("nightly job")
+        group.add_argument(
+            "--train",
+            action="store_true",
+            help="Train a poster model on the scraped posters and embed with it.",
+        )
+        group.add_argument(
+            "--baseline_model",
+            default="pixels",
+            help="Also embed and index with this model as the evaluation and contact-sheet "
+            "baseline ('' for none).",
+        )
+        group.add_argument(
+            "--synthetic_users",
+            type=int,
+            default=200,
+            help="With --synthetic_films: users in the synthetic watch history.",
+        )
+
+
+class StageClock:
+    """Logs each stage's start, end and elapsed time, and keeps the timings."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def stage(self, name: str):
+        """Time one stage and report it on the console."""
+        print(f"[nightly] {name}: started (elapsed {time.perf_counter() - self._start:.0f}s)",
+              flush=True)  # fmt: skip
+        began = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - began, 2)
+        print(f"[nightly] {name}: done in {self.timings[name]:.1f}s", flush=True)
+
+
+def run(argv=None) -> dict:
+    """Run every stage for one run date; returns where everything went and the timings."""
+    from pipelines import embed
+    from pipelines import evaluate
+    from pipelines import index
+    from pipelines import neighbors
+    from pipelines import scrape
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = parse_options(argv, NightlyOptions, __doc__.splitlines()[0])
+    nightly = options.view_as(NightlyOptions)
+    root = options.view_as(CommonOptions).output
+    if not root:
+        raise ValueError("--output is required: the root every stage writes under")
+    run_options = options.view_as(neighbors.NeighborsOptions)
+    run_date = run_options.run_date or datetime.date.today().isoformat()
+    synthetic = options.view_as(scrape.ScrapeOptions).synthetic_films
+    paths = {
+        "scrape": os.path.join(root, "scrape"),
+        "train": os.path.join(root, "train"),
+        "vectors": os.path.join(root, "vectors"),
+        "nightly": os.path.join(root, "nightly"),
+    }
+    clock = StageClock()
+    summary: dict = {"run_date": run_date, "paths": paths}
+    with clock.stage("scrape"):
+        summary["scrape"] = scrape.run(argv + [f"--output={paths['scrape']}"])
+    watch_history = run_options.watch_history
+    if synthetic and not watch_history:
+        watch_history = write_synthetic_history(
+            synthetic,
+            options.view_as(scrape.ScrapeOptions).synthetic_seed,
+            nightly.synthetic_users,
+            paths["scrape"],
+        )
+    stage_argv = argv + [f"--posters={paths['scrape']}"]
+    if nightly.train:
+        from pipelines import train
+
+        with clock.stage("train"):
+            report = train.run(stage_argv + [f"--output={paths['train']}"])
+        summary["train"] = {k: report[k] for k in ("model_path", "run_id") if k in report}
+        stage_argv += [f"--model={report['model_path']}"]
+    with clock.stage("embed"):
+        embedded = embed.run(stage_argv + [f"--output={paths['vectors']}"])
+    version = embedded["model_version"]
+    summary["embed"] = {"model_version": version, "identity": embedded["identity"]}
+    version_argv = stage_argv + [f"--vectors={paths['vectors']}", f"--model_version={version}"]
+    with clock.stage("index"):
+        summary["index"] = index.run(version_argv + [f"--output={_index_dir(paths, version)}"])
+    baseline = None
+    if nightly.baseline_model:
+        with clock.stage(f"baseline {nightly.baseline_model}"):
+            base_argv = argv + [f"--posters={paths['scrape']}", f"--model={nightly.baseline_model}"]
+            baseline = embed.run(base_argv + [f"--output={paths['vectors']}"])["model_version"]
+            index.run(base_argv + [f"--vectors={paths['vectors']}", f"--model_version={baseline}",
+                                   f"--output={_index_dir(paths, baseline)}"])  # fmt: skip
+    nightly_argv = version_argv + [f"--output={paths['nightly']}", f"--run_date={run_date}"]
+    if watch_history:
+        nightly_argv.append(f"--watch_history={watch_history}")
+    with clock.stage("neighbors and candidates"):
+        summary["neighbors"] = neighbors.run(nightly_argv)
+    if watch_history:
+        with clock.stage("evaluation"):
+            extra = [f"--baseline_model_version={baseline}"] if baseline else []
+            summary["evaluation"] = evaluate.run(nightly_argv + extra)
+    with clock.stage("report"):
+        summary["report"] = write_run_report(
+            paths, version, baseline, watch_history, run_date, clock.timings
+        )
+    summary["timings"] = clock.timings
+    return summary
+
+
+def _index_dir(paths: dict, version: str) -> str:
+    return os.path.join(paths["vectors"], version, "index")
+
+
+def write_run_report(
+    paths: dict,
+    version: str,
+    baseline: str | None,
+    watch_history: str | None,
+    run_date: str,
+    timings: dict[str, float],
+) -> str:
+    """Contact sheets (PNG) for a sample of films and the HTML run report; returns its path."""
+    from transforms import reports
+
+    sheets = reports.contact_sheets_for(
+        paths["vectors"], version, paths["scrape"], sample=4, baseline_model_version=baseline
+    )
+    folder = os.path.join(paths["nightly"], "reports")
+    reports.write_contact_sheets(sheets, os.path.join(folder, f"contact-sheets-{run_date}"))
+    run = reports.collect_run(
+        paths["scrape"], paths["vectors"], version, paths["nightly"], watch_history,
+        baseline_model_version=baseline, run_date=run_date, contact_sheets=sheets,
+        stage_seconds=dict(timings),
+    )  # fmt: skip
+    return reports.write_report(run, os.path.join(folder, f"run-{run_date}.html"))
+
+
+def write_synthetic_history(films: int, seed: int, users: int, folder: str) -> str:
+    """The synthetic catalog's watch history (MovieLens ratings CSV) under ``folder``."""
+    from synthetic.catalog import make_catalog
+    from synthetic.catalog import make_watch_history
+    from synthetic.catalog import write_ratings_csv
+
+    path = os.path.join(folder, "synthetic_input", f"ratings-{films}-seed{seed}.csv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_ratings_csv(path, make_watch_history(make_catalog(films, seed=seed), users, seed=seed))
+    return path
+
+
+def sample_query(summary: dict) -> str:
+    """One consumer query against the local warehouse, printed as a table."""
+    import duckdb
+
+    from schemas import CandidateRow
+    from schemas import NeighborRow
+
+    warehouse = summary["neighbors"]["warehouse"].removeprefix("duckdb://")
+    c = NeighborRow.c
+    with duckdb.connect(warehouse, read_only=True) as con:
+        film = con.execute(f"SELECT min({c.movie_id}) FROM {NeighborRow.TABLE}").fetchall()[0][0]
+        sql = (
+            f"SELECT {c.rank}, {c.neighbor_id}, round({c.score}, 4) AS score"
+            f" FROM {NeighborRow.TABLE} WHERE {c.movie_id} = {film}"
+            f" AND {c.run_date} = DATE '{summary['run_date']}'"
+            f" ORDER BY {c.rank}"
+        )
+        table = con.execute(sql).fetchall()
+        users = con.execute(
+            f"SELECT count(DISTINCT {CandidateRow.c.user_id}) FROM {CandidateRow.TABLE}"
+        ).fetchall()[0]
+    lines = [f"duckdb {warehouse}", f"  {sql}"]
+    lines += [f"  {rank:>2}  {nid:>8}  {score:.4f}" for rank, nid, score in table]
+    lines.append(f"  ({users[0]} users have candidates in {CandidateRow.TABLE})")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+    """Command-line entry: run the job, then print where the outputs are and one SQL query."""
+    configure_logging()
+    summary = run(argv)
+    print("\noutputs:")
+    for stage, path in summary["paths"].items():
+        print(f"  {stage:<8} {path}")
+    if "evaluation" in summary:
+        print(summary["evaluation"]["table"])
+    print(f"run report: {summary['report']}")
+    print(sample_query(summary))
+    print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items()))
+
+
+if __name__ == "__main__":
+    main()
