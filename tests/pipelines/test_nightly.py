@@ -1,0 +1,52 @@
+"""The whole nightly job on the synthetic poster web, as the README's run command does it."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from pipelines import nightly
+from schemas import CandidateRow
+from schemas import NeighborRow
+
+
+@pytest.fixture(scope="module")
+def summary(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nightly")
+    return nightly.run([
+        "--synthetic_films=80", "--synthetic_users=40", f"--output={out}",
+        "--run_date=2024-05-17", "--model=small_cnn", "--requests_per_second_per_host=500",
+    ]), out  # fmt: skip
+
+
+def test_every_stage_ran_and_reported_its_time(summary):
+    result, _ = summary
+    assert list(result["timings"]) == [
+        "scrape", "embed", "index", "baseline pixels", "neighbors and candidates", "evaluation",
+        "report",
+    ]  # fmt: skip
+    assert result["scrape"]["accounting_ok"] and result["scrape"]["input_rows"] == 80
+    assert result["embed"]["model_version"].startswith("small_cnn-")
+    assert result["index"]["recall_at_10"] == 1.0
+
+
+def test_warehouse_holds_the_run_date(summary):
+    result, out = summary
+    films = result["scrape"]["written"]
+    with duckdb.connect(str(out / "nightly" / "warehouse.duckdb"), read_only=True) as con:
+        n = con.execute(f"SELECT count(*) FROM {NeighborRow.TABLE}").fetchall()[0][0]
+        users = con.execute(
+            f"SELECT count(DISTINCT {CandidateRow.c.user_id}) FROM {CandidateRow.TABLE}"
+        ).fetchall()[0][0]
+    assert n == 10 * films
+    assert 0 < users <= 40
+    text = nightly.sample_query(result)
+    assert text.count("\n") >= 11 and "users have candidates" in text
+
+
+def test_evaluation_and_report_cover_the_baselines(summary):
+    result, _ = summary
+    methods = set(result["evaluation"]["results"])
+    assert {"popularity", "random"} <= methods and len(methods) == 4
+    html = open(result["report"], encoding="utf-8").read()
+    assert "<svg" in html and "data:image/png;base64," in html
