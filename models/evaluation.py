@@ -101,7 +101,7 @@ def fit_logistic_probe(
     return LogisticProbe(weights=params[0], bias=params[1], mean=mean, scale=scale)
 
 
-PROBE_L2_GRID = (1e-4, 1e-3, 1e-2, 1e-1)
+PROBE_L2_GRID = (1e-3, 1e-2, 1e-1, 1.0)
 REPORT_ROWS = ("trained", "untrained_backbone", "pixels")
 
 
@@ -124,17 +124,15 @@ def thresholded_report(
     return report
 
 
-def probe_report(
+def fit_best_probe(
     train: tuple[np.ndarray, np.ndarray],
     validation: tuple[np.ndarray, np.ndarray],
-    test: tuple[np.ndarray, np.ndarray],
-    class_names: Sequence[str],
     l2_grid: Sequence[float] = PROBE_L2_GRID,
-) -> dict:
-    """Test metrics of the balanced logistic probe whose L2 strength is best on validation.
+) -> tuple[LogisticProbe, float]:
+    """The balanced logistic probe whose L2 strength gives the best validation micro-F1.
 
-    Each (features, labels) split; thresholds are tuned per class on validation and the L2
-    strength is the one with the best validation micro-F1 (with its own tuned thresholds).
+    Each split is (features, labels); every candidate is scored with its own per-class
+    thresholds tuned on validation.
     """
     if not l2_grid:
         raise ValueError("l2_grid is empty")
@@ -146,7 +144,18 @@ def probe_report(
         f1 = metrics.micro_precision_recall_f1(validation[1], predicted)[2]
         if best is None or f1 > best[0]:
             best = (f1, l2, probe)
-    _, l2, probe = best
+    return best[2], best[1]
+
+
+def probe_report(
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    class_names: Sequence[str],
+    l2_grid: Sequence[float] = PROBE_L2_GRID,
+) -> dict:
+    """Test metrics of :func:`fit_best_probe`, with per-class thresholds tuned on validation."""
+    probe, l2 = fit_best_probe(train, validation, l2_grid)
     report = thresholded_report(
         (validation[1], probe.scores(validation[0])),
         (test[1], probe.scores(test[0])),
@@ -154,6 +163,43 @@ def probe_report(
     )
     report["probe_l2"] = l2
     return report
+
+
+def report_predictions(report: dict, scores: np.ndarray, class_names: Sequence[str]) -> np.ndarray:
+    """0/1 predictions of scores with the thresholds a thresholded report holds."""
+    thresholds = np.array([report["thresholds"][name] for name in class_names])
+    return metrics.apply_thresholds(scores, thresholds)
+
+
+def paired_bootstrap_micro_f1(
+    y_true: np.ndarray,
+    predicted_a: np.ndarray,
+    predicted_b: np.ndarray,
+    samples: int = 2000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Micro-F1 of a minus that of b, with a 95% paired bootstrap interval over examples."""
+    t = np.asarray(y_true).astype(bool)
+    a, b = np.asarray(predicted_a).astype(bool), np.asarray(predicted_b).astype(bool)
+    true_count = t.sum(axis=1)
+    counts = [((t & p).sum(axis=1), p.sum(axis=1)) for p in (a, b)]
+
+    def micro_f1(index: np.ndarray) -> np.ndarray:
+        f1 = []
+        for tp, predicted in counts:
+            numerator = 2.0 * tp[index].sum(axis=-1)
+            denominator = predicted[index].sum(axis=-1) + true_count[index].sum(axis=-1)
+            f1.append(np.divide(numerator, np.maximum(denominator, 1)))
+        return f1[0] - f1[1]
+
+    rng = np.random.default_rng(seed)
+    resampled = micro_f1(rng.integers(0, len(t), size=(samples, len(t))))
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return {
+        "difference": float(micro_f1(np.arange(len(t)))),
+        "ci95_low": float(low),
+        "ci95_high": float(high),
+    }
 
 
 def format_report_table(report: dict) -> str:

@@ -47,6 +47,7 @@ def parse_options(
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(
         description=description,
+        allow_abbrev=False,  # one stage's flag must never read as the prefix of another's
         epilog="Beam runner options (--runner, --project, --region, --temp_location, "
         "--direct_running_mode, --direct_num_workers, --setup_file, ...) are accepted too.",
     )

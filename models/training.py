@@ -1,0 +1,666 @@
+"""Training the poster embedding: a genre warm-up, then semi-hard triplet metric learning.
+
+The model is a registry backbone (its normalisation layer in front), global average pooling, a
+linear ``embedding_dim`` embedding layer and a genre-logits head on it. Training runs on the
+tf.Transform output (:mod:`models.preprocessing`):
+
+1. **Features once.** The backbone is split at a block boundary into a frozen *trunk* and a
+   *tail* of its last ``unfreeze_blocks`` blocks (blocks are runs of layers sharing a name prefix:
+   ``fire8``, ``fire9`` for SqueezeNet, ``block4`` for the small CNN). One pass over the
+   transformed images computes the trunk's output for every poster, the untrained backbone's
+   pooled features (the tail applied with its original weights) and the raw-pixels baseline's
+   features, and keeps only those: the trunk is frozen throughout, so training the tail on
+   cached trunk outputs is exactly training the whole model with the trunk frozen (no
+   augmentation is applied), at a fraction of the cost.
+2. **Warm-up.** Backbone frozen: the embedding layer and the head learn from the pooled features
+   with a multi-label binary cross-entropy from logits, each class's positives and negatives
+   weighted to equal total weight (inverse frequency).
+3. **Metric learning.** The semi-hard triplet loss (:mod:`models.losses`, angular distance,
+   margin ``triplet_margin``) on the L2-normalised embedding, plus ``classification_weight``
+   times the balanced cross-entropy so the head stays calibrated, while the tail's blocks are
+   unfrozen progressively: the last block first, one more per stage. BatchNorm layers stay frozen
+   and the backbone always runs in inference mode.
+
+The exported model is ``image -> normalisation -> backbone -> pooling -> embedding ->
+L2Normalize``: float32 RGB 0..255 in, unit vectors out, the embed stage's contract. Each phase
+logs one line per epoch. TensorFlow places the work on a GPU when one is visible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from models import features
+from models.layers import L2Normalize
+from models.layers import preprocess_layer
+from models.losses import BalancedBinaryCrossentropy
+from models.losses import SemiHardTripletLoss
+from models.losses import balanced_class_weights
+from models.registry import get_spec
+from models.registry import load_embedding_model
+
+EXPORT_PREFIX = "poster_embedding"
+EMBEDDING_OUTPUT = "embedding"
+LOGITS_OUTPUT = "genre_logits"
+_LOG = logging.getLogger(__name__)
+_BN_TYPES = (keras.layers.BatchNormalization,)
+VARIANCE_FLOOR = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (the training stage's flags)."""
+
+    backbone: str = "squeezenet_v1_1"
+    weights: str | None = None
+    genre_set: str = features.DEFAULT_GENRE_SET
+    embedding_dim: int = 128
+    warmup_epochs: int = 40
+    metric_epochs: int = 8
+    triplet_margin: float = 0.1
+    unfreeze_blocks: int = 2
+    learning_rate: float = 1e-3
+    fine_tune_learning_rate: float = 1e-4
+    batch_size: int = 64
+    dropout: float = 0.5
+    l2: float = 1e-3
+    patience: int = 5
+    classification_weight: float = 1.0
+    flip_augment: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        features.genre_mapping(self.genre_set)
+        get_spec(self.backbone)
+        if self.embedding_dim < 1 or self.batch_size < 2:
+            raise ValueError("need --embedding_dim >= 1 and --batch_size_train >= 2")
+        if min(self.warmup_epochs, self.metric_epochs, self.unfreeze_blocks) < 0:
+            raise ValueError("epochs and --unfreeze_blocks must be >= 0")
+        if self.triplet_margin < 0 or self.l2 < 0 or not 0 <= self.dropout < 1:
+            raise ValueError("need --triplet_margin >= 0, --l2 >= 0 and 0 <= dropout < 1")
+        if self.patience < 1:
+            raise ValueError("--patience must be >= 1")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The backbone's input size (height, width): the transform resizes posters to it."""
+        return tuple(get_spec(self.backbone).input_size)
+
+
+@dataclasses.dataclass
+class SplitData:
+    """The cached inputs of one split: labels, trunk outputs and frozen baseline features."""
+
+    movie_ids: np.ndarray
+    labels: np.ndarray
+    trunk: np.ndarray
+    pooled: np.ndarray
+    pixels: np.ndarray
+    images: np.ndarray | None = None
+    flipped_trunk: np.ndarray | None = None
+    flipped_pooled: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.movie_ids)
+
+    def training_set(self, attribute: str) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, labels) for training: ``trunk`` or ``pooled``, plus flipped copies if cached."""
+        inputs = getattr(self, attribute)
+        flipped = getattr(self, f"flipped_{attribute}")
+        if flipped is None:
+            return inputs, self.labels
+        return np.concatenate([inputs, flipped]), np.concatenate([self.labels, self.labels])
+
+
+@dataclasses.dataclass
+class PosterData:
+    """Every split's cached inputs, and how many posters had no class of the genre set."""
+
+    splits: dict[int, SplitData]
+    unlabelled: dict[int, int]
+
+    def split(self, index: int) -> SplitData:
+        """One split's data; ValueError when the split is empty."""
+        data = self.splits.get(index)
+        if data is None or len(data) == 0:
+            raise ValueError(f"the {features.SPLITS[index]} split has no labelled posters")
+        return data
+
+
+def backbone_blocks(backbone: keras.Model) -> list[tuple[str, list[keras.layers.Layer]]]:
+    """The backbone's blocks in order: (name prefix, layers) runs of layers with weights.
+
+    A block starts at each layer with weights whose name prefix (up to the first ``_``) differs
+    from the current block's; layers without weights (activations, pools) join the block before
+    them, and those before the first weighted layer belong to no block.
+    """
+    blocks: list[tuple[str, list[keras.layers.Layer]]] = []
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        prefix = layer.name.split("_", 1)[0]
+        if layer.weights and (not blocks or blocks[-1][0] != prefix):
+            blocks.append((prefix, [layer]))
+        elif blocks:
+            blocks[-1][1].append(layer)
+    return blocks
+
+
+def split_backbone(
+    backbone: keras.Model, tail_blocks: int
+) -> tuple[keras.Model, keras.Model, list[tuple[str, list[keras.layers.Layer]]]]:
+    """(trunk, tail, tail's blocks): the backbone cut before its last ``tail_blocks`` blocks.
+
+    Trunk and tail share the backbone's layers (training the tail trains the backbone).
+    """
+    blocks = backbone_blocks(backbone)
+    if tail_blocks > len(blocks):
+        raise ValueError(
+            f"--unfreeze_blocks={tail_blocks}, but {backbone.name} has {len(blocks)} blocks "
+            f"({[name for name, _ in blocks]})"
+        )
+    if tail_blocks == 0:
+        inputs = keras.Input(shape=backbone.output.shape[1:], name="trunk_output")
+        return backbone, keras.Model(inputs, keras.layers.Identity()(inputs)), []
+    tail = blocks[-tail_blocks:]
+    cut = tail[0][1][0].input
+    try:
+        trunk_model = keras.Model(backbone.input, cut, name=f"{backbone.name}_trunk")
+        tail_model = keras.Model(cut, backbone.output, name=f"{backbone.name}_tail")
+    except ValueError as exc:
+        raise ValueError(
+            f"{backbone.name} cannot be cut before block {tail[0][0]!r} (the tail needs more than "
+            f"the one tensor there): {exc}"
+        ) from exc
+    return trunk_model, tail_model, tail
+
+
+def freeze(backbone: keras.Model) -> None:
+    """Make every layer of the backbone non-trainable."""
+    for layer in backbone.layers:
+        layer.trainable = False
+
+
+def unfreeze_last(blocks: list[tuple[str, list[keras.layers.Layer]]], count: int) -> list[str]:
+    """Make the last ``count`` blocks trainable, BatchNorm layers excepted; return their names."""
+    chosen = blocks[len(blocks) - count :] if count else []
+    for _, layers in chosen:
+        for layer in layers:
+            layer.trainable = not isinstance(layer, _BN_TYPES)
+    return [name for name, _ in chosen]
+
+
+@keras.saving.register_keras_serializable(package="poster_recs")
+class InferenceMode(keras.layers.Layer):
+    """Runs a wrapped model with ``training=False`` always (frozen BatchNorm, no dropout)."""
+
+    def __init__(self, inner: keras.Model, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.inner = inner
+
+    def call(self, inputs: Any) -> Any:
+        """The wrapped model in inference mode."""
+        return self.inner(inputs, training=False)
+
+    def compute_output_spec(self, inputs: Any) -> Any:
+        """The wrapped model's output spec."""
+        return self.inner.compute_output_spec(inputs)
+
+
+def _pool(x: keras.KerasTensor) -> keras.KerasTensor:
+    """Global average pooling of feature maps; vectors pass unchanged."""
+    if len(x.shape) == 4:
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    return x
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Logs one line per epoch: the phase, the epoch, the losses and the seconds it took."""
+
+    def __init__(self, phase: str, epochs: int) -> None:
+        super().__init__()
+        self._phase = phase
+        self._epochs = epochs
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        """Start the epoch's clock."""
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        """Log the epoch's losses."""
+        figures = " ".join(f"{k} {v:.4f}" for k, v in sorted((logs or {}).items()))
+        _LOG.info(
+            "%s epoch %d/%d: %s (%.1f s)",
+            self._phase,
+            epoch + 1,
+            self._epochs,
+            figures,
+            time.perf_counter() - self._start,
+        )
+
+
+def _batched_predict(fn, arrays: np.ndarray, batch_size: int) -> np.ndarray:
+    """``fn`` over ``arrays`` in batches, concatenated as float32 NumPy."""
+    outputs = [
+        np.asarray(fn(tf.constant(arrays[i : i + batch_size])), dtype=np.float32)
+        for i in range(0, len(arrays), batch_size)
+    ]
+    return np.concatenate(outputs) if outputs else np.zeros((0,), np.float32)
+
+
+class PosterTrainer:
+    """The backbone split for training, the embedding layer and the genre head."""
+
+    def __init__(self, config: TrainConfig, num_classes: int) -> None:
+        self.config = config
+        self.num_classes = num_classes
+        spec = get_spec(config.backbone)
+        self.preprocess = spec.preprocess
+        self.input_size = tuple(spec.input_size)
+        em = load_embedding_model(config.backbone, config.weights)
+        self.backbone = em.keras_model.get_layer("backbone")
+        self.pixels_model = load_embedding_model("pixels").keras_model
+        keras.utils.set_random_seed(config.seed)
+        freeze(self.backbone)
+        trunk, tail, self.tail_blocks = split_backbone(self.backbone, config.unfreeze_blocks)
+        self.tail = tail
+        self.trunk = self._with_preprocessing(trunk)
+        self.frozen_features = tf.function(
+            lambda x: _pool_tensor(self.tail(x, training=False)), reduce_retracing=True
+        )
+        self._trunk_fn = tf.function(lambda x: self.trunk(x, training=False), reduce_retracing=True)
+        self.normalisation: keras.layers.Normalization | None = None
+        self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")
+        self.embedding = keras.layers.Dense(
+            config.embedding_dim, kernel_regularizer=_l2(config.l2), name=EMBEDDING_OUTPUT
+        )
+        self.head = keras.layers.Dense(
+            num_classes, kernel_regularizer=_l2(config.l2), name=LOGITS_OUTPUT
+        )
+        self._model: keras.Model | None = None
+        self.history: dict[str, list[dict[str, float]]] = {}
+
+    def build(self, train: SplitData) -> None:
+        """Standardise pooled features with the training split's statistics; build the model.
+
+        The standardisation (a Keras ``Normalization`` layer with fixed statistics, part of the
+        exported model) puts features of any backbone on one scale for the linear layers; a
+        variance floor keeps channels that are constant on the training posters harmless.
+        """
+        pooled = train.pooled.astype(np.float64)
+        variance = pooled.var(axis=0)
+        variance = np.maximum(variance, VARIANCE_FLOOR * max(float(variance.mean()), 1e-12))
+        self.normalisation = keras.layers.Normalization(
+            mean=pooled.mean(axis=0).tolist(),
+            variance=variance.tolist(),
+            name="feature_normalisation",
+        )
+        self._model = self._metric_model()
+
+    @property
+    def model(self) -> keras.Model:
+        """Trunk output -> unit embedding and genre logits (after :meth:`build`)."""
+        if self._model is None:
+            raise RuntimeError("call build(train) first")
+        return self._model
+
+    def _with_preprocessing(self, trunk: keras.Model) -> keras.Model:
+        """image 0..255 -> the backbone's normalisation -> trunk."""
+        inputs = keras.Input(shape=(*self.input_size, 3), dtype="float32", name="image")
+        x = inputs
+        layer = preprocess_layer(self.preprocess)
+        if layer is not None:
+            x = layer(x)
+        return keras.Model(inputs, trunk(x), name="trunk_with_preprocessing")
+
+    def _metric_model(self) -> keras.Model:
+        """Trunk output -> tail (inference mode) -> pool -> embedding -> (unit vector, logits)."""
+        inputs = keras.Input(shape=self.tail.input.shape[1:], name="trunk_output")
+        x = _pool(InferenceMode(self.tail, name="tail")(inputs))
+        embedding = self.embedding(self.dropout(self.normalisation(x)))
+        unit = L2Normalize(name="unit_embedding", dtype="float32")(embedding)
+        logits = self.head(embedding)
+        return keras.Model(
+            inputs, {EMBEDDING_OUTPUT: unit, LOGITS_OUTPUT: logits}, name="metric_model"
+        )
+
+    def _warmup_model(self, feature_dim: int) -> keras.Model:
+        """Pooled backbone features -> dropout -> embedding -> logits."""
+        inputs = keras.Input(shape=(feature_dim,), name="pooled_features")
+        logits = self.head(self.embedding(self.dropout(self.normalisation(inputs))))
+        return keras.Model(inputs, logits, name="warmup_model")
+
+    def extract(
+        self,
+        batches: Iterable[dict[str, tf.Tensor]],
+        keep_images: set[int],
+        flip_splits: set[int] = frozenset(),
+    ) -> PosterData:
+        """Cache trunk outputs and frozen features of every labelled poster, split by split.
+
+        ``keep_images`` names the splits whose pixels are kept too; for ``flip_splits`` the
+        trunk outputs of the horizontally flipped posters are cached as well (augmentation).
+        """
+        parts: dict[int, dict[str, list[np.ndarray]]] = {}
+        unlabelled = dict.fromkeys(range(len(features.SPLITS)), 0)
+        for batch in batches:
+            labels = batch[features.LABEL_KEY].numpy()
+            split = batch[features.SPLIT_KEY].numpy()
+            keep = labels.sum(axis=1) > 0
+            for index in range(len(features.SPLITS)):
+                unlabelled[index] += int(np.sum((split == index) & ~keep))
+            if not keep.any():
+                continue
+            images = batch[features.IMAGE_KEY]
+            trunk = self._trunk_fn(images)
+            pooled = np.asarray(self.frozen_features(trunk), np.float32)
+            trunk = np.asarray(trunk, np.float32)
+            pixels = np.asarray(self.pixels_model(batch[features.PIXELS_KEY], training=False))
+            ids = batch[features.MOVIE_ID_KEY].numpy()
+            for index in np.unique(split[keep]):
+                rows = keep & (split == index)
+                part = parts.setdefault(int(index), {})
+                values = {
+                    "movie_ids": ids[rows],
+                    "labels": labels[rows],
+                    "trunk": trunk[rows],
+                    "pooled": pooled[rows],
+                    "pixels": pixels[rows],
+                }
+                if int(index) in keep_images:
+                    values["images"] = images.numpy()[rows]
+                if int(index) in flip_splits:
+                    flipped = self._trunk_fn(
+                        tf.image.flip_left_right(tf.boolean_mask(images, rows))
+                    )
+                    values["flipped_pooled"] = np.asarray(self.frozen_features(flipped), np.float32)
+                    values["flipped_trunk"] = np.asarray(flipped, np.float32)
+                for name, value in values.items():
+                    part.setdefault(name, []).append(value)
+        splits = {
+            index: SplitData(**{name: np.concatenate(chunks) for name, chunks in part.items()})
+            for index, part in parts.items()
+        }
+        return PosterData(splits=splits, unlabelled=unlabelled)
+
+    def warm_up(self, train: SplitData, validation: SplitData) -> None:
+        """Phase 1: the embedding layer and head on frozen pooled features (balanced BCE)."""
+        epochs = self.config.warmup_epochs
+        if not epochs:
+            return
+        model = self._warmup_model(train.pooled.shape[1])
+        model.compile(
+            optimizer=keras.optimizers.Adam(self.config.learning_rate),
+            loss=self._bce(train.labels),
+        )
+        inputs, labels = train.training_set("pooled")
+        keras.utils.set_random_seed(self.config.seed)
+        history = model.fit(
+            inputs,
+            labels,
+            validation_data=(validation.pooled, validation.labels),
+            batch_size=self.config.batch_size,
+            epochs=epochs,
+            shuffle=True,
+            verbose=0,
+            callbacks=[EpochLog("warm-up", epochs), self._best_epoch()],
+        )
+        self.history["warm_up"] = _epochs(history)
+
+    def metric_learning(self, train: SplitData, validation: SplitData) -> None:
+        """Phase 2: triplet + balanced BCE, unfreezing the tail's blocks one stage at a time."""
+        config = self.config
+        per_stage = epochs_per_stage(config.metric_epochs, len(self.tail_blocks))
+        stages = len(per_stage)
+        inputs, labels = train.training_set("trunk")
+        targets = {EMBEDDING_OUTPUT: labels, LOGITS_OUTPUT: labels}
+        val_targets = {EMBEDDING_OUTPUT: validation.labels, LOGITS_OUTPUT: validation.labels}
+        self.history["metric"] = []
+        for stage, epochs in enumerate(per_stage, start=1):
+            if not epochs:
+                continue
+            names = unfreeze_last(self.tail_blocks, stage if self.tail_blocks else 0)
+            _LOG.info("metric learning stage %d/%d: trainable blocks %s", stage, stages, names)
+            self.model.compile(
+                optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
+                loss={
+                    EMBEDDING_OUTPUT: SemiHardTripletLoss(config.triplet_margin, "angular"),
+                    LOGITS_OUTPUT: self._bce(train.labels),
+                },
+                loss_weights={EMBEDDING_OUTPUT: 1.0, LOGITS_OUTPUT: config.classification_weight},
+            )
+            keras.utils.set_random_seed(config.seed + stage)
+            history = self.model.fit(
+                inputs,
+                targets,
+                validation_data=(validation.trunk, val_targets),
+                batch_size=config.batch_size,
+                epochs=epochs,
+                shuffle=True,
+                verbose=0,
+                callbacks=[EpochLog(f"metric stage {stage}", epochs), self._best_epoch()],
+            )
+            self.history["metric"].extend(_epochs(history))
+        freeze(self.backbone)
+
+    def _best_epoch(self) -> keras.callbacks.EarlyStopping:
+        """Stop when the validation loss stops improving; keep the best epoch's weights."""
+        return keras.callbacks.EarlyStopping(
+            monitor="val_loss",
+            patience=self.config.patience,
+            restore_best_weights=True,
+            start_from_epoch=0,
+        )
+
+    def _bce(self, labels: np.ndarray) -> BalancedBinaryCrossentropy:
+        """The class-balanced cross-entropy for these training labels."""
+        positive, negative = balanced_class_weights(labels)
+        return BalancedBinaryCrossentropy(positive.tolist(), negative.tolist())
+
+    def genre_scores(self, trunk: np.ndarray) -> np.ndarray:
+        """Genre probabilities [n, num_classes] of cached trunk outputs."""
+        outputs = self.model.predict(trunk, batch_size=self.config.batch_size, verbose=0)
+        return 1.0 / (1.0 + np.exp(-np.asarray(outputs[LOGITS_OUTPUT], np.float64)))
+
+    def cached_embeddings(self, trunk: np.ndarray) -> np.ndarray:
+        """Unit embeddings [n, embedding_dim] of cached trunk outputs."""
+        outputs = self.model.predict(trunk, batch_size=self.config.batch_size, verbose=0)
+        return np.asarray(outputs[EMBEDDING_OUTPUT], np.float32)
+
+    def export_model(self) -> keras.Model:
+        """The embedding model: RGB 0..255 at the input size in, unit float32 vectors out."""
+        inputs = keras.Input(shape=(*self.input_size, 3), dtype="float32", name="image")
+        x = inputs
+        layer = preprocess_layer(self.preprocess)
+        if layer is not None:
+            x = layer(x)
+        x = _pool(self.backbone(x))
+        x = self.embedding(self.normalisation(x))
+        outputs = L2Normalize(name="l2_normalize", dtype="float32")(x)
+        return keras.Model(inputs, outputs, name=f"{EXPORT_PREFIX}_{self.config.backbone}")
+
+
+def _l2(strength: float) -> keras.regularizers.Regularizer | None:
+    """An L2 kernel regulariser, or None for strength 0."""
+    return keras.regularizers.L2(strength) if strength else None
+
+
+def _pool_tensor(x: tf.Tensor) -> tf.Tensor:
+    """Global average of feature maps [batch, h, w, c]; vectors pass unchanged."""
+    return tf.reduce_mean(x, axis=[1, 2]) if x.shape.rank == 4 else x
+
+
+def _epochs(history: keras.callbacks.History) -> list[dict[str, float]]:
+    """A Keras history as one dict of figures per epoch."""
+    names = sorted(history.history)
+    count = len(history.history[names[0]]) if names else 0
+    return [{name: float(history.history[name][i]) for name in names} for i in range(count)]
+
+
+def transformed_batches(
+    file_pattern: str | list[str], feature_spec: dict[str, Any], batch_size: int = 64
+) -> tf.data.Dataset:
+    """Parsed batches of the transformed TFRecords (files in sorted order)."""
+    files = (
+        sorted(tf.io.gfile.glob(file_pattern)) if isinstance(file_pattern, str) else file_pattern
+    )
+    if not files:
+        raise FileNotFoundError(f"no transformed examples match {file_pattern}")
+    return (
+        tf.data.TFRecordDataset(files)
+        .batch(batch_size)
+        .map(lambda x: tf.io.parse_example(x, feature_spec))
+        .prefetch(2)
+    )
+
+
+def embed_images(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Unit vectors of [n, h, w, 3] 0..255 images from an exported model."""
+    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    return _batched_predict(fn, images, batch_size)
+
+
+def neighbour_count(n: int, k: int = 10) -> int:
+    """The neighbours per poster that ``n`` posters allow: k, or n - 1 when fewer."""
+    if n < 2:
+        raise ValueError(f"need at least 2 posters for neighbours, got {n}")
+    return min(k, n - 1)
+
+
+def epochs_per_stage(metric_epochs: int, stages: int) -> list[int]:
+    """How the metric-learning epochs are spread over the unfreezing stages."""
+    stages = max(1, stages)
+    return [
+        metric_epochs // stages + (1 if s < metric_epochs % stages else 0) for s in range(stages)
+    ]
+
+
+def genre_classes(transform_output: Any, genre_set: str) -> list[str]:
+    """Class names in label-column order: the tf.Transform vocabulary, then absent classes."""
+    vocabulary = [
+        v.decode("utf-8") if isinstance(v, bytes) else str(v)
+        for v in transform_output.vocabulary_by_name(features.GENRE_VOCABULARY)
+    ]
+    return vocabulary + [c for c in features.class_names(genre_set) if c not in vocabulary]
+
+
+def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
+    """The largest absolute difference of two equally shaped arrays."""
+    return float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) if np.size(a) else 0.0
+
+
+def train_and_evaluate(
+    config: TrainConfig,
+    examples: str | list[str],
+    transform_dir: str,
+    model_path: str,
+    neighbours: int = 10,
+) -> dict[str, Any]:
+    """Train on the transformed examples, save the embedding model, return the evaluation report.
+
+    ``examples`` are the transformed TFRecords (a glob or file list) and ``transform_dir`` the
+    tf.Transform output written beside them; ``model_path`` is a local ``.keras`` path. The
+    report holds the test-split figures of the trained model and of balanced logistic probes on
+    the untrained backbone's features and on raw pixels.
+    """
+    import tensorflow_transform as tft
+
+    from models import evaluation
+
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    transform_output = tft.TFTransformOutput(transform_dir)
+    classes = genre_classes(transform_output, config.genre_set)
+    trainer = PosterTrainer(config, len(classes))
+    batches = transformed_batches(
+        examples, transform_output.transformed_feature_spec(), config.batch_size
+    )
+    flips = {features.TRAIN} if config.flip_augment else set()
+    data = trainer.extract(batches, keep_images={features.TEST}, flip_splits=flips)
+    train, validation, test = (data.split(i) for i in range(len(features.SPLITS)))
+    k = neighbour_count(len(test), neighbours)
+    timings["features"] = time.perf_counter() - started
+    _LOG.info(
+        "cached features of %d train, %d validation, %d test posters (%d without a class of %r)",
+        len(train), len(validation), len(test), sum(data.unlabelled.values()), config.genre_set,
+    )  # fmt: skip
+
+    started = time.perf_counter()
+    trainer.build(train)
+    trainer.warm_up(train, validation)
+    timings["warm_up"] = time.perf_counter() - started
+    started = time.perf_counter()
+    trainer.metric_learning(train, validation)
+    timings["metric_learning"] = time.perf_counter() - started
+
+    started = time.perf_counter()
+    test_genres = evaluation.label_genres(test.labels, classes)
+    test_scores = trainer.genre_scores(test.trunk)
+    trained = evaluation.thresholded_report(
+        (validation.labels, trainer.genre_scores(validation.trunk)),
+        (test.labels, test_scores),
+        classes,
+    )
+    exported = trainer.export_model()
+    exported.save(model_path)
+    reloaded = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    vectors = embed_images(reloaded, test.images, config.batch_size)
+    before_save = embed_images(exported, test.images, config.batch_size)
+    trained["neighbour_genre_jaccard"] = evaluation.mean_neighbour_genre_jaccard(
+        vectors, test_genres, k
+    )
+    models = {"trained": trained}
+    predictions = {"trained": evaluation.report_predictions(trained, test_scores, classes)}
+    for name, attribute in (("untrained_backbone", "pooled"), ("pixels", "pixels")):
+        probe, l2 = evaluation.fit_best_probe(
+            (getattr(train, attribute), train.labels),
+            (getattr(validation, attribute), validation.labels),
+        )
+        scores = probe.scores(getattr(test, attribute))
+        row = evaluation.thresholded_report(
+            (validation.labels, probe.scores(getattr(validation, attribute))),
+            (test.labels, scores),
+            classes,
+        )
+        row["probe_l2"] = l2
+        row["neighbour_genre_jaccard"] = evaluation.mean_neighbour_genre_jaccard(
+            getattr(test, attribute), test_genres, k
+        )
+        predictions[name] = evaluation.report_predictions(row, scores, classes)
+        models[name] = row
+    trained["micro_f1_minus"] = {
+        name: evaluation.paired_bootstrap_micro_f1(
+            test.labels, predictions["trained"], predictions[name], seed=config.seed
+        )
+        for name in ("untrained_backbone", "pixels")
+    }
+    timings["evaluation"] = time.perf_counter() - started
+    return {
+        "genre_set": config.genre_set,
+        "classes": classes,
+        "config": dataclasses.asdict(config),
+        "examples": {"train": len(train), "validation": len(validation), "test": len(test)},
+        "unlabelled": {name: data.unlabelled[i] for i, name in enumerate(features.SPLITS)},
+        "neighbours": k,
+        "models": models,
+        "history": trainer.history,
+        "export": {
+            "model_name": reloaded.name,
+            "input_size": list(trainer.input_size),
+            "dim": int(reloaded.output_shape[-1]),
+            "reload_max_abs_difference": _max_abs_difference(vectors, before_save),
+            "cached_path_max_abs_difference": _max_abs_difference(
+                vectors, trainer.cached_embeddings(test.trunk)
+            ),
+        },
+        "seconds": timings,
+    }

@@ -1,0 +1,296 @@
+"""Train stage: poster TFRecords in, a trained poster-embedding .keras model and its report out.
+
+Reads the scrape stage's TFRecords (``--posters``), runs tf.Transform over them on Beam (genre
+vocabulary and multi-hot labels, the split by a hash of the movie id, pixels decoded and resized
+for the backbone), then trains on the transformed examples where this command runs (a GPU when
+TensorFlow sees one): a genre warm-up on the frozen backbone (``--model``, ``--weights``, as for
+the embed stage; default backbone squeezenet_v1_1), then semi-hard triplet metric learning with
+progressive unfreezing. Under ``--output``, for run ``run-NNNN``::
+
+    model/run-NNNN/poster_embedding_{backbone}.keras   raw 0..255 RGB in, unit vector out
+    model/run-NNNN/transform_fn/, transformed_metadata/ the tf.Transform output
+    model/run-NNNN/genres.txt                          the label classes, one per line
+    model/run-NNNN/report.json                         the test-split evaluation report
+    transformed/run-NNNN/transformed-SSSSS-of-NNNNN.tfrecord
+    dead_letter/run-NNNN/dead_letter-00000-of-00001.parquet
+    manifests/run-NNNN.json (+ .parquet)
+
+    python -m pipelines.train --posters=out/demo --output=out/train --model=squeezenet_v1_1 \\
+        --weights=../shared/data/weights/squeezenet_v1.1_imagenet_notop_keras1.h5
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+import sys
+import tempfile
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
+
+from models import features
+from pipelines.common import CommonOptions
+from pipelines.common import configure_logging
+from pipelines.common import log_counters
+from pipelines.common import make_pipeline
+from pipelines.common import parse_options
+from pipelines.embed import EmbedOptions
+from pipelines.embed import posters_glob
+from schemas import DeadLetter
+from schemas import PosterRecord
+from transforms import manifest
+from transforms.manifest import OutputLayout
+from transforms.sinks import WriteShards
+from transforms.sinks import parquet_encoder
+from transforms.sinks import read_tfrecord_records
+from transforms.sinks import write_bytes
+from transforms.train import METRICS_NAMESPACE
+from transforms.train import TRANSFORMED_TABLE
+from transforms.train import AnalyzeAndTransformPosters
+from transforms.train import FirstPosters
+from transforms.train import PosterInstances
+from transforms.train import TransformSettings
+
+DEFAULT_BACKBONE = "squeezenet_v1_1"
+MODEL_FOLDER = "model"
+REPORT_FILE = "report.json"
+CLASSES_FILE = "genres.txt"
+_MODEL_FLAG = "--model"
+_LOG = logging.getLogger(__name__)
+
+
+class TrainOptions(PipelineOptions):
+    """Train stage options (it also reads the embed stage's --posters, --model, --weights)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group(
+            "train stage",
+            "Also read: --posters (scrape output root or TFRecord glob), --model (the backbone "
+            f"to start from; default {DEFAULT_BACKBONE}) and --weights, as for the embed stage.",
+        )
+        group.add_argument(
+            "--genre_set",
+            default=features.DEFAULT_GENRE_SET,
+            choices=sorted(features.GENRE_SETS),
+            help="Label classes: all MovieLens genres, the six genres "
+            f"({', '.join(features.SIX_GENRES)}), or groups of related genres.",
+        )
+        group.add_argument("--embedding_dim", type=int, default=128)
+        group.add_argument(
+            "--warmup_epochs",
+            type=int,
+            default=40,
+            help="Genre warm-up epochs at most (frozen backbone; stops early, see --patience).",
+        )
+        group.add_argument(
+            "--metric_epochs",
+            type=int,
+            default=8,
+            help="Triplet-loss epochs, spread over the unfreezing stages.",
+        )
+        group.add_argument(
+            "--triplet_margin", type=float, default=0.1, help="Margin (angular distance)."
+        )
+        group.add_argument(
+            "--unfreeze_blocks",
+            type=int,
+            default=2,
+            help="Backbone blocks unfrozen one by one during metric learning (BatchNorm stays "
+            "frozen).",
+        )
+        group.add_argument("--learning_rate", type=float, default=1e-3, help="Warm-up Adam rate.")
+        group.add_argument(
+            "--fine_tune_learning_rate",
+            type=float,
+            default=1e-4,
+            help="Adam learning rate of metric learning.",
+        )
+        group.add_argument("--batch_size_train", type=int, default=64)
+        group.add_argument(
+            "--head_dropout", type=float, default=0.5, help="Dropout before the embedding layer."
+        )
+        group.add_argument(
+            "--head_l2",
+            type=float,
+            default=1e-3,
+            help="L2 penalty on the embedding and genre-head kernels.",
+        )
+        group.add_argument(
+            "--patience",
+            type=int,
+            default=5,
+            help="Epochs without a lower validation loss before a phase (or stage) stops; the "
+            "best epoch's weights are kept.",
+        )
+        group.add_argument(
+            "--no_flip_augment",
+            action="store_true",
+            help="Do not add horizontally flipped training posters.",
+        )
+        group.add_argument(
+            "--classification_weight",
+            type=float,
+            default=1.0,
+            help="Weight of the genre cross-entropy beside the triplet loss in metric learning.",
+        )
+        group.add_argument("--seed", type=int, default=0)
+        group.add_argument(
+            "--max_posters", type=int, default=None, help="Use only the N smallest movie ids."
+        )
+        group.add_argument(
+            "--neighbours", type=int, default=10, help="k of the neighbour genre Jaccard@k."
+        )
+
+
+def _backbone(argv: list[str], model: str) -> str:
+    """The backbone to train: --model when given, else DEFAULT_BACKBONE."""
+    given = any(a == _MODEL_FLAG or a.startswith(f"{_MODEL_FLAG}=") for a in argv)
+    backbone = model if given else DEFAULT_BACKBONE
+    if backbone.endswith(".keras"):
+        raise ValueError(f"{_MODEL_FLAG} must name a backbone to train from, not {backbone}")
+    return backbone
+
+
+def train_config(options: PipelineOptions, argv: list[str]):
+    """The frozen TrainConfig of parsed options."""
+    from models.training import TrainConfig
+
+    opts = options.view_as(TrainOptions)
+    embed_opts = options.view_as(EmbedOptions)
+    return TrainConfig(
+        backbone=_backbone(argv, embed_opts.model),
+        weights=embed_opts.weights,
+        genre_set=opts.genre_set,
+        embedding_dim=opts.embedding_dim,
+        warmup_epochs=opts.warmup_epochs,
+        metric_epochs=opts.metric_epochs,
+        triplet_margin=opts.triplet_margin,
+        unfreeze_blocks=opts.unfreeze_blocks,
+        learning_rate=opts.learning_rate,
+        fine_tune_learning_rate=opts.fine_tune_learning_rate,
+        batch_size=opts.batch_size_train,
+        dropout=opts.head_dropout,
+        l2=opts.head_l2,
+        patience=opts.patience,
+        classification_weight=opts.classification_weight,
+        flip_augment=not opts.no_flip_augment,
+        seed=opts.seed,
+    )
+
+
+def _save_model_and_train(config, layout: OutputLayout, model_dir: str, neighbours: int) -> dict:
+    """Train on this run's transformed examples; write the model beside the transform output."""
+    from models.training import EXPORT_PREFIX
+    from models.training import train_and_evaluate
+
+    name = f"{EXPORT_PREFIX}_{config.backbone}.keras"
+    model_uri = FileSystems.join(model_dir, name)
+    examples = layout.table_glob(TRANSFORMED_TABLE, ".tfrecord")
+    with tempfile.TemporaryDirectory(prefix="train-model-") as tmp:
+        local = model_uri if "://" not in model_uri else os.path.join(tmp, name)
+        report = train_and_evaluate(config, examples, model_dir, local, neighbours)
+        if local != model_uri:
+            with open(local, "rb") as handle:
+                write_bytes(model_uri, handle.read())
+    report["model_path"] = model_uri
+    report["transform_dir"] = model_dir
+    write_bytes(FileSystems.join(model_dir, CLASSES_FILE), "\n".join(report["classes"]).encode())
+    return report
+
+
+def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
+    """Run the train stage; returns the evaluation report (as written), with the run's counts."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    options = parse_options(argv, TrainOptions, __doc__.splitlines()[0])
+    opts = options.view_as(TrainOptions)
+    common = options.view_as(CommonOptions)
+    posters_flag = options.view_as(EmbedOptions).posters
+    if not posters_flag or not common.output:
+        raise ValueError("--posters and --output are required")
+    config = train_config(options, argv)
+    started_at = datetime.datetime.now(datetime.UTC)
+    layout = OutputLayout.next_run(common.output)
+    model_dir = FileSystems.join(common.output, MODEL_FOLDER, layout.run_id)
+    pattern = posters_glob(posters_flag)
+    from models.preprocessing import transform_config
+
+    settings = TransformSettings(
+        custom_config=transform_config(config.genre_set, config.input_size),
+        transform_dir=model_dir,
+        examples_prefix=layout.table_prefix(TRANSFORMED_TABLE),
+        temp_dir=FileSystems.join(common.output, "tmp", layout.run_id),
+    )
+    _LOG.info("train %s on %s -> %s (%s)", config.backbone, pattern, model_dir, layout.run_id)
+
+    pipeline = make_pipeline(options, test_pipeline)
+    posters = (
+        pipeline
+        | "PosterGlob" >> beam.Create([pattern])
+        | "ReadPosters" >> beam.FlatMap(read_tfrecord_records, PosterRecord)
+        | "Limit" >> FirstPosters(opts.max_posters)
+    )
+    instances, dead = posters | "Instances" >> PosterInstances(layout.run_id)
+    _ = instances | "Transform" >> AnalyzeAndTransformPosters(settings)
+    _ = dead | "WriteDeadLetters" >> WriteShards(
+        layout.table_prefix(DeadLetter.TABLE),
+        ".parquet",
+        1,
+        parquet_encoder(DeadLetter),
+        sort_key=lambda d: (d.movie_id or 0, d.stage, d.reason, d.input_row),
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        return {}
+    if FileSystems.exists(settings.temp_dir):
+        FileSystems.delete([settings.temp_dir])
+    counters = log_counters(result, METRICS_NAMESPACE)
+    report = _save_model_and_train(config, layout, model_dir, opts.neighbours)
+    counts = {
+        "input_rows": counters.get("posters_read", 0),
+        "written": counters.get("instances", 0),
+        "duplicates": 0,
+        "dead_lettered": counters.get("dead_lettered", 0),
+        "already_present": 0,
+    }
+    public = options.get_all_options(drop_default=True, retain_unknown_options=False)
+    public.update(backbone=config.backbone, model_path=report["model_path"])
+    row = manifest.build_manifest(
+        layout, "train", started_at, pattern, public, counts,
+        {"examples": report["examples"], "unlabelled": report["unlabelled"]},
+    )  # fmt: skip
+    report.update(
+        run_id=layout.run_id,
+        output_path=layout.root,
+        counts=counts,
+        accounting_ok=row.accounting_ok,
+        identity=json.loads(manifest.manifest_json(row))["identity"],
+    )
+    write_bytes(
+        FileSystems.join(model_dir, REPORT_FILE),
+        (json.dumps(report, indent=2, sort_keys=True) + "\n").encode("utf-8"),
+    )
+    manifest.write_manifest(layout, row)
+    return report
+
+
+def main(argv=None) -> None:
+    """Command-line entry: INFO logging, run the stage, print the report table and accounting."""
+    from models.evaluation import format_report_table
+
+    configure_logging()
+    report = run(argv)
+    print(format_report_table(report))
+    print(f"model {report['model_path']} (run {report['run_id']}); report beside it")
+    print(report["identity"])
+    raise SystemExit(0 if report["accounting_ok"] else 1)
+
+
+if __name__ == "__main__":
+    main()
