@@ -1,5 +1,5 @@
 # Two commands for a fresh machine (both create and use the project's own .venv):
-#   make demo   run the scrape stage locally on the built-in synthetic poster web
+#   make demo   run the whole nightly job locally on the built-in synthetic poster web
 #   make test   lint and run the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -17,7 +17,7 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines.scrape --synthetic_films=300 --output=out/demo
+	$(PY) -m pipelines.nightly --synthetic_films=300 --train --output=out/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .
