@@ -72,8 +72,15 @@ class EmbedOptions(PipelineOptions):
             help="'imagenet' (Keras download, needs internet), a local or gs:// .h5, "
             ".weights.h5 or .keras file, or omit for random weights.",
         )
-        group.add_argument("--min_batch_size", type=int, default=8)
-        group.add_argument("--max_batch_size", type=int, default=64)
+        group.add_argument(
+            "--min_batch_size",
+            type=int,
+            default=8,
+            help="Smallest inference batch (batches are padded to powers of two).",
+        )
+        group.add_argument(
+            "--max_batch_size", type=int, default=64, help="Largest inference batch."
+        )
         group.add_argument(
             "--share_model_across_processes",
             action="store_true",

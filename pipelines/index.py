@@ -43,19 +43,45 @@ class IndexOptions(PipelineOptions):
             default=None,
             help="Force a searcher type (default: by table size).",
         )
-        group.add_argument("--num_leaves", type=int, default=None)
-        group.add_argument("--num_leaves_to_search", type=int, default=None)
-        group.add_argument("--training_sample_size", type=int, default=None)
-        group.add_argument("--dims_per_block", type=int, default=None)
-        group.add_argument("--aq_threshold", type=float, default=None)
-        group.add_argument("--reorder_k", type=int, default=None)
+        group.add_argument(
+            "--num_leaves", type=int, default=None, help="Tree partitions (default about sqrt(N))."
+        )
+        group.add_argument(
+            "--num_leaves_to_search", type=int, default=None, help="Partitions searched per query."
+        )
+        group.add_argument(
+            "--training_sample_size", type=int, default=None, help="Vectors used to train the tree."
+        )
+        group.add_argument(
+            "--dims_per_block",
+            type=int,
+            default=None,
+            help="Asymmetric-hashing dimensions per block (default 2).",
+        )
+        group.add_argument(
+            "--aq_threshold",
+            type=float,
+            default=None,
+            help="Anisotropic quantization threshold (default 0.2).",
+        )
+        group.add_argument(
+            "--reorder_k",
+            type=int,
+            default=None,
+            help="Candidates re-scored exactly (default 100).",
+        )
         group.add_argument(
             "--recall_floor",
             type=float,
             default=0.95,
             help="Fail the build when recall@10 against exact search is below this.",
         )
-        group.add_argument("--recall_sample", type=int, default=1000)
+        group.add_argument(
+            "--recall_sample",
+            type=int,
+            default=1000,
+            help="Films used as queries to measure recall@10.",
+        )
 
 
 class RecallTooLow(RuntimeError):

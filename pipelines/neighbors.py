@@ -71,7 +71,12 @@ class NeighborsOptions(PipelineOptions):
             default=50,
             help="Neighbours kept per film for candidates (the table keeps 10).",
         )
-        group.add_argument("--similarity", choices=SIMILARITIES, default="cosine")
+        group.add_argument(
+            "--similarity",
+            choices=SIMILARITIES,
+            default="cosine",
+            help="cosine (= dot on unit vectors) or l2 (score = -distance).",
+        )
         group.add_argument(
             "--same_genre",
             action="store_true",
@@ -83,7 +88,9 @@ class NeighborsOptions(PipelineOptions):
             help="userId,movieId,rating,timestamp as CSV or Parquet (local or gs://), or "
             "bq://PROJECT.DATASET.TABLE. Without it only neighbours are built.",
         )
-        group.add_argument("--candidates_k", type=int, default=100)
+        group.add_argument(
+            "--candidates_k", type=int, default=100, help="Candidates kept per user."
+        )
         group.add_argument(
             "--half_life_days",
             type=float,

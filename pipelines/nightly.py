@@ -227,7 +227,8 @@ def main(argv=None) -> None:
     if "evaluation" in summary:
         print(summary["evaluation"]["table"])
     print(f"run report: {summary['report']}")
-    print(sample_query(summary))
+    if summary["neighbors"]["warehouse"].startswith("duckdb://"):
+        print(sample_query(summary))
     print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items()))
 
 

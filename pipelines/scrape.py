@@ -84,9 +84,17 @@ class ScrapeOptions(PipelineOptions):
             default=None,
             help=f"TMDb API v3 key (default: ${TMDB_KEY_ENV}); never logged or written.",
         )
-        group.add_argument("--tmdb_api_base", default="https://api.themoviedb.org/3")
-        group.add_argument("--tmdb_image_base", default="https://image.tmdb.org/t/p/w500")
-        group.add_argument("--imdb_base", default="https://www.imdb.com")
+        group.add_argument(
+            "--tmdb_api_base", default="https://api.themoviedb.org/3", help="TMDb API v3 root."
+        )
+        group.add_argument(
+            "--tmdb_image_base",
+            default="https://image.tmdb.org/t/p/w500",
+            help="TMDb image root including the size (w500).",
+        )
+        group.add_argument(
+            "--imdb_base", default="https://www.imdb.com", help="IMDb site root for title pages."
+        )
         group.add_argument(
             "--allowed_hosts",
             default=None,
@@ -117,16 +125,26 @@ class ScrapeOptions(PipelineOptions):
             default=4,
             help="HTTP attempts per URL (retries back off exponentially).",
         )
-        group.add_argument("--backoff_base_s", type=float, default=0.5)
+        group.add_argument(
+            "--backoff_base_s",
+            type=float,
+            default=0.5,
+            help="First retry delay; doubles per attempt, with jitter.",
+        )
         group.add_argument(
             "--max_retry_after_s",
             type=float,
             default=120.0,
             help="Give up on a URL whose Retry-After asks for longer.",
         )
-        group.add_argument("--connect_timeout_s", type=float, default=5.0)
-        group.add_argument("--read_timeout_s", type=float, default=15.0)
-        group.add_argument("--max_body_bytes", type=int, default=20 * 1024 * 1024)
+        group.add_argument("--connect_timeout_s", type=float, default=5.0, help="Connect timeout.")
+        group.add_argument("--read_timeout_s", type=float, default=15.0, help="Read timeout.")
+        group.add_argument(
+            "--max_body_bytes",
+            type=int,
+            default=20 * 1024 * 1024,
+            help="Larger responses are abandoned (body_too_large).",
+        )
         group.add_argument(
             "--max_pixels",
             type=int,
@@ -139,8 +157,15 @@ class ScrapeOptions(PipelineOptions):
             default=768,
             help="Longest side of the stored JPEG (downscaled, never upscaled).",
         )
-        group.add_argument("--min_side", type=int, default=32)
-        group.add_argument("--jpeg_quality", type=int, default=90)
+        group.add_argument(
+            "--min_side",
+            type=int,
+            default=32,
+            help="Reject images with a shorter side (image_too_small).",
+        )
+        group.add_argument(
+            "--jpeg_quality", type=int, default=90, help="Quality of re-encoded JPEGs."
+        )
         group.add_argument(
             "--near_duplicate_threshold",
             type=int,
