@@ -7,23 +7,26 @@ tf.Transform output (:mod:`models.preprocessing`):
 1. **Features once.** The backbone is split at a block boundary into a frozen *trunk* and a
    *tail* of its last ``unfreeze_blocks`` blocks (blocks are runs of layers sharing a name prefix:
    ``fire8``, ``fire9`` for SqueezeNet, ``block4`` for the small CNN). One pass over the
-   transformed images computes the trunk's output for every poster, the untrained backbone's
-   pooled features (the tail applied with its original weights) and the raw-pixels baseline's
-   features, and keeps only those: the trunk is frozen throughout, so training the tail on
-   cached trunk outputs is exactly training the whole model with the trunk frozen (no
-   augmentation is applied), at a fraction of the cost.
-2. **Warm-up.** Backbone frozen: the embedding layer and the head learn from the pooled features
-   with a multi-label binary cross-entropy from logits, each class's positives and negatives
-   weighted to equal total weight (inverse frequency).
+   transformed images computes the trunk's output for every poster (and, with ``flip_augment``,
+   for the horizontally flipped training posters), the untrained backbone's pooled features (the
+   tail applied with its original weights) and the raw-pixels baseline's features, and keeps
+   only those: the trunk is frozen throughout, so training the tail on cached trunk outputs is
+   exactly training the whole model with the trunk frozen, at a fraction of the cost.
+2. **Warm-up.** Backbone frozen: a fixed standardisation of the pooled features (training-split
+   statistics), dropout, the embedding layer and the head learn from the pooled features with a
+   multi-label binary cross-entropy from logits, each class's positives and negatives weighted
+   to equal total weight (inverse frequency), and L2 on both kernels.
 3. **Metric learning.** The semi-hard triplet loss (:mod:`models.losses`, angular distance,
    margin ``triplet_margin``) on the L2-normalised embedding, plus ``classification_weight``
    times the balanced cross-entropy so the head stays calibrated, while the tail's blocks are
    unfrozen progressively: the last block first, one more per stage. BatchNorm layers stay frozen
    and the backbone always runs in inference mode.
 
-The exported model is ``image -> normalisation -> backbone -> pooling -> embedding ->
-L2Normalize``: float32 RGB 0..255 in, unit vectors out, the embed stage's contract. Each phase
-logs one line per epoch. TensorFlow places the work on a GPU when one is visible.
+Each phase (and unfreezing stage) keeps the weights of its epoch with the lowest validation loss
+and stops after ``patience`` epochs without improvement. The exported model is ``image ->
+normalisation -> backbone -> pooling -> standardisation -> embedding -> L2Normalize``: float32
+RGB 0..255 in, unit vectors out, the embed stage's contract. Each epoch logs one line.
+TensorFlow places the work on a GPU when one is visible.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import sys
 import time
 
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
 
 from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
@@ -88,6 +89,11 @@ def run(argv=None) -> dict:
     options = parse_options(argv, NightlyOptions, __doc__.splitlines()[0])
     nightly = options.view_as(NightlyOptions)
     root = options.view_as(CommonOptions).output
+    if options.view_as(TestOptions).dry_run:
+        raise ValueError(
+            "the nightly job cannot --dry_run: each stage reads what the one before wrote; "
+            "dry-run the stages one by one (python -m pipelines.scrape ... --dry_run=True)"
+        )
     if not root:
         raise ValueError("--output is required: the root every stage writes under")
     run_options = options.view_as(neighbors.NeighborsOptions)

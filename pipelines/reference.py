@@ -6,6 +6,7 @@ python -m pipelines.reference
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def stage_option_classes() -> list[tuple[str, type]]:
@@ -52,4 +53,4 @@ def reference_markdown() -> str:
 
 
 if __name__ == "__main__":
-    print(reference_markdown())
+    sys.stdout.write(reference_markdown())

@@ -81,7 +81,9 @@ class TrainOptions(PipelineOptions):
             help="Label classes: all MovieLens genres, the six genres "
             f"({', '.join(features.SIX_GENRES)}), or groups of related genres.",
         )
-        group.add_argument("--embedding_dim", type=int, default=128)
+        group.add_argument(
+            "--embedding_dim", type=int, default=128, help="Length of the exported embedding."
+        )
         group.add_argument(
             "--warmup_epochs",
             type=int,
@@ -111,7 +113,7 @@ class TrainOptions(PipelineOptions):
             default=1e-4,
             help="Adam learning rate of metric learning.",
         )
-        group.add_argument("--batch_size_train", type=int, default=64)
+        group.add_argument("--batch_size_train", type=int, default=64, help="Training batch size.")
         group.add_argument(
             "--head_dropout", type=float, default=0.5, help="Dropout before the embedding layer."
         )
@@ -139,7 +141,9 @@ class TrainOptions(PipelineOptions):
             default=1.0,
             help="Weight of the genre cross-entropy beside the triplet loss in metric learning.",
         )
-        group.add_argument("--seed", type=int, default=0)
+        group.add_argument(
+            "--seed", type=int, default=0, help="Seed of initialisation and shuffling."
+        )
         group.add_argument(
             "--max_posters", type=int, default=None, help="Use only the N smallest movie ids."
         )
