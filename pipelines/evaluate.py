@@ -12,9 +12,7 @@ from another model's vectors (e.g. ``pixels``). Writes ``{output}/reports/evalua
 from __future__ import annotations
 
 import datetime
-import json
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.common import CommonOptions
@@ -24,7 +22,7 @@ from pipelines.index import IndexOptions
 from pipelines.index import resolve_version
 from pipelines.neighbors import NeighborsOptions
 from schemas import WatchEvent
-from transforms.sinks import write_bytes
+from transforms.manifest import write_json_report
 
 
 class EvaluateOptions(PipelineOptions):
@@ -99,9 +97,7 @@ def run(argv=None) -> dict:
         "table": ev.format_table(results, len(split.held_out)),
     }
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-    path = FileSystems.join(output, "reports", f"evaluation-{version}-{stamp}.json")
-    write_bytes(path, json.dumps(report, indent=2, sort_keys=True).encode())
-    report["report_path"] = path
+    report["report_path"] = write_json_report(output, f"evaluation-{version}-{stamp}", report)
     return report
 
 

@@ -39,6 +39,7 @@ from schemas import PosterRecord
 from transforms.candidates import BuildCandidates
 from transforms.candidates import CandidateConfig
 from transforms.candidates import ReadWatchHistory
+from transforms.manifest import write_json_report
 from transforms.neighbors import SIMILARITIES
 from transforms.neighbors import FindNeighbors
 from transforms.neighbors import NeighborConfig
@@ -46,7 +47,6 @@ from transforms.neighbors import neighbor_rows
 from transforms.sinks import WriteShards
 from transforms.sinks import parquet_encoder
 from transforms.sinks import read_tfrecord_records
-from transforms.sinks import write_bytes
 from transforms.warehouse import Warehouse
 from transforms.warehouse import WriteWarehouseTable
 from transforms.warehouse import clear_partition
@@ -205,9 +205,7 @@ def run(argv=None, test_pipeline=None) -> dict:
             table.TABLE: load_into_duckdb(warehouse, table, run_date)
             for table in ((NeighborRow, CandidateRow) if opts.watch_history else (NeighborRow,))
         }
-    path = FileSystems.join(output, "reports", f"nightly-{run_date.isoformat()}.json")
-    write_bytes(path, json.dumps(report, indent=2, sort_keys=True).encode())
-    report["report_path"] = path
+    report["report_path"] = write_json_report(output, f"nightly-{run_date.isoformat()}", report)
     return report
 
 

@@ -190,3 +190,10 @@ def read_manifest(path: str) -> dict:
     """A manifest JSON written by :func:`write_manifest`."""
     with FileSystems.open(path) as handle:
         return json.loads(handle.read().decode("utf-8"))
+
+
+def write_json_report(root: str, name: str, report: dict) -> str:
+    """Write ``{root}/reports/{name}.json`` (sorted, indented) and return its path."""
+    path = FileSystems.join(root, "reports", f"{name}.json")
+    write_bytes(path, json.dumps(report, indent=2, sort_keys=True, default=str).encode("utf-8"))
+    return path
