@@ -24,8 +24,8 @@ def policy_for(web: PosterWeb, **overrides) -> FetchPolicy:
     settings = dict(
         requests_per_second_per_host=1000.0,
         backoff_base_s=0.01,
-        read_timeout_s=0.5,
-        connect_timeout_s=0.5,
+        read_timeout_s=1.5,
+        connect_timeout_s=2.0,
         max_attempts=3,
         allowed_hosts=(web.host,),
         secrets=(KEY,),
@@ -43,7 +43,7 @@ def film_with(web: PosterWeb, kind: str):
 
 ALL_FAULTS = FaultPlan(
     http_500=0.1, http_429=0.1, slow=0.1, truncated=0.1, not_image=0.1, bomb=0.1,
-    bad_redirect=0.1, seed=1, transient_failures=1, retry_after_s=1, slow_s=1.0,
+    bad_redirect=0.1, seed=1, transient_failures=1, retry_after_s=1, slow_s=3.0,
 )  # fmt: skip
 
 
