@@ -18,11 +18,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from models.scann_index import exact_search
+from models.scoring import CandidateConfig
+from models.scoring import Popularity
+from models.scoring import rank_candidates
 from schemas import WatchEvent
-from transforms.candidates import CandidateConfig
-from transforms.candidates import rank_candidates
 
 Recommender = Callable[[int, Sequence[WatchEvent], WatchEvent], list[int]]
+Lists = Mapping[int, Sequence[tuple]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,27 +70,68 @@ def neighbour_lists(
 
 
 def neighbour_recommender(
-    lists: Mapping[int, Sequence[tuple[int, float]]], config: CandidateConfig
+    lists: Lists, config: CandidateConfig, popularity: Popularity | None = None
 ) -> Recommender:
     """Candidates exactly as the nightly job ranks them, as of the held-out watch."""
 
     def recommend(user: int, history: Sequence[WatchEvent], held: WatchEvent) -> list[int]:
-        ranked = rank_candidates(history, lists, config, held.watched_at)
+        ranked = rank_candidates(history, lists, config, held.watched_at, popularity)
         return [movie_id for movie_id, _, _ in ranked]
 
     return recommend
 
 
+def training_popularity(split: Split, catalogue: set[int]) -> Popularity:
+    """Watchers per catalogue film in the training histories (never the held-out watches)."""
+    counts = collections.Counter(
+        m for h in split.train.values() for m in {e.movie_id for e in h}
+    )
+    return Popularity.from_counts(counts, catalogue)
+
+
 def popularity_recommender(split: Split, catalogue: set[int], k: int) -> Recommender:
     """The most-watched films of the training histories, minus what the user watched."""
-    counts = collections.Counter(e.movie_id for h in split.train.values() for e in h)
-    ranked = [
-        m for m, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])) if m in catalogue
-    ]
+    ranked = training_popularity(split, catalogue).ranked
 
     def recommend(user: int, history: Sequence[WatchEvent], held: WatchEvent) -> list[int]:
         watched = {e.movie_id for e in history}
         return [m for m in ranked if m not in watched][:k]
+
+    return recommend
+
+
+def genre_vectors(
+    films: Sequence[int], genres: Mapping[int, Sequence[str]]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(film ids, unit multi-hot genre vectors) of the films with at least one genre."""
+    names = sorted({g for f in films for g in genres.get(f, ())})
+    position = {g: i for i, g in enumerate(names)}
+    kept = [f for f in films if genres.get(f)]
+    vectors = np.zeros((len(kept), max(len(names), 1)), np.float32)
+    for row, film in enumerate(kept):
+        for g in genres[film]:
+            vectors[row, position[g]] = 1.0
+    vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    return np.array(kept, dtype=np.int64), vectors
+
+
+def profile_recommender(
+    ids: np.ndarray, vectors: np.ndarray, candidates: set[int], k: int
+) -> Recommender:
+    """Films closest to the user's rating-weighted mean vector (e.g. their genre mix)."""
+    row = {int(m): i for i, m in enumerate(ids.tolist())}
+    pool = np.array(sorted(m for m in candidates if m in row), dtype=np.int64)
+    pool_vectors = vectors[[row[m] for m in pool.tolist()]] if len(pool) else vectors[:0]
+
+    def recommend(user: int, history: Sequence[WatchEvent], held: WatchEvent) -> list[int]:
+        seen = [(row[e.movie_id], e.rating) for e in history if e.movie_id in row]
+        if not seen or not len(pool):
+            return []
+        profile = sum(vectors[i] * rating / 5.0 for i, rating in seen)
+        scores = pool_vectors @ profile
+        watched = {e.movie_id for e in history}
+        order = np.lexsort((pool, -np.round(scores, 9)))
+        return [int(pool[i]) for i in order if int(pool[i]) not in watched][:k]
 
     return recommend
 
@@ -106,26 +149,84 @@ def random_recommender(catalogue: set[int], k: int, seed: int = 0) -> Recommende
     return recommend
 
 
-def hit_metrics(split: Split, recommend: Recommender) -> dict[str, float]:
-    """HR@10, HR@100 and NDCG@10 of a recommender over the held-out films."""
-    hr10 = hr100 = ndcg = 0.0
-    for user, held in split.held_out.items():
+def per_user_hits(split: Split, recommend: Recommender) -> dict[str, np.ndarray]:
+    """Per held-out user (in user order): hit@10, hit@100 and the NDCG@10 term."""
+    users = sorted(split.held_out)
+    hr10, hr100, ndcg = (np.zeros(len(users)) for _ in range(3))
+    for row, user in enumerate(users):
+        held = split.held_out[user]
         ranked = recommend(user, split.train[user], held)
         if held.movie_id in ranked:
             position = ranked.index(held.movie_id) + 1
-            hr100 += position <= 100
-            hr10 += position <= 10
-            ndcg += 1.0 / math.log2(position + 1) if position <= 10 else 0.0
-    n = max(len(split.held_out), 1)
-    return {"HR@10": hr10 / n, "HR@100": hr100 / n, "NDCG@10": ndcg / n}
+            hr100[row] = position <= 100
+            hr10[row] = position <= 10
+            ndcg[row] = 1.0 / math.log2(position + 1) if position <= 10 else 0.0
+    return {"HR@10": hr10, "HR@100": hr100, "NDCG@10": ndcg}
+
+
+def hit_metrics(split: Split, recommend: Recommender) -> dict[str, float]:
+    """HR@10, HR@100 and NDCG@10 of a recommender over the held-out films."""
+    hits = per_user_hits(split, recommend)
+    return {name: float(values.mean()) if len(values) else 0.0 for name, values in hits.items()}
+
+
+def paired_bootstrap(
+    a: np.ndarray, b: np.ndarray, seed: int = 0, resamples: int = 2000
+) -> dict[str, float]:
+    """mean(a) - mean(b) over paired per-user values, with a bootstrap 95% interval."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if len(a) != len(b) or not len(a):
+        raise ValueError("paired bootstrap needs two equally long, non-empty samples")
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"difference": float(diff.mean()), "low": float(low), "high": float(high)}
+
+
+def cold_neighbour_recommender(lists: Lists, config: CandidateConfig) -> Recommender:
+    """Cold start: the nightly scoring over lists that hold only hidden films."""
+
+    def recommend(user: int, history: Sequence[WatchEvent], held: WatchEvent | None) -> list[int]:
+        if not history:
+            return []
+        reference = max(e.watched_at for e in history)
+        return [m for m, _, _ in rank_candidates(history, lists, config, reference)]
+
+    return recommend
+
+
+def cold_recall(
+    visible: Mapping[int, Sequence[WatchEvent]],
+    targets: Mapping[int, set[int]],
+    recommend: Recommender,
+    k: int = 20,
+) -> np.ndarray:
+    """Per user with hidden watches and a visible history: Recall@k over their hidden films."""
+    users = sorted(u for u in targets if visible.get(u))
+    recall = np.zeros(len(users))
+    for row, user in enumerate(users):
+        ranked = recommend(user, visible[user], None)[:k]
+        recall[row] = len(targets[user].intersection(ranked)) / len(targets[user])
+    return recall
+
+
+def format_cold_table(results: Mapping[str, float], users: int, hidden: int, k: int) -> str:
+    """The cold-start evaluation as a printed table."""
+    lines = [
+        f"cold start: {hidden} hidden films, {users} users, Recall@{k} over hidden films",
+        f"{'method':<34}{'Recall@' + str(k):>10}",
+    ]
+    lines += [f"{name:<34}{value:>10.4f}" for name, value in results.items()]
+    return "\n".join(lines)
 
 
 def format_table(results: Mapping[str, Mapping[str, float]], users: int) -> str:
     """The evaluation as a printed table."""
     lines = [
         f"leave-last-out over {users} users",
-        f"{'method':<28}{'HR@10':>8}{'HR@100':>8}{'NDCG@10':>9}",
+        f"{'method':<34}{'HR@10':>8}{'HR@100':>8}{'NDCG@10':>9}",
     ]
     for name, m in results.items():
-        lines.append(f"{name:<28}{m['HR@10']:>8.4f}{m['HR@100']:>8.4f}{m['NDCG@10']:>9.4f}")
+        lines.append(f"{name:<34}{m['HR@10']:>8.4f}{m['HR@100']:>8.4f}{m['NDCG@10']:>9.4f}")
     return "\n".join(lines)

@@ -3,7 +3,8 @@
 The one place (as in the TFX taxi template's ``features.py``) where the training stage names its
 features. Raw feature keys are columns of :class:`schemas.PosterRecord`, checked against the
 schema when this module is imported; transformed keys are the outputs of
-:func:`models.preprocessing.preprocessing_fn`.
+:func:`models.preprocessing.preprocessing_fn`, and the decoded image keys are added to them by the
+training input pipeline (:func:`models.training.transformed_batches`).
 
 Genre sets (``--genre_set``) map each MovieLens genre to the class it counts for; genres outside a
 set are ignored, and a poster with no genre in the set has an all-zero label (it is kept in the
@@ -29,15 +30,18 @@ IMAGE_BYTES_KEY = _poster_column("image_jpeg")
 GENRES_KEY = _poster_column("genres")
 RAW_FEATURE_KEYS: tuple[str, ...] = (MOVIE_ID_KEY, IMAGE_BYTES_KEY, GENRES_KEY)
 
-# Transformed features.
-IMAGE_KEY = "image"
-"""float32 [height, width, 3]: RGB 0..255 at the backbone's input size (normalised in the model)."""
-PIXELS_KEY = "pixels_image"
-"""float32 [64, 64, 3]: RGB 0..255 at the raw-pixels baseline's input size."""
+# Transformed features. MOVIE_ID_KEY and IMAGE_BYTES_KEY (the poster's JPEG bytes: the examples
+# store no pixels) pass through unchanged.
 LABEL_KEY = "genre_labels"
 """float32 [num_classes]: multi-hot genre classes, column j is line j of the genre vocabulary."""
 SPLIT_KEY = "split"
 """int64: index into ``SPLITS``, from a hash of the movie id."""
+
+# Decoded from IMAGE_BYTES_KEY by the training input pipeline, not stored.
+IMAGE_KEY = "image"
+"""float32 [height, width, 3]: RGB 0..255 at the backbone's input size (normalised in the model)."""
+PIXELS_KEY = "pixels_image"
+"""float32 [64, 64, 3]: RGB 0..255 at the raw-pixels baseline's input size."""
 
 # Vocabularies (tf.Transform asset names).
 GENRE_VOCABULARY = "genres"

@@ -1,4 +1,4 @@
-"""The tf.Transform preprocessing of posters for training: labels, split and model-ready pixels.
+"""The tf.Transform preprocessing of posters for training: labels, split and the JPEG bytes.
 
 :func:`preprocessing_fn` is run by ``tft_beam.AnalyzeAndTransformDataset`` over the scrape
 stage's poster TFRecords. Per poster it computes
@@ -7,10 +7,13 @@ stage's poster TFRecords. Per poster it computes
   computes from the data (``tft.compute_and_apply_vocabulary``, most frequent first);
 * the split (train / validation / test), from a farmhash of the movie id, so a film always falls
   in the same split whatever else is in the data;
-* the image, decoded and resized by :func:`models.image_ops.decode_and_resize`, the very function
-  the embed stage applies to every poster; normalisation for the backbone is a layer inside the
-  model, so a trained model sees at embedding time exactly the pixels it was trained on;
-* the same for the raw-pixels baseline's input size.
+* the poster's JPEG bytes, passed through unchanged: the transformed examples store no pixels
+  (float32 pixels took 27 times as much space on the real posters). The training input pipeline,
+  :func:`models.training.transformed_batches`, decodes and resizes them with
+  :func:`models.image_ops.decode_and_resize`, the very function the embed stage applies to every
+  poster, at the backbone's and the raw-pixels baseline's input sizes; normalisation for the
+  backbone is a layer inside the model, so a trained model sees at embedding time exactly the
+  pixels it was trained on.
 
 Configuration comes in ``custom_config`` (as TFX's Transform component passes it), built by
 :func:`transform_config`.
@@ -27,30 +30,15 @@ import tensorflow_transform as tft
 from tensorflow_transform.tf_metadata import dataset_metadata
 
 from models import features
-from models import pixels
-from models.image_ops import decode_and_resize
 from schemas import PosterRecord
 
 GENRE_SET = "genre_set"
-IMAGE_SIZE = "image_size"
-PIXELS_SIZE = "pixels_size"
 
 
-def transform_config(
-    genre_set: str = features.DEFAULT_GENRE_SET,
-    image_size: tuple[int, int] = (227, 227),
-    pixels_size: tuple[int, int] = pixels.INPUT_SIZE,
-) -> dict[str, Any]:
+def transform_config(genre_set: str = features.DEFAULT_GENRE_SET) -> dict[str, Any]:
     """The ``custom_config`` of :func:`preprocessing_fn`, checked."""
     features.genre_mapping(genre_set)
-    for name, size in ((IMAGE_SIZE, image_size), (PIXELS_SIZE, pixels_size)):
-        if len(size) != 2 or min(size) < 1:
-            raise ValueError(f"{name} must be (height, width), got {size}")
-    return {
-        GENRE_SET: genre_set,
-        IMAGE_SIZE: [int(s) for s in image_size],
-        PIXELS_SIZE: [int(s) for s in pixels_size],
-    }
+    return {GENRE_SET: genre_set}
 
 
 def raw_feature_spec() -> dict[str, Any]:
@@ -72,15 +60,6 @@ def to_raw_instance(record: PosterRecord) -> dict[str, Any]:
         features.GENRES_KEY: [g.encode("utf-8") for g in record.genres],
     }
     return {key: instance[key] for key in features.RAW_FEATURE_KEYS}
-
-
-def _decode_batch(image_bytes: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
-    """[batch] encoded images -> float32 [batch, height, width, 3] RGB 0..255."""
-    return tf.map_fn(
-        lambda data: decode_and_resize(data, size),
-        image_bytes,
-        fn_output_signature=tf.TensorSpec([*size, 3], tf.float32),
-    )
 
 
 def split_index(movie_ids: tf.Tensor) -> tf.Tensor:
@@ -124,18 +103,14 @@ def multi_hot_genres(genres: tf.SparseTensor, genre_set: str) -> tf.Tensor:
 def preprocessing_fn(
     inputs: dict[str, Any], custom_config: dict[str, Any] | None = None
 ) -> dict[str, tf.Tensor]:
-    """Raw poster features -> split, multi-hot genre label, model-ready and baseline pixels."""
+    """Raw poster features -> movie id, split, multi-hot genre label and the JPEG bytes."""
     config = {**transform_config(), **(custom_config or {})}
-    image_size = tuple(config[IMAGE_SIZE])
-    pixels_size = tuple(config[PIXELS_SIZE])
     movie_ids = inputs[features.MOVIE_ID_KEY]
-    image_bytes = inputs[features.IMAGE_BYTES_KEY]
     return {
         features.MOVIE_ID_KEY: movie_ids,
         features.SPLIT_KEY: split_index(movie_ids),
         features.LABEL_KEY: multi_hot_genres(inputs[features.GENRES_KEY], config[GENRE_SET]),
-        features.IMAGE_KEY: _decode_batch(image_bytes, image_size),
-        features.PIXELS_KEY: _decode_batch(image_bytes, pixels_size),
+        features.IMAGE_BYTES_KEY: inputs[features.IMAGE_BYTES_KEY],
     }
 
 

@@ -7,7 +7,8 @@ tf.Transform output (:mod:`models.preprocessing`):
 1. **Features once.** The backbone is split at a block boundary into a frozen *trunk* and a
    *tail* of its last ``unfreeze_blocks`` blocks (blocks are runs of layers sharing a name prefix:
    ``fire8``, ``fire9`` for SqueezeNet, ``block4`` for the small CNN). One pass over the
-   transformed images computes the trunk's output for every poster (and, with ``flip_augment``,
+   posters, decoded from the transformed examples' JPEG bytes by :func:`transformed_batches`,
+   computes the trunk's output for every poster (and, with ``flip_augment``,
    for the horizontally flipped training posters), the untrained backbone's pooled features (the
    tail applied with its original weights) and the raw-pixels baseline's features, and keeps
    only those: the trunk is frozen throughout, so training the tail on cached trunk outputs is
@@ -42,6 +43,8 @@ import numpy as np
 import tensorflow as tf
 
 from models import features
+from models import pixels
+from models.image_ops import decode_and_resize
 from models.layers import L2Normalize
 from models.layers import preprocess_layer
 from models.losses import BalancedBinaryCrossentropy
@@ -56,6 +59,8 @@ LOGITS_OUTPUT = "genre_logits"
 _LOG = logging.getLogger(__name__)
 _BN_TYPES = (keras.layers.BatchNormalization,)
 VARIANCE_FLOOR = 1e-3
+OBJECTIVES = ("genres", "audience", "both")
+DEFAULT_OBJECTIVE = "genres"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,8 +84,11 @@ class TrainConfig:
     classification_weight: float = 1.0
     flip_augment: bool = True
     seed: int = 0
+    objective: str = DEFAULT_OBJECTIVE
 
     def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {OBJECTIVES}, not {self.objective!r}")
         features.genre_mapping(self.genre_set)
         get_spec(self.backbone)
         if self.embedding_dim < 1 or self.batch_size < 2:
@@ -91,6 +99,11 @@ class TrainConfig:
             raise ValueError("need --triplet_margin >= 0, --l2 >= 0 and 0 <= dropout < 1")
         if self.patience < 1:
             raise ValueError("--patience must be >= 1")
+
+    @property
+    def uses_audience(self) -> bool:
+        """Whether the embedding learns the films' co-watch vectors (audience or both)."""
+        return self.objective in ("audience", "both")
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -110,9 +123,16 @@ class SplitData:
     images: np.ndarray | None = None
     flipped_trunk: np.ndarray | None = None
     flipped_pooled: np.ndarray | None = None
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.movie_ids)
+
+    def training_targets(self) -> np.ndarray | None:
+        """The co-watch targets, repeated for the flipped copies when they are cached."""
+        if self.targets is None or self.flipped_trunk is None:
+            return self.targets
+        return np.concatenate([self.targets, self.targets])
 
     def training_set(self, attribute: str) -> tuple[np.ndarray, np.ndarray]:
         """(inputs, labels) for training: ``trunk`` or ``pooled``, plus flipped copies if cached."""
@@ -307,13 +327,15 @@ class PosterTrainer:
             variance=variance.tolist(),
             name="feature_normalisation",
         )
-        self._model = self._metric_model()
+        self._model = None
 
     @property
     def model(self) -> keras.Model:
         """Trunk output -> unit embedding and genre logits (after :meth:`build`)."""
-        if self._model is None:
+        if self.normalisation is None:
             raise RuntimeError("call build(train) first")
+        if self._model is None:
+            self._model = self._metric_model()
         return self._model
 
     def _with_preprocessing(self, trunk: keras.Model) -> keras.Model:
@@ -329,36 +351,78 @@ class PosterTrainer:
         """Trunk output -> tail (inference mode) -> pool -> embedding -> (unit vector, logits)."""
         inputs = keras.Input(shape=self.tail.input.shape[1:], name="trunk_output")
         x = _pool(InferenceMode(self.tail, name="tail")(inputs))
-        embedding = self.embedding(self.dropout(self.normalisation(x)))
+        return keras.Model(inputs, self._outputs(x), name="metric_model")
+
+    def _outputs(self, pooled: keras.KerasTensor) -> dict[str, keras.KerasTensor]:
+        """Pooled features -> the unit embedding and the genre logits.
+
+        With the audience objective alone the genre head reads the embedding through a stop
+        gradient: it reports how much genre the audience embedding holds without shaping it.
+        """
+        embedding = self.embedding(self.dropout(self.normalisation(pooled)))
         unit = L2Normalize(name="unit_embedding", dtype="float32")(embedding)
-        logits = self.head(embedding)
-        return keras.Model(
-            inputs, {EMBEDDING_OUTPUT: unit, LOGITS_OUTPUT: logits}, name="metric_model"
-        )
+        head_input = embedding
+        if self.config.objective == "audience":
+            head_input = keras.layers.Lambda(keras.ops.stop_gradient, name="genre_probe")(embedding)
+        return {EMBEDDING_OUTPUT: unit, LOGITS_OUTPUT: self.head(head_input)}
 
     def _warmup_model(self, feature_dim: int) -> keras.Model:
-        """Pooled backbone features -> dropout -> embedding -> logits."""
+        """Pooled backbone features -> dropout -> embedding -> logits (and unit embedding)."""
         inputs = keras.Input(shape=(feature_dim,), name="pooled_features")
+        if self.config.uses_audience:
+            return keras.Model(inputs, self._outputs(inputs), name="warmup_model")
         logits = self.head(self.embedding(self.dropout(self.normalisation(inputs))))
         return keras.Model(inputs, logits, name="warmup_model")
+
+    def _losses(self, labels: np.ndarray, metric: bool) -> tuple[dict, dict]:
+        """(losses, weights) per output for the objective (``metric``: the triplet phase)."""
+        bce = self._bce(labels)
+        genre_weight = self.config.classification_weight
+        if self.config.uses_audience:
+            embedding_loss = keras.losses.CosineSimilarity(axis=-1)
+            if self.config.objective == "audience":
+                genre_weight = 1.0
+        elif metric:
+            embedding_loss = SemiHardTripletLoss(self.config.triplet_margin, "angular")
+        else:
+            return {LOGITS_OUTPUT: bce}, {LOGITS_OUTPUT: 1.0}
+        return (
+            {EMBEDDING_OUTPUT: embedding_loss, LOGITS_OUTPUT: bce},
+            {EMBEDDING_OUTPUT: 1.0, LOGITS_OUTPUT: genre_weight},
+        )
+
+    def _targets(self, data: SplitData, training: bool) -> Any:
+        """What each output is fitted to: genre labels, and co-watch vectors for the audience."""
+        labels = data.training_set("trunk")[1] if training else data.labels
+        if self.config.uses_audience:
+            targets = data.training_targets() if training else data.targets
+            return {EMBEDDING_OUTPUT: targets, LOGITS_OUTPUT: labels}
+        return {EMBEDDING_OUTPUT: labels, LOGITS_OUTPUT: labels}
 
     def extract(
         self,
         batches: Iterable[dict[str, tf.Tensor]],
         keep_images: set[int],
         flip_splits: set[int] = frozenset(),
+        targets: dict[int, np.ndarray] | None = None,
     ) -> PosterData:
-        """Cache trunk outputs and frozen features of every labelled poster, split by split.
+        """Cache trunk outputs and frozen features of every training poster, split by split.
 
-        ``keep_images`` names the splits whose pixels are kept too; for ``flip_splits`` the
-        trunk outputs of the horizontally flipped posters are cached as well (augmentation).
+        A poster is kept when it has a genre of the set or, with ``targets`` (the audience
+        objective: movie id -> co-watch vector), when its film has a target. ``keep_images``
+        names the splits whose pixels are kept too; for ``flip_splits`` the trunk outputs of
+        the horizontally flipped posters are cached as well (augmentation).
         """
         parts: dict[int, dict[str, list[np.ndarray]]] = {}
         unlabelled = dict.fromkeys(range(len(features.SPLITS)), 0)
         for batch in batches:
             labels = batch[features.LABEL_KEY].numpy()
             split = batch[features.SPLIT_KEY].numpy()
-            keep = labels.sum(axis=1) > 0
+            ids = batch[features.MOVIE_ID_KEY].numpy()
+            if targets is None:
+                keep = labels.sum(axis=1) > 0
+            else:
+                keep = np.array([int(m) in targets for m in ids], dtype=bool)
             for index in range(len(features.SPLITS)):
                 unlabelled[index] += int(np.sum((split == index) & ~keep))
             if not keep.any():
@@ -368,7 +432,6 @@ class PosterTrainer:
             pooled = np.asarray(self.frozen_features(trunk), np.float32)
             trunk = np.asarray(trunk, np.float32)
             pixels = np.asarray(self.pixels_model(batch[features.PIXELS_KEY], training=False))
-            ids = batch[features.MOVIE_ID_KEY].numpy()
             for index in np.unique(split[keep]):
                 rows = keep & (split == index)
                 part = parts.setdefault(int(index), {})
@@ -379,6 +442,8 @@ class PosterTrainer:
                     "pooled": pooled[rows],
                     "pixels": pixels[rows],
                 }
+                if targets is not None:
+                    values["targets"] = np.stack([targets[int(m)] for m in ids[rows]])
                 if int(index) in keep_images:
                     values["images"] = images.numpy()[rows]
                 if int(index) in flip_splits:
@@ -401,16 +466,23 @@ class PosterTrainer:
         if not epochs:
             return
         model = self._warmup_model(train.pooled.shape[1])
+        losses, weights = self._losses(train.labels, metric=False)
+        if not self.config.uses_audience:
+            losses, weights = losses[LOGITS_OUTPUT], None
         model.compile(
             optimizer=keras.optimizers.Adam(self.config.learning_rate),
-            loss=self._bce(train.labels),
+            loss=losses,
+            loss_weights=weights,
         )
         inputs, labels = train.training_set("pooled")
+        targets, val_targets = labels, validation.labels
+        if self.config.uses_audience:
+            targets, val_targets = self._targets(train, True), self._targets(validation, False)
         keras.utils.set_random_seed(self.config.seed)
         history = model.fit(
             inputs,
-            labels,
-            validation_data=(validation.pooled, validation.labels),
+            targets,
+            validation_data=(validation.pooled, val_targets),
             batch_size=self.config.batch_size,
             epochs=epochs,
             shuffle=True,
@@ -424,9 +496,9 @@ class PosterTrainer:
         config = self.config
         per_stage = epochs_per_stage(config.metric_epochs, len(self.tail_blocks))
         stages = len(per_stage)
-        inputs, labels = train.training_set("trunk")
-        targets = {EMBEDDING_OUTPUT: labels, LOGITS_OUTPUT: labels}
-        val_targets = {EMBEDDING_OUTPUT: validation.labels, LOGITS_OUTPUT: validation.labels}
+        inputs, _ = train.training_set("trunk")
+        targets, val_targets = self._targets(train, True), self._targets(validation, False)
+        losses, weights = self._losses(train.labels, metric=True)
         self.history["metric"] = []
         for stage, epochs in enumerate(per_stage, start=1):
             if not epochs:
@@ -435,11 +507,8 @@ class PosterTrainer:
             _LOG.info("metric learning stage %d/%d: trainable blocks %s", stage, stages, names)
             self.model.compile(
                 optimizer=keras.optimizers.Adam(config.fine_tune_learning_rate),
-                loss={
-                    EMBEDDING_OUTPUT: SemiHardTripletLoss(config.triplet_margin, "angular"),
-                    LOGITS_OUTPUT: self._bce(train.labels),
-                },
-                loss_weights={EMBEDDING_OUTPUT: 1.0, LOGITS_OUTPUT: config.classification_weight},
+                loss=losses,
+                loss_weights=weights,
             )
             keras.utils.set_random_seed(config.seed + stage)
             history = self.model.fit(
@@ -473,6 +542,12 @@ class PosterTrainer:
         """Genre probabilities [n, num_classes] of cached trunk outputs."""
         outputs = self.model.predict(trunk, batch_size=self.config.batch_size, verbose=0)
         return 1.0 / (1.0 + np.exp(-np.asarray(outputs[LOGITS_OUTPUT], np.float64)))
+
+    def pooled_embeddings(self, pooled: np.ndarray) -> np.ndarray:
+        """Unit embeddings of pooled backbone features (the exported model after pooling)."""
+        x = self.embedding(self.normalisation(tf.constant(pooled, tf.float32)))
+        x = np.asarray(x, np.float64)
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
     def cached_embeddings(self, trunk: np.ndarray) -> np.ndarray:
         """Unit embeddings [n, embedding_dim] of cached trunk outputs."""
@@ -510,18 +585,35 @@ def _epochs(history: keras.callbacks.History) -> list[dict[str, float]]:
 
 
 def transformed_batches(
-    file_pattern: str | list[str], feature_spec: dict[str, Any], batch_size: int = 64
+    file_pattern: str | list[str],
+    feature_spec: dict[str, Any],
+    batch_size: int,
+    input_size: tuple[int, int],
+    pixels_size: tuple[int, int] = pixels.INPUT_SIZE,
 ) -> tf.data.Dataset:
-    """Parsed batches of the transformed TFRecords (files in sorted order)."""
+    """Batches of the transformed TFRecords (files in sorted order) with the posters decoded.
+
+    Each poster's JPEG bytes (``features.IMAGE_BYTES_KEY``) become ``features.IMAGE_KEY`` at
+    ``input_size`` and ``features.PIXELS_KEY`` at ``pixels_size``, both by the embed stage's
+    :func:`models.image_ops.decode_and_resize`; the bytes themselves are dropped.
+    """
     files = (
         sorted(tf.io.gfile.glob(file_pattern)) if isinstance(file_pattern, str) else file_pattern
     )
     if not files:
         raise FileNotFoundError(f"no transformed examples match {file_pattern}")
+
+    def parse_and_decode(record: tf.Tensor) -> dict[str, tf.Tensor]:
+        example = tf.io.parse_single_example(record, feature_spec)
+        image_bytes = example.pop(features.IMAGE_BYTES_KEY)
+        example[features.IMAGE_KEY] = decode_and_resize(image_bytes, input_size)
+        example[features.PIXELS_KEY] = decode_and_resize(image_bytes, pixels_size)
+        return example
+
     return (
         tf.data.TFRecordDataset(files)
+        .map(parse_and_decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         .batch(batch_size)
-        .map(lambda x: tf.io.parse_example(x, feature_spec))
         .prefetch(2)
     )
 
@@ -561,19 +653,80 @@ def _max_abs_difference(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) if np.size(a) else 0.0
 
 
+def audience_config(config: TrainConfig, targets: dict[int, np.ndarray] | None) -> TrainConfig:
+    """The config for its objective: the audience objectives embed in the co-watch space."""
+    if not config.uses_audience:
+        return config
+    if not targets:
+        raise ValueError(
+            f"--objective={config.objective} needs co-watch vectors (--cowatch_vectors) of films "
+            "in the catalogue"
+        )
+    dim = len(next(iter(targets.values())))
+    return dataclasses.replace(config, embedding_dim=dim)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean cosine similarity of paired rows."""
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return float(np.mean(np.sum(a * b, axis=1))) if len(a) else 0.0
+
+
+def ridge_probe(
+    train: tuple[np.ndarray, np.ndarray], validation: tuple[np.ndarray, np.ndarray]
+) -> tuple[Any, float]:
+    """A linear map features -> targets (closed-form ridge), its strength chosen on validation."""
+    x, y = train
+    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+
+    def design(features_: np.ndarray) -> np.ndarray:
+        standard = (features_ - mean) / scale
+        return np.hstack([standard, np.ones((len(standard), 1))])
+
+    a = design(x)
+    best = None
+    for strength in (1.0, 10.0, 100.0, 1000.0, 10000.0):
+        weights = np.linalg.solve(a.T @ a + strength * np.eye(a.shape[1]), a.T @ y)
+        score = mean_cosine(design(validation[0]) @ weights, validation[1])
+        if best is None or score > best[0]:
+            best = (score, strength, weights)
+    _, strength, weights = best
+    return (lambda features_: design(features_) @ weights), strength
+
+
+def audience_report(
+    trainer: PosterTrainer, train: SplitData, validation: SplitData, test: SplitData
+) -> dict[str, Any]:
+    """Test mean cosine to the co-watch vectors: the trained model vs a ridge probe."""
+    probe, strength = ridge_probe(
+        (train.pooled, train.targets), (validation.pooled, validation.targets)
+    )
+    trained = mean_cosine(trainer.cached_embeddings(test.trunk), test.targets)
+    return {
+        "test_films": len(test),
+        "trained_mean_cosine": trained,
+        "ridge_probe_mean_cosine": mean_cosine(probe(test.pooled), test.targets),
+        "ridge_probe_l2": strength,
+    }
+
+
 def train_and_evaluate(
     config: TrainConfig,
     examples: str | list[str],
     transform_dir: str,
     model_path: str,
     neighbours: int = 10,
+    targets: dict[int, np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Train on the transformed examples, save the embedding model, return the evaluation report.
 
     ``examples`` are the transformed TFRecords (a glob or file list) and ``transform_dir`` the
-    tf.Transform output written beside them; ``model_path`` is a local ``.keras`` path. The
-    report holds the test-split figures of the trained model and of balanced logistic probes on
-    the untrained backbone's features and on raw pixels.
+    tf.Transform output written beside them; ``model_path`` is a local ``.keras`` path;
+    ``targets`` (movie id -> co-watch vector) are needed by the audience objectives. The report
+    holds the test-split figures of the trained model and of balanced logistic probes on the
+    untrained backbone's features and on raw pixels, and for the audience objectives the test
+    cosine to the co-watch vectors beside a ridge probe on the untrained backbone's features.
     """
     import tensorflow_transform as tft
 
@@ -583,12 +736,16 @@ def train_and_evaluate(
     started = time.perf_counter()
     transform_output = tft.TFTransformOutput(transform_dir)
     classes = genre_classes(transform_output, config.genre_set)
+    config = audience_config(config, targets)
     trainer = PosterTrainer(config, len(classes))
     batches = transformed_batches(
-        examples, transform_output.transformed_feature_spec(), config.batch_size
+        examples, transform_output.transformed_feature_spec(), config.batch_size, config.input_size
     )
     flips = {features.TRAIN} if config.flip_augment else set()
-    data = trainer.extract(batches, keep_images={features.TEST}, flip_splits=flips)
+    data = trainer.extract(
+        batches, keep_images={features.TEST}, flip_splits=flips,
+        targets=targets if config.uses_audience else None,
+    )  # fmt: skip
     train, validation, test = (data.split(i) for i in range(len(features.SPLITS)))
     k = neighbour_count(len(test), neighbours)
     timings["features"] = time.perf_counter() - started
@@ -647,7 +804,10 @@ def train_and_evaluate(
         for name in ("untrained_backbone", "pixels")
     }
     timings["evaluation"] = time.perf_counter() - started
+    audience = audience_report(trainer, train, validation, test) if config.uses_audience else None
     return {
+        "objective": config.objective,
+        "audience": audience,
         "genre_set": config.genre_set,
         "classes": classes,
         "config": dataclasses.asdict(config),

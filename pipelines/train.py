@@ -1,11 +1,12 @@
 """Train stage: poster TFRecords in, a trained poster-embedding .keras model and its report out.
 
 Reads the scrape stage's TFRecords (``--posters``), runs tf.Transform over them on Beam (genre
-vocabulary and multi-hot labels, the split by a hash of the movie id, pixels decoded and resized
-for the backbone), then trains on the transformed examples where this command runs (a GPU when
-TensorFlow sees one): a genre warm-up on the frozen backbone (``--model``, ``--weights``, as for
-the embed stage; default backbone squeezenet_v1_1), then semi-hard triplet metric learning with
-progressive unfreezing. Under ``--output``, for run ``run-NNNN``::
+vocabulary and multi-hot labels, the split by a hash of the movie id, the JPEG bytes passed
+through), then trains on the transformed examples, their posters decoded for the backbone, where
+this command runs (a GPU when TensorFlow sees one): a genre warm-up on the frozen backbone
+(``--model``, ``--weights``, as for the embed stage; default backbone squeezenet_v1_1), then
+semi-hard triplet metric learning with progressive unfreezing. Under ``--output``, for run
+``run-NNNN``::
 
     model/run-NNNN/poster_embedding_{backbone}.keras   raw 0..255 RGB in, unit vector out
     model/run-NNNN/transform_fn/, transformed_metadata/ the tf.Transform output
@@ -225,7 +226,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     from models.preprocessing import transform_config
 
     settings = TransformSettings(
-        custom_config=transform_config(config.genre_set, config.input_size),
+        custom_config=transform_config(config.genre_set),
         transform_dir=model_dir,
         examples_prefix=layout.table_prefix(TRANSFORMED_TABLE),
         temp_dir=FileSystems.join(common.output, "tmp", layout.run_id),

@@ -1,16 +1,15 @@
-"""Per-user candidates: films whose posters look like the ones the user watched.
+"""Per-user candidates: the films near (by co-watch and poster) the ones the user watched.
 
-score(user, film) = sum over the user's watched films w of
-    similarity(w, film) x 0.5 ** (age of the watch in days / half-life) x rating weight(w),
-with films the user watched excluded, the top K kept, and ties broken by the lower movie id.
-Watch events of films without a vector are counted and reported, never silently dropped.
+The scoring is :func:`models.scoring.rank_candidates`: per watched film, its (hybrid) neighbour
+scores weighted by rating and recency, summed; with a popularity weight or backfill, the films'
+popularity among the history's watchers (films with a vector only) blends in and fills the
+places left. Watch events of films without a vector are counted and reported, never silently
+dropped.
 """
 
 from __future__ import annotations
 
-import collections
 import csv
-import dataclasses
 import datetime
 import io
 import json
@@ -18,83 +17,25 @@ import typing
 from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
-from collections.abc import Sequence
 
 import apache_beam as beam
 
+from models.scoring import CandidateConfig
+from models.scoring import Popularity
+from models.scoring import rank_candidates
+from models.scoring import rating_weight
+from models.scoring import recency_weight
+from models.scoring import reference_time
 from schemas import CandidateRow
 from schemas import DeadLetter
 from schemas import WatchEvent
 
 NO_VECTOR = "no_vector"
 DEAD_LETTER = "dead_letter"
-MAX_CONTRIBUTORS = 10
 RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
-
-
-@dataclasses.dataclass(frozen=True)
-class CandidateConfig:
-    """How candidates are scored."""
-
-    top_k: int = 100
-    half_life_days: float = 365.0
-    min_rating: float = 0.0
-    model_version: str = ""
-
-    def __post_init__(self) -> None:
-        if self.top_k < 1 or self.half_life_days <= 0:
-            raise ValueError("--candidates_k must be >= 1 and --half_life_days > 0")
-
-
-def rating_weight(rating: float, min_rating: float) -> float:
-    """How much a watch counts by its rating: rating / 5, and 0 below ``min_rating``."""
-    return 0.0 if rating < min_rating else rating / 5.0
-
-
-def recency_weight(
-    watched_at: datetime.datetime, reference: datetime.datetime, half_life_days: float
-) -> float:
-    """0.5 ** (age in days / half-life); watches after the reference count fully."""
-    age_days = max(0.0, (reference - watched_at).total_seconds() / 86_400.0)
-    return 0.5 ** (age_days / half_life_days)
-
-
-def reference_time(run_date: datetime.date) -> datetime.datetime:
-    """The instant a run date's recency decay is measured from: the end of that day, UTC."""
-    start = datetime.datetime.combine(run_date, datetime.time(), tzinfo=datetime.UTC)
-    return start + datetime.timedelta(days=1)
-
-
-def rank_candidates(
-    events: Sequence[WatchEvent],
-    neighbors: Mapping[int, Sequence[tuple[int, float]]],
-    config: CandidateConfig,
-    reference: datetime.datetime,
-) -> list[tuple[int, float, tuple[int, ...]]]:
-    """A user's top-k (movie id, score, contributing watched films), best first."""
-    watched = {e.movie_id for e in events}
-    scores: dict[int, float] = collections.defaultdict(float)
-    parts: dict[int, dict[int, float]] = collections.defaultdict(dict)
-    for event in sorted(events, key=lambda e: (e.movie_id, e.watched_at)):
-        weight = rating_weight(event.rating, config.min_rating) * recency_weight(
-            event.watched_at, reference, config.half_life_days
-        )
-        if weight == 0.0:
-            continue
-        for nid, similarity in neighbors.get(event.movie_id, ()):
-            if nid in watched:
-                continue
-            contribution = similarity * weight
-            scores[nid] += contribution
-            parts[nid][event.movie_id] = parts[nid].get(event.movie_id, 0.0) + contribution
-    # Scores are rounded to 1e-9 so that float noise cannot reorder ties between runs.
-    rounded = {movie_id: round(score, 9) for movie_id, score in scores.items()}
-    ranked = sorted(rounded.items(), key=lambda kv: (-kv[1], kv[0]))[: config.top_k]
-    out = []
-    for movie_id, score in ranked:
-        contributors = sorted(parts[movie_id].items(), key=lambda kv: (-kv[1], kv[0]))
-        out.append((movie_id, score, tuple(m for m, _ in contributors[:MAX_CONTRIBUTORS])))
-    return out
+POPULARITY = "popularity"
+# Re-exported: the scoring lives in models.scoring.
+_REEXPORTED = (rating_weight, recency_weight)
 
 
 def parse_ratings_csv(text: str, run_id: str) -> Iterator[WatchEvent | DeadLetter]:
@@ -137,6 +78,9 @@ class _JoinNeighborsFn(beam.DoFn):
             self._missing.inc(len(events))
             for event in events:
                 yield beam.pvalue.TaggedOutput(NO_VECTOR, event)
+        else:
+            watchers = len({event.user_id for event in events})
+            yield beam.pvalue.TaggedOutput(POPULARITY, (movie_id, watchers))
         neighbors = lists[0] if lists else []
         for event in events:
             yield event.user_id, (event, neighbors)
@@ -148,16 +92,23 @@ class _RankUserFn(beam.DoFn):
         self._run_date = run_date
         self._users = beam.metrics.Metrics.counter("candidates", "users")
         self._rows = beam.metrics.Metrics.counter("candidates", "candidate_rows")
+        self._backfill = beam.metrics.Metrics.counter("candidates", "popularity_only_rows")
 
-    def process(self, user_and_watches: tuple[int, Iterable]) -> Iterator[CandidateRow]:
+    def process(
+        self, user_and_watches: tuple[int, Iterable], popularity: Popularity | None = None
+    ) -> Iterator[CandidateRow]:
         user_id, watches = user_and_watches
         watches = list(watches)
         events = [event for event, _ in watches]
         neighbors = {event.movie_id: lists for event, lists in watches if lists}
-        ranked = rank_candidates(events, neighbors, self._config, reference_time(self._run_date))
+        ranked = rank_candidates(
+            events, neighbors, self._config, reference_time(self._run_date), popularity
+        )
         self._users.inc()
         self._rows.inc(len(ranked))
         for rank, (movie_id, score, contributors) in enumerate(ranked, start=1):
+            if not contributors:
+                self._backfill.inc()
             yield CandidateRow(
                 user_id=user_id,
                 rank=rank,
@@ -169,13 +120,24 @@ class _RankUserFn(beam.DoFn):
             )
 
 
-class BuildCandidates(beam.PTransform):
-    """(events, neighbour lists) -> CandidateRow, plus events of films without a vector."""
+def _popularity(counts: Iterable[tuple[int, int]]) -> Popularity:
+    return Popularity.from_counts(dict(counts))
 
-    def __init__(self, config: CandidateConfig, run_date: datetime.date) -> None:
+
+class BuildCandidates(beam.PTransform):
+    """(events, neighbour lists) -> CandidateRow, plus events of films without a vector.
+
+    With ``use_popularity`` the films' watcher counts (films with a neighbour list only) blend
+    into the scores and back-fill short lists (see :mod:`models.scoring`).
+    """
+
+    def __init__(
+        self, config: CandidateConfig, run_date: datetime.date, use_popularity: bool = False
+    ) -> None:
         super().__init__()
         self._config = config
         self._run_date = run_date
+        self._use_popularity = use_popularity
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]):
         events, neighbor_lists = inputs
@@ -184,12 +146,20 @@ class BuildCandidates(beam.PTransform):
             {"events": keyed_events, "neighbors": neighbor_lists}
             | "JoinByFilm" >> beam.CoGroupByKey()
             | "AttachNeighbors"
-            >> beam.ParDo(_JoinNeighborsFn()).with_outputs(NO_VECTOR, main="watches")
+            >> beam.ParDo(_JoinNeighborsFn()).with_outputs(NO_VECTOR, POPULARITY, main="watches")
         )
+        side = {}
+        if self._use_popularity:
+            popularity = (
+                joined[POPULARITY]
+                | "CollectCounts" >> beam.combiners.ToList()
+                | "Popularity" >> beam.Map(_popularity)
+            )
+            side["popularity"] = beam.pvalue.AsSingleton(popularity)
         rows = (
             joined.watches
             | "GroupByUser" >> beam.GroupByKey()
-            | "RankForUser" >> beam.ParDo(_RankUserFn(self._config, self._run_date))
+            | "RankForUser" >> beam.ParDo(_RankUserFn(self._config, self._run_date), **side)
         )
         return rows, joined[NO_VECTOR]
 

@@ -13,13 +13,9 @@ from tensorflow_transform.beam import tft_unit
 
 from models import features
 from models import preprocessing
-from models.image_ops import decode_and_resize_numpy
 from schemas import PosterRecord
 from tests.conftest import local_pipeline
 from tests.fixtures import poster_record
-
-IMAGE_SIZE = (8, 6)
-PIXELS_SIZE = (4, 4)
 
 
 def jpeg(seed: int, size: tuple[int, int] = (48, 36)) -> bytes:
@@ -58,8 +54,7 @@ def expected_rows(genre_set: str, vocabulary: list[str]) -> list[dict]:
             features.MOVIE_ID_KEY: movie_id,
             features.SPLIT_KEY: int(split),
             features.LABEL_KEY: np.array(label, np.float32),
-            features.IMAGE_KEY: decode_and_resize_numpy(poster, IMAGE_SIZE),
-            features.PIXELS_KEY: decode_and_resize_numpy(poster, PIXELS_SIZE),
+            features.IMAGE_BYTES_KEY: poster,
         })  # fmt: skip
     return rows
 
@@ -69,7 +64,7 @@ class PreprocessingFnTest(tft_unit.TransformTestCase):
 
     def _check(self, genre_set: str, vocabulary: list[str]) -> str:
         temp_dir = self.get_temp_dir() + f"/{genre_set}"
-        config = preprocessing.transform_config(genre_set, IMAGE_SIZE, PIXELS_SIZE)
+        config = preprocessing.transform_config(genre_set)
         self.assertAnalyzeAndTransformResults(
             raw_instances(),
             preprocessing.raw_metadata(),
@@ -83,18 +78,24 @@ class PreprocessingFnTest(tft_unit.TransformTestCase):
         )
         return temp_dir
 
-    def test_six_genres_labels_split_and_pixels(self):
+    def test_six_genres_labels_split_and_jpeg_bytes(self):
         # Most frequent first; ties in descending order of the class name.
         temp_dir = self._check("six", ["Drama", "Thriller", "Horror", "Comedy"])
         spec = tft.TFTransformOutput(temp_dir).transformed_feature_spec()
         self.assertEqual(spec[features.LABEL_KEY].shape, [6])
-        self.assertEqual(spec[features.IMAGE_KEY].shape, [*IMAGE_SIZE, 3])
+        # The image is stored as the poster's encoded bytes, never as decoded float pixels.
+        self.assertEqual(spec[features.IMAGE_BYTES_KEY], tf.io.FixedLenFeature([], tf.string))
+        self.assertEqual(
+            set(spec),
+            {features.MOVIE_ID_KEY, features.SPLIT_KEY, features.LABEL_KEY,
+             features.IMAGE_BYTES_KEY},
+        )  # fmt: skip
 
     def test_genre_groups_merge_related_genres(self):
         self._check("groups", ["drama", "crime_thriller", "horror", "fantasy_scifi", "documentary",
                                "comedy"])  # fmt: skip
 
-    def test_the_saved_graph_decodes_raw_posters_as_the_embed_stage_does(self):
+    def test_the_saved_graph_passes_the_poster_bytes_through_unchanged(self):
         temp_dir = self._check("six", ["Drama", "Thriller", "Horror", "Comedy"])
         output = tft.TFTransformOutput(temp_dir)
         posters = [r[features.IMAGE_BYTES_KEY] for r in raw_instances()]
@@ -104,8 +105,7 @@ class PreprocessingFnTest(tft_unit.TransformTestCase):
             features.GENRES_KEY: tf.sparse.from_dense(tf.constant([["Drama"]] * len(RAW))),
         }
         transformed = output.transform_raw_features(raw)
-        embed_stage = np.stack([decode_and_resize_numpy(p, IMAGE_SIZE) for p in posters])
-        np.testing.assert_array_equal(transformed[features.IMAGE_KEY].numpy(), embed_stage)
+        self.assertEqual(list(transformed[features.IMAGE_BYTES_KEY].numpy()), posters)
 
 
 def test_split_is_deterministic_and_about_80_10_10():

@@ -23,6 +23,7 @@ from models.training import TrainConfig
 from models.training import backbone_blocks
 from models.training import epochs_per_stage
 from models.training import split_backbone
+from models.training import transformed_batches
 from tests.fixtures import synthetic_records
 
 GENRE_SET = "six"
@@ -35,27 +36,42 @@ CONFIG = TrainConfig(
 )  # fmt: skip
 
 
-def transformed_batches(records, input_size, batch_size=32):
-    """What the transform produces for the records, split by position (3:1:1)."""
-    for start in range(0, len(records), batch_size):
-        chunk = records[start : start + batch_size]
-        labels = [
-            [1.0 if c in features.genre_classes(r.genres, GENRE_SET) else 0.0 for c in CLASSES]
-            for r in chunk
-        ]
-        yield {
-            features.MOVIE_ID_KEY: tf.constant([r.movie_id for r in chunk], tf.int64),
-            features.SPLIT_KEY: tf.constant(
-                [SPLIT_CYCLE[(start + i) % len(SPLIT_CYCLE)] for i in range(len(chunk))], tf.int64
-            ),
-            features.LABEL_KEY: tf.constant(labels, tf.float32),
-            features.IMAGE_KEY: tf.constant(
-                np.stack([decode_and_resize_numpy(r.image_jpeg, input_size) for r in chunk])
-            ),
-            features.PIXELS_KEY: tf.constant(
-                np.stack([decode_and_resize_numpy(r.image_jpeg, (64, 64)) for r in chunk])
-            ),
-        }
+TRANSFORMED_SPEC = {
+    features.MOVIE_ID_KEY: tf.io.FixedLenFeature([], tf.int64),
+    features.SPLIT_KEY: tf.io.FixedLenFeature([], tf.int64),
+    features.LABEL_KEY: tf.io.FixedLenFeature([len(CLASSES)], tf.float32),
+    features.IMAGE_BYTES_KEY: tf.io.FixedLenFeature([], tf.string),
+}
+
+
+def write_transformed(records, path) -> str:
+    """What the transform writes for the records, split by position (3:1:1); returns the path."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for i, r in enumerate(records):
+            classes = features.genre_classes(r.genres, GENRE_SET)
+            feature = {
+                features.MOVIE_ID_KEY: tf.train.Feature(
+                    int64_list=tf.train.Int64List(value=[r.movie_id])
+                ),
+                features.SPLIT_KEY: tf.train.Feature(
+                    int64_list=tf.train.Int64List(value=[SPLIT_CYCLE[i % len(SPLIT_CYCLE)]])
+                ),
+                features.LABEL_KEY: tf.train.Feature(
+                    float_list=tf.train.FloatList(value=[float(c in classes) for c in CLASSES])
+                ),
+                features.IMAGE_BYTES_KEY: tf.train.Feature(
+                    bytes_list=tf.train.BytesList(value=[r.image_jpeg])
+                ),
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=feature))
+            writer.write(example.SerializeToString())
+    return str(path)
+
+
+def training_batches(records, input_size, folder, batch_size=32):
+    """The training input pipeline over the records' transformed examples."""
+    examples = write_transformed(records, folder / "transformed.tfrecord")
+    return transformed_batches(examples, TRANSFORMED_SPEC, batch_size, input_size)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +85,8 @@ def trained(records, tmp_path_factory):
     """A small-CNN trainer after both phases on the synthetic posters, with snapshots."""
     trainer = PosterTrainer(CONFIG, len(CLASSES))
     data = trainer.extract(
-        transformed_batches(records, CONFIG.input_size), keep_images={features.TEST}
+        training_batches(records, CONFIG.input_size, tmp_path_factory.mktemp("transformed")),
+        keep_images={features.TEST},
     )
     train, validation = data.split(features.TRAIN), data.split(features.VALIDATION)
     trainer.build(train)
@@ -92,6 +109,28 @@ def trained(records, tmp_path_factory):
     return trainer, data, before, after, tmp_path_factory.mktemp("export")
 
 
+def test_training_batches_decode_the_jpeg_bytes_as_the_embed_stage_does(records, tmp_path):
+    chosen = records[:5]
+    examples = write_transformed(chosen, tmp_path / "transformed.tfrecord")
+    batches = list(transformed_batches(examples, TRANSFORMED_SPEC, 2, (40, 30)))
+
+    assert [len(b[features.MOVIE_ID_KEY]) for b in batches] == [2, 2, 1]
+    assert features.IMAGE_BYTES_KEY not in batches[0]
+    ids = np.concatenate([b[features.MOVIE_ID_KEY].numpy() for b in batches])
+    images = np.concatenate([b[features.IMAGE_KEY].numpy() for b in batches])
+    thumbnails = np.concatenate([b[features.PIXELS_KEY].numpy() for b in batches])
+    assert list(ids) == [r.movie_id for r in chosen]
+    assert images.dtype == thumbnails.dtype == np.float32
+    np.testing.assert_array_equal(
+        images, np.stack([decode_and_resize_numpy(r.image_jpeg, (40, 30)) for r in chosen])
+    )
+    np.testing.assert_array_equal(
+        thumbnails, np.stack([decode_and_resize_numpy(r.image_jpeg, (64, 64)) for r in chosen])
+    )
+    with pytest.raises(FileNotFoundError, match="no transformed examples"):
+        transformed_batches(str(tmp_path / "missing-*.tfrecord"), TRANSFORMED_SPEC, 2, (40, 30))
+
+
 def test_warm_up_lowers_the_loss(trained):
     trainer, *_ = trained
     history = trainer.history["warm_up"]
@@ -99,13 +138,13 @@ def test_warm_up_lowers_the_loss(trained):
     assert history[-1]["loss"] < 0.9 * history[0]["loss"]
 
 
-def test_metric_learning_lowers_the_triplet_loss_on_the_training_posters(records):
+def test_metric_learning_lowers_the_triplet_loss_on_the_training_posters(records, tmp_path):
     config = dataclasses.replace(
         CONFIG, backbone="pixels", unfreeze_blocks=0, metric_epochs=6,
         fine_tune_learning_rate=1e-3, classification_weight=0.0,
     )  # fmt: skip
     trainer = PosterTrainer(config, len(CLASSES))
-    data = trainer.extract(transformed_batches(records, config.input_size), set())
+    data = trainer.extract(training_batches(records, config.input_size, tmp_path), set())
     train, validation = data.split(features.TRAIN), data.split(features.VALIDATION)
     trainer.build(train)
     trainer.warm_up(train, validation)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import json
+import os
 
 import apache_beam as beam
 import numpy as np
@@ -20,6 +21,7 @@ from models.evaluation import format_report_table
 from models.image_ops import decode_and_resize_numpy
 from models.registry import embed_images
 from models.registry import load_embedding_model
+from models.training import transformed_batches
 from pipelines import embed
 from pipelines import train
 from schemas import DeadLetter
@@ -116,7 +118,36 @@ def test_embed_stage_embeds_raw_posters_as_training_saw_them(trained, posters, t
     np.testing.assert_array_equal(embed_images(em, pixels), embed_images(em, pixels))
 
 
-def test_transform_output_beside_the_model_decodes_like_the_embed_stage(trained, posters):
+def test_transformed_examples_hold_jpeg_bytes_that_train_as_the_embed_stage_decodes(
+    trained, posters
+):
+    report, output = trained
+    _, records = posters
+    files = sorted(glob.glob(str(output / "transformed" / "run-0001" / "transformed-*.tfrecord")))
+    examples = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(files)]
+    stored = {features.MOVIE_ID_KEY, features.SPLIT_KEY, features.LABEL_KEY,
+              features.IMAGE_BYTES_KEY}  # fmt: skip
+
+    assert len(examples) == N_FILMS
+    for example in examples:
+        feature = example.features.feature
+        movie_id = feature[features.MOVIE_ID_KEY].int64_list.value[0]
+        assert set(feature) == stored
+        assert feature[features.IMAGE_BYTES_KEY].bytes_list.value == [records[movie_id].image_jpeg]
+        assert len(feature[features.LABEL_KEY].float_list.value) == len(report["classes"])
+    jpeg_bytes = sum(len(r.image_jpeg) for r in records.values())
+    assert sum(os.path.getsize(f) for f in files) < jpeg_bytes + 200 * N_FILMS
+
+    spec = tft.TFTransformOutput(report["transform_dir"]).transformed_feature_spec()
+    batches = list(transformed_batches(files, spec, 64, (128, 128)))
+    ids = np.concatenate([b[features.MOVIE_ID_KEY].numpy() for b in batches])
+    for key, size in ((features.IMAGE_KEY, (128, 128)), (features.PIXELS_KEY, (64, 64))):
+        images = np.concatenate([b[key].numpy() for b in batches])
+        expected = np.stack([decode_and_resize_numpy(records[m].image_jpeg, size) for m in ids])
+        np.testing.assert_array_equal(images, expected)
+
+
+def test_transform_output_beside_the_model_labels_raw_posters(trained, posters):
     report, _ = trained
     _, records = posters
     chosen = sorted(records)[:4]
@@ -129,9 +160,9 @@ def test_transform_output_beside_the_model_decodes_like_the_embed_stage(trained,
         ).to_sparse(),
     }
     transformed = output.transform_raw_features(raw)
-    expected = np.stack([decode_and_resize_numpy(records[m].image_jpeg, (128, 128))
-                         for m in chosen])  # fmt: skip
-    np.testing.assert_array_equal(transformed[features.IMAGE_KEY].numpy(), expected)
+    assert list(transformed[features.IMAGE_BYTES_KEY].numpy()) == [
+        records[m].image_jpeg for m in chosen
+    ]
     labels = transformed[features.LABEL_KEY].numpy()
     for row, movie_id in zip(labels, chosen, strict=True):
         names = {report["classes"][j] for j in np.flatnonzero(row)}

@@ -1,0 +1,339 @@
+"""Candidates on real data: co-watch, posters, popularity and the tuned hybrid, warm and cold start.
+
+In one run, on this machine, with ``../shared/data`` (or ``$POSTERS_SHARED_DATA``): every shared
+poster of a MovieLens film (set_a, then set_b), the ml-latest-small ratings as watch history,
+SqueezeNet v1.1 with its ImageNet weights as the backbone.
+
+* **warm** (leave-last-out, :mod:`models.candidate_eval`): HR@10, HR@100, NDCG@10 of random,
+  popularity, item-item co-watch kNN, the genre profile, poster kNN of ImageNet features, of the
+  genre-trained model and of the audience model, and the hybrid whose blend is tuned on a
+  time-ordered validation split of the training histories (:mod:`models.blend`). Co-watch,
+  popularity and the audience model's targets come from the training histories only.
+* **cold start** (:mod:`models.cold_start`): every watch of 20% of the films (seeded) is hidden;
+  co-watch vectors and the audience model are learned from the visible history only; each user's
+  hidden films are ranked among all hidden films, Recall@20.
+* paired bootstrap 95% intervals of the differences the targets name.
+
+The poster models are trained by :class:`models.training.PosterTrainer` (the training stage's
+code) on cached pooled SqueezeNet features: the warm-up phase (frozen backbone, linear embedding),
+``genres`` with the balanced genre cross-entropy, ``audience`` with the cosine to the co-watch
+vector; ``audience + genre inputs`` appends the catalog genres to the features.
+
+    python -m benchmarks.candidates_real [--max_films N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import csv
+import dataclasses
+import datetime
+import logging
+import os
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from models import blend as blend_lib
+from models import candidate_eval as ev
+from models import cowatch
+from models import features
+from models.cold_start import Holdout
+from models.cold_start import cold_split
+from models.image_ops import decode_and_resize_numpy
+from models.scoring import CandidateConfig
+from models.training import PosterTrainer
+from models.training import SplitData
+from models.training import TrainConfig
+from schemas import WatchEvent
+
+WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
+POSTER_SETS = ("set_a", "set_b")
+NO_GENRES = "(no genres listed)"
+COLD_FRACTION = 0.2
+COLD_K = 20
+NEIGHBORS_K = 50
+GENRE_INPUT_SCALE = 3.0
+_LOG = logging.getLogger("candidates_real")
+
+
+def shared_data_dir() -> pathlib.Path:
+    """The real-data folder: $POSTERS_SHARED_DATA, default ../shared/data beside the repo."""
+    default = pathlib.Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+    return pathlib.Path(os.environ.get("POSTERS_SHARED_DATA", default))
+
+
+def load_posters(data: pathlib.Path, limit: int | None) -> tuple[dict, dict]:
+    """(movie id -> poster path, movie id -> genres) of the shared posters of MovieLens films."""
+    paths, genres = {}, {}
+    for name in POSTER_SETS:
+        folder = data / "posters" / name
+        with open(folder / "index.csv", newline="", encoding="utf-8") as handle:
+            for row in csv.DictReader(handle):
+                if not row["movieId"] or int(row["movieId"]) in paths:
+                    continue
+                movie = int(row["movieId"])
+                paths[movie] = folder / row["poster_file"]
+                genres[movie] = tuple(g for g in row["genres"].split("|") if g and g != NO_GENRES)
+    keep = sorted(paths)[:limit] if limit else sorted(paths)
+    return {m: paths[m] for m in keep}, {m: genres[m] for m in keep}
+
+
+def load_events(data: pathlib.Path) -> list[WatchEvent]:
+    """The ml-latest-small ratings as watch events."""
+    path = data / "movielens" / "ml-latest-small" / "ratings.csv"
+    events = []
+    with open(path, newline="", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle):
+            events.append(WatchEvent(
+                user_id=int(row["userId"]), movie_id=int(row["movieId"]),
+                rating=float(row["rating"]),
+                watched_at=datetime.datetime.fromtimestamp(int(row["timestamp"]), datetime.UTC),
+            ))  # fmt: skip
+    return events
+
+
+@dataclasses.dataclass
+class PosterFeatures:
+    """Pooled SqueezeNet features of every poster (and of the flipped posters), genre labels."""
+
+    ids: np.ndarray
+    pooled: np.ndarray
+    flipped: np.ndarray
+    pixels: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    genre_inputs: np.ndarray
+
+
+def extract_features(trainer: PosterTrainer, paths: dict, genres: dict) -> PosterFeatures:
+    """One pass of the frozen backbone over every poster (and its mirror image)."""
+    ids = np.array(sorted(paths), dtype=np.int64)
+    classes = features.class_names(trainer.config.genre_set)
+    pooled, flipped, pixels = [], [], []
+    for start in range(0, len(ids), 64):
+        chunk = ids[start : start + 64]
+        data = [pathlib.Path(paths[m]).read_bytes() for m in chunk]
+        size = trainer.input_size
+        images = tf.constant(np.stack([decode_and_resize_numpy(b, size) for b in data]))
+        small = tf.constant(np.stack([decode_and_resize_numpy(b, (64, 64)) for b in data]))
+        pooled.append(np.asarray(trainer.frozen_features(trainer.trunk(images, training=False))))
+        mirrored = trainer.trunk(tf.image.flip_left_right(images), training=False)
+        flipped.append(np.asarray(trainer.frozen_features(mirrored)))
+        pixels.append(np.asarray(trainer.pixels_model(small, training=False)))
+    labels = np.array(
+        [[c in features.genre_classes(genres[m], trainer.config.genre_set) for c in classes]
+         for m in ids], np.float32,
+    )  # fmt: skip
+    all_genres = sorted({g for m in ids for g in genres[m]})
+    genre_inputs = np.array([[g in genres[m] for g in all_genres] for m in ids], np.float32)
+    buckets = tf.strings.to_hash_bucket_fast(
+        tf.strings.as_string(tf.constant(ids)), features.SPLIT_BUCKETS
+    ).numpy()
+    split = np.array([features.split_of_bucket(int(b)) for b in buckets])
+    return PosterFeatures(ids, np.concatenate(pooled), np.concatenate(flipped),
+                          np.concatenate(pixels), labels, split, genre_inputs)  # fmt: skip
+
+
+def split_data(
+    f: PosterFeatures, rows: np.ndarray, targets: np.ndarray | None, genre_inputs: bool
+) -> SplitData:
+    """A SplitData of cached pooled features (no trunk maps: the warm-up phase needs none)."""
+    extra = GENRE_INPUT_SCALE * f.genre_inputs[rows] if genre_inputs else None
+    pooled = f.pooled[rows] if extra is None else np.hstack([f.pooled[rows], extra])
+    flipped = f.flipped[rows] if extra is None else np.hstack([f.flipped[rows], extra])
+    return SplitData(
+        movie_ids=f.ids[rows], labels=f.labels[rows], trunk=np.zeros((len(rows), 0), np.float32),
+        pooled=pooled, pixels=f.pixels[rows], flipped_pooled=flipped,
+        flipped_trunk=np.zeros((len(rows), 0), np.float32), targets=targets,
+    )  # fmt: skip
+
+
+def train_embedding(
+    config: TrainConfig,
+    f: PosterFeatures,
+    targets: dict[int, np.ndarray] | None = None,
+    genre_inputs: bool = False,
+) -> np.ndarray:
+    """Train a poster model's warm-up phase; return unit embeddings of every poster."""
+    if targets is not None:
+        dim = len(next(iter(targets.values())))
+        config = dataclasses.replace(config, embedding_dim=dim)
+    trainer = PosterTrainer(config, f.labels.shape[1])
+    parts = {}
+    for index in range(len(features.SPLITS)):
+        rows = np.flatnonzero(f.split == index)
+        if targets is not None:
+            rows = np.array([r for r in rows if int(f.ids[r]) in targets], dtype=np.int64)
+        else:
+            rows = rows[f.labels[rows].sum(axis=1) > 0]
+        stacked = np.stack([targets[int(f.ids[r])] for r in rows]) if targets else None
+        parts[index] = split_data(f, rows, stacked, genre_inputs)
+    train, validation = parts[features.TRAIN], parts[features.VALIDATION]
+    trainer.build(train)
+    trainer.warm_up(train, validation)
+    everything = split_data(f, np.arange(len(f.ids)), None, genre_inputs)
+    return trainer.pooled_embeddings(everything.pooled)
+
+
+def cowatch_targets(events: list[WatchEvent], catalogue: set[int]) -> dict[int, np.ndarray]:
+    """Co-watch vectors of the catalogue films, learned from these events only."""
+    matrix = cowatch.history_matrix(events)
+    ids, vectors = cowatch.cowatch_vectors(matrix, cowatch.CowatchConfig())
+    return {int(m): v for m, v in zip(ids.tolist(), vectors, strict=True) if int(m) in catalogue}
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length."""
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+
+
+def warm_results(events, f, genres, embeddings, config, seed):
+    """Leave-last-out figures (per user) of every method, and the tuned blend."""
+    catalogue = set(f.ids.tolist())
+    split = ev.leave_last_out(events, catalogue)
+    train_events = [e for h in split.train.values() for e in h]
+    recommenders = {
+        "random": ev.random_recommender(catalogue, 100, seed),
+        "popularity": ev.popularity_recommender(split, catalogue, 100),
+    }
+    cw = cowatch.cowatch_neighbors(cowatch.history_matrix(train_events), NEIGHBORS_K)
+    cw = {m: [(n, s) for n, s in lists if n in catalogue] for m, lists in cw.items()}
+    recommenders["co-watch kNN"] = ev.neighbour_recommender(cw, config)
+    gids, gvec = ev.genre_vectors(sorted(catalogue), genres)
+    recommenders["genre profile"] = ev.profile_recommender(gids, gvec, catalogue, 100)
+    dots = {}
+    for name, vectors in embeddings["warm"].items():
+        dots[name] = ev.neighbour_lists(f.ids, vectors, NEIGHBORS_K)
+        recommenders[f"poster kNN: {name}"] = ev.neighbour_recommender(dots[name], config)
+    blend, trials = blend_lib.tune_blend(train_events, dots["audience"], catalogue, config)
+    _LOG.info("tuned blend %s", blend)
+    recommenders["hybrid (tuned blend)"] = blend_lib.hybrid_recommender(
+        split, dots["audience"], catalogue, blend, config, NEIGHBORS_K
+    )
+    hits = {}
+    for name, recommend in recommenders.items():
+        started = time.perf_counter()
+        hits[name] = ev.per_user_hits(split, recommend)
+        _LOG.info("warm %s: %.1f s", name, time.perf_counter() - started)
+    return split, hits, blend, trials
+
+
+def cold_results(events, f, genres, embeddings, config, seed):
+    """Cold-start Recall@20 per user of every method that needs no hidden film's history."""
+    catalogue = set(f.ids.tolist())
+    cold = cold_split(events, Holdout(COLD_FRACTION, seed).hidden(catalogue))
+    visible = collections.defaultdict(list)
+    for e in cold.visible:
+        visible[e.user_id].append(e)
+    hidden = set(cold.hidden_films)
+    rng = np.random.default_rng(seed)
+    order = sorted(hidden)
+    methods = {
+        "random": lambda user, history, held: [
+            order[i] for i in np.random.default_rng([seed, user]).permutation(len(order))
+        ],
+    }
+    gids, gvec = ev.genre_vectors(sorted(catalogue), genres)
+    methods["genre profile"] = ev.profile_recommender(gids, gvec, hidden, COLD_K)
+    for name, vectors in embeddings["cold"].items():
+        lists = blend_lib.poster_dot_lists(f.ids, vectors, NEIGHBORS_K, among=hidden)
+        methods[f"poster kNN: {name}"] = ev.cold_neighbour_recommender(
+            lists, dataclasses.replace(config, top_k=COLD_K)
+        )
+    del rng
+    recall = {name: ev.cold_recall(visible, cold.targets, m, COLD_K) for name, m in methods.items()}
+    return cold, recall
+
+
+def embeddings_for(events, f, genres, seed) -> dict[str, dict[str, np.ndarray]]:
+    """Poster vectors per method: warm (audience learned from the leave-last-out training part)
+    and cold (audience learned from the visible history only)."""
+    catalogue = set(f.ids.tolist())
+    base = TrainConfig(weights=None, unfreeze_blocks=0, metric_epochs=0, seed=seed)
+    genre_model = train_embedding(dataclasses.replace(base, objective="genres"), f)
+    audience = dataclasses.replace(base, objective="audience")
+    split = ev.leave_last_out(events, catalogue)
+    warm_targets = cowatch_targets([e for h in split.train.values() for e in h], catalogue)
+    cold = cold_split(events, Holdout(COLD_FRACTION, seed).hidden(catalogue))
+    cold_targets = cowatch_targets(cold.visible, catalogue)
+    leaked = set(cold_targets) & cold.hidden_films
+    if leaked:
+        raise AssertionError(f"{len(leaked)} hidden films have co-watch targets")
+    imagenet = unit(f.pooled)
+    return {
+        "warm": {
+            "ImageNet": imagenet,
+            "genre-trained": genre_model,
+            "audience": train_embedding(audience, f, warm_targets),
+        },
+        "cold": {
+            "ImageNet": imagenet,
+            "genre-trained": genre_model,
+            "audience": train_embedding(audience, f, cold_targets),
+            "audience + genre inputs": train_embedding(audience, f, cold_targets, True),
+        },
+    }
+
+
+def interval(a: np.ndarray, b: np.ndarray, seed: int) -> str:
+    """'difference [low, high]' of a paired bootstrap."""
+    d = ev.paired_bootstrap(a, b, seed)
+    return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def main() -> None:
+    """Run the benchmark and print the tables, the intervals and the RESULT line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max_films", type=int, default=None, help="Only the N smallest ids.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the hold-out and models.")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    data = shared_data_dir()
+    weights = data / WEIGHTS
+    if not weights.exists():
+        raise SystemExit(f"real data not found at {data} (set POSTERS_SHARED_DATA)")
+    started, cpu = time.perf_counter(), time.process_time()
+    paths, genres = load_posters(data, args.max_films)
+    events = load_events(data)
+    trainer = PosterTrainer(TrainConfig(weights=str(weights), unfreeze_blocks=0), 6)
+    f = extract_features(trainer, paths, genres)
+    _LOG.info("features of %d posters in %.0f s", len(f.ids), time.perf_counter() - started)
+    embeddings = embeddings_for(events, f, genres, args.seed)
+    config = CandidateConfig(top_k=100)
+    split, warm, blend, _ = warm_results(events, f, genres, embeddings, config, args.seed)
+    cold, recall = cold_results(events, f, genres, embeddings, config, args.seed)
+    print(f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {blend}")
+    means = {name: {k: float(v.mean()) for k, v in h.items()} for name, h in warm.items()}
+    print(ev.format_table(means, len(split.held_out)))
+    cold_means = {name: float(v.mean()) for name, v in recall.items()}
+    print()
+    users = len(next(iter(recall.values())))
+    print(ev.format_cold_table(cold_means, users, len(cold.hidden_films), COLD_K))
+    hybrid, pop, cw = (warm[n]["HR@100"] for n in ("hybrid (tuned blend)", "popularity",
+                                                    "co-watch kNN"))  # fmt: skip
+    print("\npaired bootstrap 95% intervals (difference of means):")
+    print(f"  warm HR@100 hybrid - co-watch kNN: {interval(hybrid, cw, args.seed)}")
+    print(f"  warm HR@100 hybrid - popularity:   {interval(hybrid, pop, args.seed)}")
+    aud = recall["poster kNN: audience"]
+    for other in ("poster kNN: ImageNet", "genre profile"):
+        print(f"  cold Recall@20 audience - {other}: {interval(aud, recall[other], args.seed)}")
+    both = recall["poster kNN: audience + genre inputs"]
+    print(f"  cold Recall@20 audience + genre inputs - genre profile: "
+          f"{interval(both, recall['genre profile'], args.seed)}")  # fmt: skip
+    cpu_minutes = (time.process_time() - cpu) / 60
+    print(f"elapsed {time.perf_counter() - started:.0f} s wall, {cpu_minutes:.1f} CPU minutes")
+    print(
+        f"RESULT warm_hr100_hybrid={hybrid.mean():.4f} warm_hr100_popularity={pop.mean():.4f} "
+        f"warm_hr100_cowatch={cw.mean():.4f} cold_recall20_audience={aud.mean():.4f} "
+        f"cold_recall20_imagenet_knn={recall['poster kNN: ImageNet'].mean():.4f} "
+        f"cold_recall20_genre_profile={recall['genre profile'].mean():.4f} "
+        f"cpu_minutes={cpu_minutes:.1f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

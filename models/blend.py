@@ -1,0 +1,161 @@
+"""The hybrid blend: co-watch and poster neighbours with popularity, its weights tuned offline.
+
+Nothing here is hand-set. :func:`tune_blend` holds out each user's latest catalogue watch of the
+*training* history (a time-ordered validation split: everything the held-out test watch would
+see is older than it), rebuilds co-watch neighbours and popularity from what remains, and picks
+by validation HR@100 (then HR@10), one setting at a time over :data:`GRID`: the position decay
+of a user's history, the weight of poster neighbours, the weight of popularity and the poster
+similarity (cosine or L2). The chosen :class:`Blend` and every trial go to the run's report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Mapping
+from collections.abc import Sequence
+
+import numpy as np
+
+from models import candidate_eval as ev
+from models import cowatch
+from models.scann_index import exact_search
+from models.scoring import CandidateConfig
+from models.scoring import merge_neighbors
+from models.scoring import poster_similarity
+from schemas import WatchEvent
+
+_LOG = logging.getLogger(__name__)
+GRID: dict[str, tuple] = {
+    "recency_events": (0.0, 5.0, 20.0, 80.0),
+    "poster_weight": (0.0, 0.1, 0.3, 1.0),
+    "popularity_weight": (0.0, 0.05, 0.2, 0.5),
+    "similarity": ("cosine", "l2"),
+}
+TUNE_METRIC = ("HR@100", "HR@10")
+
+
+@dataclasses.dataclass(frozen=True)
+class Blend:
+    """How co-watch, poster and popularity combine into candidates."""
+
+    poster_weight: float = 0.0
+    popularity_weight: float = 0.0
+    recency_events: float = 0.0
+    similarity: str = "cosine"
+
+    def to_json(self) -> str:
+        """The blend as JSON (the form ``--blend`` reads)."""
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Blend:
+        """A blend from its JSON, or from a report holding it under ``"blend"``."""
+        data = json.loads(text)
+        data = data.get("blend", data)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - fields
+        if unknown:
+            raise ValueError(f"unknown blend settings {sorted(unknown)}; expected {sorted(fields)}")
+        return cls(**data)
+
+    def candidate_config(self, base: CandidateConfig) -> CandidateConfig:
+        """``base`` with this blend's recency and popularity weights."""
+        return dataclasses.replace(
+            base, recency_events=self.recency_events, popularity_weight=self.popularity_weight
+        )
+
+
+def hybrid_lists(
+    cowatch_lists: Mapping[int, Sequence[tuple[int, float]]],
+    poster_dots: Mapping[int, Sequence[tuple[int, float]]],
+    blend: Blend,
+    k: int,
+) -> dict[int, list[tuple[int, float, str]]]:
+    """Every film's merged neighbours (poster dots turned into the blend's similarity)."""
+    lists = {}
+    for film in sorted(set(cowatch_lists) | set(poster_dots)):
+        poster = [
+            (nid, float(poster_similarity(dot, blend.similarity)))
+            for nid, dot in poster_dots.get(film, ())
+        ]
+        lists[film] = merge_neighbors(cowatch_lists.get(film, ()), poster, blend.poster_weight, k)
+    return lists
+
+
+def hybrid_recommender(
+    split: ev.Split,
+    poster_dots: Mapping[int, Sequence[tuple[int, float]]],
+    catalogue: set[int],
+    blend: Blend,
+    base: CandidateConfig,
+    k: int = 50,
+) -> ev.Recommender:
+    """Candidates of the blend, with co-watch and popularity from the split's training part."""
+    history = [e for events in split.train.values() for e in events]
+    cowatch_lists = cowatch.cowatch_neighbors(cowatch.history_matrix(history), k)
+    cowatch_lists = {
+        film: [(nid, s) for nid, s in lists if nid in catalogue]
+        for film, lists in cowatch_lists.items()
+    }
+    lists = hybrid_lists(cowatch_lists, poster_dots, blend, k)
+    popularity = ev.training_popularity(split, catalogue)
+    return ev.neighbour_recommender(lists, blend.candidate_config(base), popularity)
+
+
+def tune_blend(
+    events: Sequence[WatchEvent],
+    poster_dots: Mapping[int, Sequence[tuple[int, float]]],
+    catalogue: set[int],
+    base: CandidateConfig,
+    k: int = 50,
+) -> tuple[Blend, list[dict]]:
+    """The blend with the best validation HR@100 (time-ordered split), and every trial."""
+    validation = ev.leave_last_out(events, catalogue)
+    if not validation.held_out:
+        raise ValueError("no user has a catalogue watch to validate the blend on")
+    blend = Blend()
+    trials: list[dict] = []
+
+    def score(candidate: Blend) -> tuple[float, float]:
+        recommend = hybrid_recommender(validation, poster_dots, catalogue, candidate, base, k)
+        metrics = ev.hit_metrics(validation, recommend)
+        trials.append({"blend": dataclasses.asdict(candidate), "validation": metrics})
+        _LOG.info("blend trial %s: %s", candidate, metrics)
+        return tuple(metrics[name] for name in TUNE_METRIC)
+
+    best = score(blend)
+    for name, values in GRID.items():
+        for value in values:
+            if value == getattr(blend, name):
+                continue
+            candidate = dataclasses.replace(blend, **{name: value})
+            if name == "similarity" and not candidate.poster_weight:
+                continue
+            result = score(candidate)
+            if result > best:
+                best, blend = result, candidate
+    return blend, trials
+
+
+def poster_dot_lists(
+    ids: np.ndarray, vectors: np.ndarray, k: int, among: set[int] | None = None
+) -> dict[int, list[tuple[int, float]]]:
+    """Each film's top-k poster neighbours (dot products), optionally only ``among`` films."""
+    if among is None:
+        return ev.neighbour_lists(ids, vectors, k)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    pool = np.array([i for i, m in enumerate(ids.tolist()) if m in among], dtype=np.int64)
+    lists: dict[int, list[tuple[int, float]]] = {}
+    if not len(pool):
+        return lists
+    fetch = min(k + 1, len(pool))
+    for start in range(0, len(unit), 2048):
+        rows, scores = exact_search(unit[pool], unit[start : start + 2048], fetch)
+        for offset, (row_ids, row_scores) in enumerate(zip(rows, scores, strict=True)):
+            film = int(ids[start + offset])
+            found = zip(row_ids, row_scores, strict=True)
+            pairs = [(int(ids[pool[j]]), float(s)) for j, s in found]
+            lists[film] = [p for p in pairs if p[0] != film][:k]
+    return lists

@@ -1,0 +1,163 @@
+"""Co-watch film vectors and neighbours: films placed by who watched them, not by how they look.
+
+From a watch history (user, film) pairs form a binary user x film matrix ``X``; ``X.T @ X`` counts
+how many users watched both films of a pair. Two products come out of it:
+
+* **vectors**: positive pointwise mutual information of the co-watch counts, factorised by a
+  truncated SVD (``scipy.sparse.linalg.svds``), ``U * sqrt(s)``, unit length. Films watched by
+  fewer than ``min_watches`` users get no vector. These are the targets of the poster model's
+  audience objective and the co-watch index.
+* **neighbours**: item-item cosine of the co-watch counts, ``C_ij / sqrt(n_i n_j)``, top ``k``
+  per film (itself excluded, ties by lower id): the co-watch half of the hybrid neighbours.
+
+Everything is deterministic for a given history and configuration (fixed SVD start vector,
+signs fixed so each component's largest entry is positive).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterable
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import svds
+
+from schemas import WatchEvent
+
+MODEL_NAME = "cowatch"
+
+
+@dataclasses.dataclass(frozen=True)
+class CowatchConfig:
+    """How co-watch vectors and neighbours are computed."""
+
+    dim: int = 64
+    min_watches: int = 2
+    neighbors_k: int = 50
+
+    def __post_init__(self) -> None:
+        if self.dim < 1 or self.min_watches < 1 or self.neighbors_k < 1:
+            raise ValueError("--cowatch_dim, --cowatch_min_watches and --neighbors_k must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryMatrix:
+    """A binary user x film matrix of who watched what, with the ids of its rows and columns."""
+
+    users: np.ndarray
+    films: np.ndarray
+    matrix: sp.csr_matrix
+
+    def watch_counts(self) -> np.ndarray:
+        """Users who watched each film (column sums)."""
+        return np.asarray(self.matrix.sum(axis=0)).ravel()
+
+
+def history_matrix(events: Iterable[WatchEvent]) -> HistoryMatrix:
+    """The binary user x film matrix of the events (a user who watched a film twice counts once)."""
+    pairs = {(e.user_id, e.movie_id) for e in events}
+    if not pairs:
+        raise ValueError("the watch history has no events")
+    users = np.array(sorted({u for u, _ in pairs}), dtype=np.int64)
+    films = np.array(sorted({m for _, m in pairs}), dtype=np.int64)
+    user_pos = {u: i for i, u in enumerate(users.tolist())}
+    film_pos = {m: i for i, m in enumerate(films.tolist())}
+    rows = np.fromiter((user_pos[u] for u, _ in pairs), dtype=np.int64, count=len(pairs))
+    cols = np.fromiter((film_pos[m] for _, m in pairs), dtype=np.int64, count=len(pairs))
+    data = np.ones(len(pairs), dtype=np.float64)
+    matrix = sp.csr_matrix((data, (rows, cols)), shape=(len(users), len(films)))
+    return HistoryMatrix(users=users, films=films, matrix=matrix)
+
+
+def cowatch_counts(history: HistoryMatrix) -> sp.csr_matrix:
+    """Film x film co-watch counts (users who watched both), zero diagonal."""
+    counts = (history.matrix.T @ history.matrix).tocsr()
+    counts.setdiag(0)
+    counts.eliminate_zeros()
+    return counts
+
+
+def ppmi(counts: sp.csr_matrix) -> sp.csr_matrix:
+    """Positive pointwise mutual information of a symmetric co-occurrence matrix."""
+    total = counts.sum()
+    marginal = np.asarray(counts.sum(axis=1)).ravel()
+    coo = counts.tocoo()
+    if total == 0:
+        return sp.csr_matrix(counts.shape)
+    pmi = np.log(coo.data * total / (marginal[coo.row] * marginal[coo.col]))
+    keep = pmi > 0
+    return sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=counts.shape)
+
+
+def _truncated_svd(matrix: sp.csr_matrix, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(U, s) of the ``dim`` largest singular values, deterministic in value and sign."""
+    n = matrix.shape[0]
+    if dim >= n - 1:
+        u, s, _ = np.linalg.svd(matrix.toarray())
+        u, s = u[:, :dim], s[:dim]
+    else:
+        start = np.full(n, 1.0 / np.sqrt(n))
+        u, s, _ = svds(matrix.astype(np.float64), k=dim, v0=start)
+        order = np.argsort(-s)
+        u, s = u[:, order], s[order]
+    signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
+    return u * np.where(signs == 0, 1.0, signs), s
+
+
+def cowatch_vectors(
+    history: HistoryMatrix, config: CowatchConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """(film ids, unit float32 vectors) of the films with at least ``min_watches`` watchers."""
+    eligible = history.watch_counts() >= config.min_watches
+    if eligible.sum() < 3:
+        raise ValueError(
+            f"only {int(eligible.sum())} films have {config.min_watches}+ watchers: too few for "
+            "co-watch vectors (lower --cowatch_min_watches or give more history)"
+        )
+    sub = HistoryMatrix(history.users, history.films[eligible], history.matrix[:, eligible])
+    matrix = ppmi(cowatch_counts(sub))
+    dim = min(config.dim, matrix.shape[0] - 1)
+    u, s = _truncated_svd(matrix, dim)
+    vectors = u * np.sqrt(np.maximum(s, 0.0))
+    if vectors.shape[1] < config.dim:
+        vectors = np.pad(vectors, ((0, 0), (0, config.dim - vectors.shape[1])))
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    keep = norms[:, 0] > 0
+    unit = vectors[keep] / norms[keep]
+    return sub.films[keep], unit.astype(np.float32)
+
+
+def cowatch_neighbors(
+    history: HistoryMatrix, k: int, min_watches: int = 1
+) -> dict[int, list[tuple[int, float]]]:
+    """Each film's top-k co-watch neighbours: cosine of co-watch counts, ties by lower id."""
+    counts = cowatch_counts(history)
+    watchers = history.watch_counts()
+    films = history.films
+    eligible = watchers >= min_watches
+    lists: dict[int, list[tuple[int, float]]] = {}
+    for row in np.flatnonzero(eligible):
+        start, end = counts.indptr[row], counts.indptr[row + 1]
+        cols = counts.indices[start:end]
+        mask = eligible[cols]
+        cols = cols[mask]
+        if not len(cols):
+            lists[int(films[row])] = []
+            continue
+        scores = counts.data[start:end][mask] / np.sqrt(watchers[row] * watchers[cols])
+        order = np.lexsort((films[cols], -np.round(scores, 12)))[:k]
+        lists[int(films[row])] = [(int(films[cols[i]]), float(scores[i])) for i in order]
+    return lists
+
+
+def history_digest(events: Sequence[WatchEvent], *extra: object) -> str:
+    """A digest of a history snapshot (sorted events) and settings: the co-watch version."""
+    digest = hashlib.sha256()
+    for e in sorted(events, key=lambda e: (e.user_id, e.movie_id, e.watched_at, e.rating)):
+        digest.update(f"{e.user_id},{e.movie_id},{e.rating},{e.watched_at.isoformat()};".encode())
+    for item in extra:
+        digest.update(f"|{item}".encode())
+    return digest.hexdigest()[:12]

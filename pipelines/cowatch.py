@@ -1,0 +1,215 @@
+"""Co-watch stage: watch history in, co-watch film vectors and co-watch neighbours out.
+
+A Beam pipeline reads the history (``--watch_history``: CSV, Parquet, local or gs://, or
+``bq://PROJECT.DATASET.TABLE``), sends unreadable rows to the dead-letter table and writes the
+valid events as a Parquet snapshot; then, where this command runs (as the index stage does), the
+snapshot becomes film vectors (PPMI of co-watch counts + truncated SVD) and each film's top
+``--neighbors_k`` co-watch neighbours (cosine of co-watch counts), see :mod:`models.cowatch`.
+The version is ``cowatch-`` + a digest of the snapshot and the settings, so a new history gives a
+new version and the same history the same one. Under ``--output`` (an embed-style vectors root,
+so the index stage can index the vectors too)::
+
+    {version}/embeddings/run-0001/embeddings-00000-of-00001.parquet   schemas.EmbeddingRow
+    {version}/cowatch_neighbors/cowatch_neighbors-00000-of-00001.parquet   schemas.NeighborRow
+    {version}/cowatch.json                                           settings and counts
+    _cowatch_runs/{history,dead_letter}/run-NNNN/, manifests/         snapshot, bad rows, runs
+
+With ``--holdout_fraction`` the cold-start protocol's hidden films (:mod:`models.cold_start`)
+lose every watch before anything is computed, for a model that is evaluated on them.
+
+    python -m pipelines.cowatch --watch_history=ratings.csv --output=out/vectors
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
+
+from models import cowatch
+from models.cold_start import Holdout
+from pipelines.common import CommonOptions
+from pipelines.common import configure_logging
+from pipelines.common import log_counters
+from pipelines.common import make_pipeline
+from pipelines.common import parse_options
+from pipelines.neighbors import NeighborsOptions
+from schemas import DeadLetter
+from schemas import EmbeddingRow
+from schemas import NeighborRow
+from schemas import WatchEvent
+from transforms.candidates import ReadWatchHistory
+from transforms.manifest import OutputLayout
+from transforms.sinks import WriteShards
+from transforms.sinks import parquet_encoder
+from transforms.sinks import read_parquet_records
+from transforms.sinks import shard_path
+from transforms.sinks import write_bytes
+
+NEIGHBORS_TABLE = "cowatch_neighbors"
+HISTORY_TABLE = "history"
+REPORT_FILE = "cowatch.json"
+RUNS_FOLDER = "_cowatch_runs"
+_LOG = logging.getLogger(__name__)
+
+
+class CowatchOptions(PipelineOptions):
+    """Options of the co-watch stage (it also reads --watch_history and --neighbors_k)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:
+        group = parser.add_argument_group(
+            "co-watch stage", "Also read: --watch_history, --neighbors_k (neighbours kept)."
+        )
+        group.add_argument("--cowatch_dim", type=int, default=64, help="Length of the vectors.")
+        group.add_argument(
+            "--cowatch_min_watches",
+            type=int,
+            default=2,
+            help="Films watched by fewer users get no co-watch vector or neighbours.",
+        )
+        group.add_argument(
+            "--holdout_fraction",
+            type=float,
+            default=0.0,
+            help="Cold-start protocol: hide every watch of this fraction of films (seeded).",
+        )
+        group.add_argument(
+            "--holdout_seed", type=int, default=0, help="Seed of the cold-start hidden films."
+        )
+
+
+def holdout_of(options: PipelineOptions) -> Holdout:
+    """The cold-start hold-out of parsed options."""
+    opts = options.view_as(CowatchOptions)
+    return Holdout(fraction=opts.holdout_fraction, seed=opts.holdout_seed)
+
+
+def snapshot_history(options: PipelineOptions, uri: str, layout: OutputLayout, test_pipeline=None):
+    """Read the history with Beam; write valid events (Parquet) and dead letters; return counts."""
+    pipeline = make_pipeline(options, test_pipeline)
+    history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(uri, layout.run_id)
+    _ = history.events | "WriteSnapshot" >> WriteShards(
+        layout.table_prefix(HISTORY_TABLE), ".parquet", 1, parquet_encoder(WatchEvent),
+        lambda e: (e.user_id, e.watched_at, e.movie_id),
+    )  # fmt: skip
+    _ = history.dead_letter | "WriteDeadLetters" >> WriteShards(
+        layout.table_prefix(DeadLetter.TABLE), ".parquet", 1, parquet_encoder(DeadLetter),
+        lambda d: (d.line_number or 0, d.input_row),
+    )  # fmt: skip
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
+
+
+def vector_rows(ids, vectors, version: str, digest: str, when: datetime.datetime):
+    """The co-watch vectors as EmbeddingRow records."""
+    for movie_id, vector in zip(ids.tolist(), vectors, strict=True):
+        yield EmbeddingRow(
+            movie_id=int(movie_id), dim=int(vectors.shape[1]), model_name=cowatch.MODEL_NAME,
+            model_version=version, content_sha256=digest, embedded_at=when,
+            embedding=tuple(float(v) for v in vector),
+        )  # fmt: skip
+
+
+def neighbor_table_rows(lists, version: str, as_of: datetime.date):
+    """The co-watch neighbour lists as NeighborRow records (run_date: the snapshot's last day)."""
+    for movie_id in sorted(lists):
+        for rank, (nid, score) in enumerate(lists[movie_id], start=1):
+            yield NeighborRow(
+                movie_id=movie_id, rank=rank, neighbor_id=nid, score=score,
+                model_version=version, run_date=as_of,
+            )  # fmt: skip
+
+
+def compute_and_write(
+    events: list[WatchEvent], root: str, config: cowatch.CowatchConfig, holdout: Holdout
+) -> dict:
+    """Vectors, neighbours and the report of a history snapshot under ``root``/{version}."""
+    hidden = holdout.hidden({e.movie_id for e in events})
+    visible = [e for e in events if e.movie_id not in hidden]
+    if not visible:
+        raise ValueError("the watch history has no events left to learn co-watch vectors from")
+    digest = cowatch.history_digest(visible, config, holdout.describe())
+    version = f"{cowatch.MODEL_NAME}-{digest}"
+    matrix = cowatch.history_matrix(visible)
+    ids, vectors = cowatch.cowatch_vectors(matrix, config)
+    lists = cowatch.cowatch_neighbors(matrix, config.neighbors_k, config.min_watches)
+    latest = max(e.watched_at for e in visible)
+    folder = FileSystems.join(root, version)
+    prefix = FileSystems.join(folder, EmbeddingRow.TABLE, "run-0001", EmbeddingRow.TABLE)
+    rows = vector_rows(ids, vectors, version, digest, latest)
+    encode = parquet_encoder(EmbeddingRow, config.dim)
+    write_bytes(shard_path(prefix, 0, 1, ".parquet"), encode(rows))
+    write_bytes(
+        shard_path(FileSystems.join(folder, NEIGHBORS_TABLE, NEIGHBORS_TABLE), 0, 1, ".parquet"),
+        parquet_encoder(NeighborRow)(neighbor_table_rows(lists, version, latest.date())),
+    )
+    report = {
+        "model_version": version,
+        "history_digest": digest,
+        "events": len(events),
+        "events_used": len(visible),
+        "users": int(len(matrix.users)),
+        "films_in_history": int(len(matrix.films)),
+        "films_with_vector": int(len(ids)),
+        "films_with_neighbors": sum(1 for v in lists.values() if v),
+        "hidden_films": sorted(hidden),
+        "holdout": holdout.describe(),
+        "config": {"dim": config.dim, "min_watches": config.min_watches,
+                   "neighbors_k": config.neighbors_k},
+        "as_of": latest.isoformat(),
+    }  # fmt: skip
+    write_bytes(FileSystems.join(folder, REPORT_FILE), json.dumps(report, indent=2).encode())
+    return report
+
+
+def read_cowatch_neighbors(root: str, version: str) -> dict[int, list[tuple[int, float]]]:
+    """The co-watch neighbour lists a co-watch run wrote (best first)."""
+    pattern = FileSystems.join(root, version, NEIGHBORS_TABLE, "*.parquet")
+    lists: dict[int, list[tuple[int, int, float]]] = {}
+    for row in read_parquet_records(pattern, NeighborRow):
+        lists.setdefault(row.movie_id, []).append((row.rank, row.neighbor_id, row.score))
+    return {m: [(nid, s) for _, nid, s in sorted(v)] for m, v in lists.items()}
+
+
+def run(argv=None, test_pipeline=None) -> dict:
+    """Run the co-watch stage; returns its report (with ``model_version``)."""
+    options = parse_options(argv, CowatchOptions, __doc__.splitlines()[0])
+    root = options.view_as(CommonOptions).output
+    uri = options.view_as(NeighborsOptions).watch_history
+    if not root or not uri:
+        raise ValueError("--watch_history and --output are required")
+    opts = options.view_as(CowatchOptions)
+    config = cowatch.CowatchConfig(
+        dim=opts.cowatch_dim, min_watches=opts.cowatch_min_watches,
+        neighbors_k=options.view_as(NeighborsOptions).neighbors_k,
+    )  # fmt: skip
+    holdout = holdout_of(options)
+    layout = OutputLayout.next_run(FileSystems.join(root, RUNS_FOLDER))
+    result = snapshot_history(options, uri, layout, test_pipeline)
+    if options.view_as(TestOptions).dry_run:
+        return {}
+    counters = log_counters(result, "cowatch")
+    events = read_parquet_records(layout.table_glob(HISTORY_TABLE, ".parquet"), WatchEvent)
+    report = compute_and_write(events, root, config, holdout)
+    report.update(run_id=layout.run_id, watch_history=uri, counters=counters)
+    _LOG.info(
+        "co-watch %s: %d films with vectors from %d events of %d users",
+        report["model_version"], report["films_with_vector"], report["events_used"],
+        report["users"],
+    )  # fmt: skip
+    public = {k: v for k, v in report.items() if k != "hidden_films"}
+    write_bytes(layout.manifest_path, json.dumps(public, indent=2, sort_keys=True).encode())
+    return report
+
+
+if __name__ == "__main__":
+    configure_logging()
+    summary = run()
+    summary.pop("hidden_films", None)
+    print(json.dumps(summary, indent=2, sort_keys=True))

@@ -1,0 +1,103 @@
+"""Co-watch vectors and neighbours on a history with a known answer; the cold-start protocol."""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+import pytest
+
+from models import cowatch
+from models.cold_start import Holdout
+from models.cold_start import cold_split
+from pipelines import cowatch as cowatch_stage
+from schemas import WatchEvent
+from transforms.sinks import read_parquet_records
+
+T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+GROUP_A = list(range(1, 11))
+GROUP_B = list(range(11, 21))
+
+
+def two_audiences(users_per_group: int = 30, seed: int = 0) -> list[WatchEvent]:
+    """Users 1..N watch mostly group A films, users N+1..2N mostly group B films."""
+    rng = np.random.default_rng(seed)
+    events = []
+    for user in range(1, 2 * users_per_group + 1):
+        own, other = (GROUP_A, GROUP_B) if user <= users_per_group else (GROUP_B, GROUP_A)
+        films = list(rng.choice(own, size=6, replace=False))
+        if user % 3 == 0:
+            films.append(int(rng.choice(other)))
+        for i, film in enumerate(films):
+            events.append(WatchEvent(user_id=user, movie_id=int(film), rating=4.0,
+                                     watched_at=T0 + datetime.timedelta(days=i)))  # fmt: skip
+    return events
+
+
+def test_cowatch_neighbours_find_the_audience():
+    lists = cowatch.cowatch_neighbors(cowatch.history_matrix(two_audiences()), k=3)
+    for film in GROUP_A:
+        assert all(n in GROUP_A for n, _ in lists[film]), lists[film]
+    for film in GROUP_B:
+        assert all(n in GROUP_B for n, _ in lists[film]), lists[film]
+    scores = [s for _, s in lists[1]]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+
+
+def test_cowatch_vectors_separate_the_audiences():
+    ids, vectors = cowatch.cowatch_vectors(
+        cowatch.history_matrix(two_audiences()), cowatch.CowatchConfig(dim=4)
+    )
+    assert vectors.shape == (20, 4) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    row = {m: i for i, m in enumerate(ids.tolist())}
+    sims = vectors @ vectors.T
+    same = np.mean([sims[row[a], row[b]] for a in GROUP_A for b in GROUP_A if a != b])
+    across = np.mean([sims[row[a], row[b]] for a in GROUP_A for b in GROUP_B])
+    assert same > across + 0.5, (same, across)
+
+
+def test_cowatch_vectors_are_deterministic_and_need_enough_films():
+    matrix = cowatch.history_matrix(two_audiences())
+    first = cowatch.cowatch_vectors(matrix, cowatch.CowatchConfig(dim=4))
+    second = cowatch.cowatch_vectors(matrix, cowatch.CowatchConfig(dim=4))
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+    with pytest.raises(ValueError, match="too few"):
+        cowatch.cowatch_vectors(matrix, cowatch.CowatchConfig(dim=4, min_watches=10_000))
+
+
+def test_holdout_is_seeded_and_independent_of_the_film_list():
+    holdout = Holdout(0.2, seed=7)
+    films = range(1, 5001)
+    hidden = holdout.hidden(films)
+    assert 0.17 < len(hidden) / 5000 < 0.23
+    assert holdout.hidden(range(1, 2001)) == {f for f in hidden if f <= 2000}
+    assert Holdout(0.2, seed=8).hidden(films) != hidden
+    assert Holdout(0.0).hidden(films) == frozenset()
+
+
+def test_cold_split_never_lets_a_hidden_watch_into_training(tmp_path):
+    events = two_audiences()
+    holdout = Holdout(0.3, seed=1)
+    hidden = holdout.hidden({e.movie_id for e in events})
+    assert hidden, "the test needs hidden films"
+    split = cold_split(events, hidden)
+    assert not any(e.movie_id in hidden for e in split.visible)
+    assert sum(len(t) for t in split.targets.values()) == len(
+        {(e.user_id, e.movie_id) for e in events if e.movie_id in hidden}
+    )
+    report = cowatch_stage.compute_and_write(
+        events, str(tmp_path), cowatch.CowatchConfig(dim=4), holdout
+    )
+    assert set(report["hidden_films"]) == hidden
+    assert report["events_used"] == len(split.visible)
+    version = report["model_version"]
+    pattern = f"{tmp_path}/{version}/embeddings/*/*.parquet"
+    vectors = read_parquet_records(pattern, cowatch_stage.EmbeddingRow)
+    assert vectors and not {v.movie_id for v in vectors} & hidden
+    lists = cowatch_stage.read_cowatch_neighbors(str(tmp_path), version)
+    assert lists and not any(n in hidden for v in lists.values() for n, _ in v)
+    assert not set(lists) & hidden
+    again = cowatch_stage.compute_and_write(
+        events, str(tmp_path), cowatch.CowatchConfig(dim=4), Holdout(0.0)
+    )
+    assert again["model_version"] != version
