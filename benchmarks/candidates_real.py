@@ -25,7 +25,6 @@ vector; ``audience + genre inputs`` appends the catalog genres to the features.
 from __future__ import annotations
 
 import argparse
-import collections
 import csv
 import dataclasses
 import datetime
@@ -37,10 +36,10 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from models import blend as blend_lib
 from models import candidate_eval as ev
 from models import cowatch
 from models import features
+from models import offline_eval
 from models.cold_start import Holdout
 from models.cold_start import cold_split
 from models.image_ops import decode_and_resize_numpy
@@ -55,7 +54,7 @@ POSTER_SETS = ("set_a", "set_b")
 NO_GENRES = "(no genres listed)"
 COLD_FRACTION = 0.2
 COLD_K = 20
-NEIGHBORS_K = 50
+NEIGHBORS_K = 100
 GENRE_INPUT_SCALE = 3.0
 _LOG = logging.getLogger("candidates_real")
 
@@ -191,71 +190,14 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def warm_results(events, f, genres, embeddings, config, seed):
-    """Leave-last-out figures (per user) of every method, and the tuned blend."""
-    catalogue = set(f.ids.tolist())
-    split = ev.leave_last_out(events, catalogue)
-    train_events = [e for h in split.train.values() for e in h]
-    recommenders = {
-        "random": ev.random_recommender(catalogue, 100, seed),
-        "popularity": ev.popularity_recommender(split, catalogue, 100),
-    }
-    cw = cowatch.cowatch_neighbors(cowatch.history_matrix(train_events), NEIGHBORS_K)
-    cw = {m: [(n, s) for n, s in lists if n in catalogue] for m, lists in cw.items()}
-    recommenders["co-watch kNN"] = ev.neighbour_recommender(cw, config)
-    gids, gvec = ev.genre_vectors(sorted(catalogue), genres)
-    recommenders["genre profile"] = ev.profile_recommender(gids, gvec, catalogue, 100)
-    dots = {}
-    for name, vectors in embeddings["warm"].items():
-        dots[name] = ev.neighbour_lists(f.ids, vectors, NEIGHBORS_K)
-        recommenders[f"poster kNN: {name}"] = ev.neighbour_recommender(dots[name], config)
-    blend, trials = blend_lib.tune_blend(train_events, dots["audience"], catalogue, config)
-    _LOG.info("tuned blend %s", blend)
-    recommenders["hybrid (tuned blend)"] = blend_lib.hybrid_recommender(
-        split, dots["audience"], catalogue, blend, config, NEIGHBORS_K
-    )
-    hits = {}
-    for name, recommend in recommenders.items():
-        started = time.perf_counter()
-        hits[name] = ev.per_user_hits(split, recommend)
-        _LOG.info("warm %s: %.1f s", name, time.perf_counter() - started)
-    return split, hits, blend, trials
-
-
-def cold_results(events, f, genres, embeddings, config, seed):
-    """Cold-start Recall@20 per user of every method that needs no hidden film's history."""
-    catalogue = set(f.ids.tolist())
-    cold = cold_split(events, Holdout(COLD_FRACTION, seed).hidden(catalogue))
-    visible = collections.defaultdict(list)
-    for e in cold.visible:
-        visible[e.user_id].append(e)
-    hidden = set(cold.hidden_films)
-    rng = np.random.default_rng(seed)
-    order = sorted(hidden)
-    methods = {
-        "random": lambda user, history, held: [
-            order[i] for i in np.random.default_rng([seed, user]).permutation(len(order))
-        ],
-    }
-    gids, gvec = ev.genre_vectors(sorted(catalogue), genres)
-    methods["genre profile"] = ev.profile_recommender(gids, gvec, hidden, COLD_K)
-    for name, vectors in embeddings["cold"].items():
-        lists = blend_lib.poster_dot_lists(f.ids, vectors, NEIGHBORS_K, among=hidden)
-        methods[f"poster kNN: {name}"] = ev.cold_neighbour_recommender(
-            lists, dataclasses.replace(config, top_k=COLD_K)
-        )
-    del rng
-    recall = {name: ev.cold_recall(visible, cold.targets, m, COLD_K) for name, m in methods.items()}
-    return cold, recall
-
-
 def embeddings_for(events, f, genres, seed) -> dict[str, dict[str, np.ndarray]]:
     """Poster vectors per method: warm (audience learned from the leave-last-out training part)
     and cold (audience learned from the visible history only)."""
     catalogue = set(f.ids.tolist())
     base = TrainConfig(weights=None, unfreeze_blocks=0, metric_epochs=0, seed=seed)
-    genre_model = train_embedding(dataclasses.replace(base, objective="genres"), f)
-    audience = dataclasses.replace(base, objective="audience")
+    # l2=None: each objective's own default (TrainConfig resolves it per objective).
+    genre_model = train_embedding(dataclasses.replace(base, objective="genres", l2=None), f)
+    audience = dataclasses.replace(base, objective="audience", l2=None)
     split = ev.leave_last_out(events, catalogue)
     warm_targets = cowatch_targets([e for h in split.train.values() for e in h], catalogue)
     cold = cold_split(events, Holdout(COLD_FRACTION, seed).hidden(catalogue))
@@ -265,6 +207,8 @@ def embeddings_for(events, f, genres, seed) -> dict[str, dict[str, np.ndarray]]:
         raise AssertionError(f"{len(leaked)} hidden films have co-watch targets")
     imagenet = unit(f.pooled)
     return {
+        "warm_targets": warm_targets,
+        "cold_targets": cold_targets,
         "warm": {
             "ImageNet": imagenet,
             "genre-trained": genre_model,
@@ -277,12 +221,6 @@ def embeddings_for(events, f, genres, seed) -> dict[str, dict[str, np.ndarray]]:
             "audience + genre inputs": train_embedding(audience, f, cold_targets, True),
         },
     }
-
-
-def interval(a: np.ndarray, b: np.ndarray, seed: int) -> str:
-    """'difference [low, high]' of a paired bootstrap."""
-    d = ev.paired_bootstrap(a, b, seed)
-    return f"{d['difference']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
 
 
 def main() -> None:
@@ -304,31 +242,49 @@ def main() -> None:
     _LOG.info("features of %d posters in %.0f s", len(f.ids), time.perf_counter() - started)
     embeddings = embeddings_for(events, f, genres, args.seed)
     config = CandidateConfig(top_k=100)
-    split, warm, blend, _ = warm_results(events, f, genres, embeddings, config, args.seed)
-    cold, recall = cold_results(events, f, genres, embeddings, config, args.seed)
-    print(f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {blend}")
-    means = {name: {k: float(v.mean()) for k, v in h.items()} for name, h in warm.items()}
-    print(ev.format_table(means, len(split.held_out)))
-    cold_means = {name: float(v.mean()) for name, v in recall.items()}
+    catalogue = set(f.ids.tolist())
+    warm_posters = {name: (f.ids, v) for name, v in embeddings["warm"].items()}
+    warm = offline_eval.warm_evaluation(
+        events, catalogue, genres, warm_posters, "audience", config,
+        embeddings["warm_targets"], NEIGHBORS_K, args.seed,
+    )  # fmt: skip
+    cold_posters = {name: (f.ids, v) for name, v in embeddings["cold"].items()}
+    cold = offline_eval.cold_evaluation(
+        events, catalogue, Holdout(COLD_FRACTION, args.seed), genres, cold_posters, "audience",
+        config, embeddings["cold_targets"], NEIGHBORS_K, args.seed, COLD_K,
+    )  # fmt: skip
+    genre_cold = offline_eval.cold_evaluation(
+        events, catalogue, Holdout(COLD_FRACTION, args.seed), {},
+        {"audience + genre inputs": cold_posters["audience + genre inputs"]},
+        "audience + genre inputs", config, embeddings["cold_targets"], NEIGHBORS_K, args.seed,
+        COLD_K,
+    )  # fmt: skip
+    cold.recall[offline_eval.HYBRID_COLD + " + genre inputs"] = genre_cold.recall[
+        offline_eval.HYBRID_COLD
+    ]
+    print(f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {warm.blend}")
+    print(ev.format_table(warm.means(), warm.users))
+    users = len(next(iter(cold.recall.values())))
     print()
-    users = len(next(iter(recall.values())))
-    print(ev.format_cold_table(cold_means, users, len(cold.hidden_films), COLD_K))
-    hybrid, pop, cw = (warm[n]["HR@100"] for n in ("hybrid (tuned blend)", "popularity",
-                                                    "co-watch kNN"))  # fmt: skip
-    print("\npaired bootstrap 95% intervals (difference of means):")
-    print(f"  warm HR@100 hybrid - co-watch kNN: {interval(hybrid, cw, args.seed)}")
-    print(f"  warm HR@100 hybrid - popularity:   {interval(hybrid, pop, args.seed)}")
-    aud = recall["poster kNN: audience"]
-    for other in ("poster kNN: ImageNet", "genre profile"):
-        print(f"  cold Recall@20 audience - {other}: {interval(aud, recall[other], args.seed)}")
-    both = recall["poster kNN: audience + genre inputs"]
-    print(f"  cold Recall@20 audience + genre inputs - genre profile: "
-          f"{interval(both, recall['genre profile'], args.seed)}")  # fmt: skip
+    print(ev.format_cold_table(cold.means(), users, cold.hidden_films, COLD_K))
+    found = offline_eval.intervals(warm, cold, "audience", args.seed)
+    found["cold Recall@20: hybrid + genre inputs - genre profile"] = ev.paired_bootstrap(
+        cold.recall[offline_eval.HYBRID_COLD + " + genre inputs"], cold.recall["genre profile"],
+        args.seed,
+    )
+    print()
+    print(offline_eval.format_intervals(found))
+    hybrid, pop, cw = (warm.hits[n]["HR@100"] for n in (offline_eval.HYBRID, "popularity",
+                                                         offline_eval.COWATCH))  # fmt: skip
+    aud = cold.recall["poster kNN: audience"]
+    hyb = cold.recall[offline_eval.HYBRID_COLD]
+    recall = cold.recall
     cpu_minutes = (time.process_time() - cpu) / 60
     print(f"elapsed {time.perf_counter() - started:.0f} s wall, {cpu_minutes:.1f} CPU minutes")
     print(
         f"RESULT warm_hr100_hybrid={hybrid.mean():.4f} warm_hr100_popularity={pop.mean():.4f} "
         f"warm_hr100_cowatch={cw.mean():.4f} cold_recall20_audience={aud.mean():.4f} "
+        f"cold_recall20_hybrid={hyb.mean():.4f} "
         f"cold_recall20_imagenet_knn={recall['poster kNN: ImageNet'].mean():.4f} "
         f"cold_recall20_genre_profile={recall['genre profile'].mean():.4f} "
         f"cpu_minutes={cpu_minutes:.1f}"

@@ -22,6 +22,7 @@ from models import candidate_eval as ev
 from models import cowatch
 from models.scann_index import exact_search
 from models.scoring import CandidateConfig
+from models.scoring import Popularity
 from models.scoring import merge_neighbors
 from models.scoring import poster_similarity
 from schemas import WatchEvent
@@ -84,43 +85,66 @@ def hybrid_lists(
     return lists
 
 
-def hybrid_recommender(
+@dataclasses.dataclass(frozen=True)
+class HybridInputs:
+    """What a blend is applied to for one split: co-watch lists, poster dots, popularity."""
+
+    cowatch_lists: Mapping[int, Sequence[tuple[int, float]]]
+    poster_dots: Mapping[int, Sequence[tuple[int, float]]]
+    popularity: Popularity
+
+
+def hybrid_inputs(
     split: ev.Split,
-    poster_dots: Mapping[int, Sequence[tuple[int, float]]],
+    poster: tuple[np.ndarray, np.ndarray],
     catalogue: set[int],
-    blend: Blend,
-    base: CandidateConfig,
     k: int = 50,
-) -> ev.Recommender:
-    """Candidates of the blend, with co-watch and popularity from the split's training part."""
+    queries: Mapping[int, np.ndarray] | None = None,
+) -> HybridInputs:
+    """Co-watch neighbours and popularity of the split's training part, and poster neighbours.
+
+    ``poster`` is (film ids, unit vectors). With ``queries`` (an audience model's co-watch
+    targets), a film that has one searches the posters with it: the posters whose predicted
+    audience is its audience; other films search with their own poster.
+    """
     history = [e for events in split.train.values() for e in events]
-    cowatch_lists = cowatch.cowatch_neighbors(cowatch.history_matrix(history), k)
-    cowatch_lists = {
-        film: [(nid, s) for nid, s in lists if nid in catalogue]
-        for film, lists in cowatch_lists.items()
-    }
-    lists = hybrid_lists(cowatch_lists, poster_dots, blend, k)
-    popularity = ev.training_popularity(split, catalogue)
-    return ev.neighbour_recommender(lists, blend.candidate_config(base), popularity)
+    lists = cowatch.cowatch_neighbors(cowatch.history_matrix(history), k)
+    lists = {f: [(n, s) for n, s in v if n in catalogue] for f, v in lists.items()}
+    ids, vectors = poster
+    search = vectors.copy()
+    for row, film in enumerate(ids.tolist()):
+        if queries is not None and film in queries:
+            search[row] = queries[film]
+    dots = poster_dot_lists(ids, vectors, k, queries=search)
+    return HybridInputs(lists, dots, ev.training_popularity(split, catalogue))
+
+
+def hybrid_recommender(
+    inputs: HybridInputs, blend: Blend, base: CandidateConfig, k: int = 50
+) -> ev.Recommender:
+    """Candidates of the blend over one split's inputs."""
+    lists = hybrid_lists(inputs.cowatch_lists, inputs.poster_dots, blend, k)
+    return ev.neighbour_recommender(lists, blend.candidate_config(base), inputs.popularity)
 
 
 def tune_blend(
     events: Sequence[WatchEvent],
-    poster_dots: Mapping[int, Sequence[tuple[int, float]]],
+    poster: tuple[np.ndarray, np.ndarray],
     catalogue: set[int],
     base: CandidateConfig,
     k: int = 50,
+    queries: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[Blend, list[dict]]:
     """The blend with the best validation HR@100 (time-ordered split), and every trial."""
     validation = ev.leave_last_out(events, catalogue)
     if not validation.held_out:
         raise ValueError("no user has a catalogue watch to validate the blend on")
+    inputs = hybrid_inputs(validation, poster, catalogue, k, queries)
     blend = Blend()
     trials: list[dict] = []
 
     def score(candidate: Blend) -> tuple[float, float]:
-        recommend = hybrid_recommender(validation, poster_dots, catalogue, candidate, base, k)
-        metrics = ev.hit_metrics(validation, recommend)
+        metrics = ev.hit_metrics(validation, hybrid_recommender(inputs, candidate, base, k))
         trials.append({"blend": dataclasses.asdict(candidate), "validation": metrics})
         _LOG.info("blend trial %s: %s", candidate, metrics)
         return tuple(metrics[name] for name in TUNE_METRIC)
@@ -140,22 +164,35 @@ def tune_blend(
 
 
 def poster_dot_lists(
-    ids: np.ndarray, vectors: np.ndarray, k: int, among: set[int] | None = None
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    among: set[int] | None = None,
+    queries: np.ndarray | None = None,
 ) -> dict[int, list[tuple[int, float]]]:
-    """Each film's top-k poster neighbours (dot products), optionally only ``among`` films."""
-    if among is None:
-        return ev.neighbour_lists(ids, vectors, k)
-    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
-    pool = np.array([i for i, m in enumerate(ids.tolist()) if m in among], dtype=np.int64)
+    """Each film's top-k poster neighbours (dot products of unit vectors), itself excluded.
+
+    ``among`` limits the neighbours to those films; ``queries`` (one row per film) searches with
+    other vectors than the films' own (e.g. their co-watch vectors).
+    """
+    unit = _unit(vectors)
+    search = unit if queries is None else _unit(queries)
+    rows = np.arange(len(ids)) if among is None else np.array(
+        [i for i, m in enumerate(ids.tolist()) if m in among], dtype=np.int64
+    )  # fmt: skip
     lists: dict[int, list[tuple[int, float]]] = {}
-    if not len(pool):
+    if not len(rows):
         return lists
-    fetch = min(k + 1, len(pool))
-    for start in range(0, len(unit), 2048):
-        rows, scores = exact_search(unit[pool], unit[start : start + 2048], fetch)
-        for offset, (row_ids, row_scores) in enumerate(zip(rows, scores, strict=True)):
+    fetch = min(k + 1, len(rows))
+    for start in range(0, len(search), 2048):
+        found, scores = exact_search(unit[rows], search[start : start + 2048], fetch)
+        for offset, (row_ids, row_scores) in enumerate(zip(found, scores, strict=True)):
             film = int(ids[start + offset])
-            found = zip(row_ids, row_scores, strict=True)
-            pairs = [(int(ids[pool[j]]), float(s)) for j, s in found]
-            lists[film] = [p for p in pairs if p[0] != film][:k]
+            pairs = zip(row_ids, row_scores, strict=True)
+            lists[film] = [(int(ids[rows[j]]), float(s)) for j, s in pairs if ids[rows[j]] != film]
+            lists[film] = lists[film][:k]
     return lists
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

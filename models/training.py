@@ -60,6 +60,9 @@ _LOG = logging.getLogger(__name__)
 _BN_TYPES = (keras.layers.BatchNormalization,)
 VARIANCE_FLOOR = 1e-3
 OBJECTIVES = ("genres", "audience", "both")
+DEFAULT_L2 = {"genres": 1e-3, "audience": 0.1, "both": 0.1}
+"""L2 on the head's kernels by objective, chosen on real data (benchmarks/candidates_real.py):
+the co-watch targets are noisy, and a strongly regularised map finds more cold-start watches."""
 DEFAULT_OBJECTIVE = "genres"
 
 
@@ -79,7 +82,7 @@ class TrainConfig:
     fine_tune_learning_rate: float = 1e-4
     batch_size: int = 64
     dropout: float = 0.5
-    l2: float = 1e-3
+    l2: float | None = None
     patience: int = 5
     classification_weight: float = 1.0
     flip_augment: bool = True
@@ -89,6 +92,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {OBJECTIVES}, not {self.objective!r}")
+        if self.l2 is None:
+            object.__setattr__(self, "l2", DEFAULT_L2[self.objective])
         features.genre_mapping(self.genre_set)
         get_spec(self.backbone)
         if self.embedding_dim < 1 or self.batch_size < 2:

@@ -32,6 +32,7 @@ from apache_beam.options.pipeline_options import TestOptions
 
 from models import cowatch
 from models.cold_start import Holdout
+from models.scoring import SOURCE_COWATCH
 from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
 from pipelines.common import log_counters
@@ -122,7 +123,7 @@ def neighbor_table_rows(lists, version: str, as_of: datetime.date):
         for rank, (nid, score) in enumerate(lists[movie_id], start=1):
             yield NeighborRow(
                 movie_id=movie_id, rank=rank, neighbor_id=nid, score=score,
-                model_version=version, run_date=as_of,
+                source=SOURCE_COWATCH, model_version=version, run_date=as_of,
             )  # fmt: skip
 
 

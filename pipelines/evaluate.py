@@ -1,26 +1,40 @@
-"""Evaluate candidate generation: leave-last-out HR@10, HR@100 and NDCG@10 with baselines.
+"""Evaluate candidate sources, warm and cold start, beside their baselines; tune the blend.
 
-Holds out each user's latest watched film that has a vector, builds candidates from the rest of
-the history exactly as the nightly job does, and reports in one run the chosen model's figures
-beside random films, the most popular films and, with ``--baseline_model_version``, neighbours
-from another model's vectors (e.g. ``pixels``). Writes ``{output}/reports/evaluation-*.json``.
+Warm (leave-last-out: each user's latest watch of a film with a vector is held out): HR@10,
+HR@100 and NDCG@10 of random films, the most popular films, item-item co-watch kNN, the genre
+profile (with ``--posters``), poster kNN of ``--model_version`` and of each
+``--baseline_model_version``, and, with ``--cowatch_version``, the hybrid whose blend is chosen on
+a time-ordered validation split (:mod:`models.blend`); the chosen blend goes into the report,
+which ``pipelines.neighbors --blend`` reads. Cold start (with ``--cold_model_version``, a poster
+model trained under the same ``--holdout_fraction`` / ``--holdout_seed``): Recall@20 over the
+hidden films. Paired bootstrap 95% intervals of the differences. Writes
+``{output}/reports/evaluation-*.json``.
 
-    python -m pipelines.evaluate --vectors=out/vectors --watch_history=ratings.csv \\
-        --output=out/nightly [--model_version=...] [--baseline_model_version=pixels-...]
+    python -m pipelines.evaluate --vectors=out/vectors --watch_history=ratings.csv \
+        --output=out/nightly [--model_version=...] [--baseline_model_version=pixels-...] \
+        [--cowatch_version=cowatch-...] [--posters=out/scrape]
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models import candidate_eval as ev
+from models import offline_eval
+from models.scoring import CandidateConfig
 from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
 from pipelines.common import parse_options
+from pipelines.cowatch import holdout_of
+from pipelines.embed import EmbedOptions
+from pipelines.embed import posters_glob
 from pipelines.index import IndexOptions
 from pipelines.index import resolve_version
 from pipelines.neighbors import NeighborsOptions
+from pipelines.neighbors import film_genres
 from schemas import WatchEvent
 from transforms.manifest import write_json_report
 
@@ -30,12 +44,28 @@ class EvaluateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        group = parser.add_argument_group("evaluation")
+        group = parser.add_argument_group(
+            "evaluation",
+            "Also read: --vectors, --model_version, --watch_history, --posters, "
+            "--cowatch_version, --holdout_fraction, --holdout_seed.",
+        )
         group.add_argument(
             "--baseline_model_version",
             default=None,
-            help="Another model version under --vectors whose neighbours are the baseline "
-            "(e.g. the pixels model).",
+            help="Other model versions under --vectors (comma-separated) whose poster kNN are "
+            "baselines (e.g. the pixels or ImageNet model).",
+        )
+        group.add_argument(
+            "--cold_model_version",
+            default=None,
+            help="Cold start: vectors of a poster model trained with --holdout_fraction (its "
+            "co-watch targets never saw a hidden film).",
+        )
+        group.add_argument(
+            "--cold_cowatch_version",
+            default=None,
+            help="Cold start: the co-watch version computed with the same hold-out (the "
+            "hybrid searches posters with its vectors).",
         )
         group.add_argument("--eval_seed", type=int, default=0, help="Seed of the random baseline.")
 
@@ -47,55 +77,93 @@ def read_events(uri: str) -> list[WatchEvent]:
     return [e for e in read_history_file(uri, "evaluate") if isinstance(e, WatchEvent)]
 
 
-def run(argv=None) -> dict:
-    """Run the evaluation; returns the report."""
-    from models import candidate_eval as ev
+def label_of(version: str) -> str:
+    """A model version's name without its digest (poster_embedding_..., pixels, cowatch)."""
+    name, _, digest = version.rpartition("-")
+    return name if name and len(digest) >= 6 else version
+
+
+def _vectors(root: str, version: str):
     from models.vectors import read_vector_table
     from models.vectors import vectors_glob
-    from transforms.candidates import CandidateConfig
 
+    table = read_vector_table(vectors_glob(root, version))
+    return table.ids, table.vectors
+
+
+def _queries(root: str, version: str | None) -> dict | None:
+    if not version:
+        return None
+    ids, vectors = _vectors(root, version)
+    return {int(m): v for m, v in zip(ids.tolist(), vectors, strict=True)}
+
+
+def run(argv=None) -> dict:
+    """Run the evaluation; returns the report."""
     options = parse_options(argv, EvaluateOptions, __doc__.splitlines()[0])
     index_opts = options.view_as(IndexOptions)
     nightly = options.view_as(NeighborsOptions)
+    opts = options.view_as(EvaluateOptions)
     output = options.view_as(CommonOptions).output
     if not index_opts.vectors or not nightly.watch_history or not output:
         raise ValueError("--vectors, --watch_history and --output are required")
-    version = resolve_version(index_opts.vectors, index_opts.model_version)
-    table = read_vector_table(vectors_glob(index_opts.vectors, version))
-    catalogue = set(table.ids.tolist())
+    root = index_opts.vectors
+    version = resolve_version(root, index_opts.model_version)
+    baselines = [b for b in (opts.baseline_model_version or "").split(",") if b]
+    labels = {v: label_of(v) for v in [version, *baselines]}
+    posters = {labels[v]: _vectors(root, v) for v in [version, *baselines]}
+    catalogue = set(posters[labels[version]][0].tolist())
+    posters_flag = options.view_as(EmbedOptions).posters
+    genres = dict(film_genres(posters_glob(posters_flag))) if posters_flag else {}
     events = read_events(nightly.watch_history)
-    split = ev.leave_last_out(events, catalogue)
     config = CandidateConfig(
-        top_k=max(100, nightly.candidates_k),
-        half_life_days=nightly.half_life_days,
+        top_k=max(100, nightly.candidates_k), half_life_days=nightly.half_life_days,
         min_rating=nightly.min_rating,
-    )
-    k = nightly.neighbors_k
-    results = {
-        f"neighbours: {version}": ev.hit_metrics(
-            split, ev.neighbour_recommender(ev.neighbour_lists(table.ids, table.vectors, k), config)
-        )
-    }
-    baseline = options.view_as(EvaluateOptions).baseline_model_version
-    if baseline:
-        other = read_vector_table(vectors_glob(index_opts.vectors, baseline))
-        results[f"neighbours: {baseline}"] = ev.hit_metrics(
-            split, ev.neighbour_recommender(ev.neighbour_lists(other.ids, other.vectors, k), config)
-        )
-    results["popularity"] = ev.hit_metrics(split, ev.popularity_recommender(split, catalogue, 100))
-    seed = options.view_as(EvaluateOptions).eval_seed
-    results["random"] = ev.hit_metrics(split, ev.random_recommender(catalogue, 100, seed))
+    )  # fmt: skip
+    seed = opts.eval_seed
+    hybrid = labels[version] if nightly.cowatch_version else None
+    warm = offline_eval.warm_evaluation(
+        events, catalogue, genres, posters, hybrid, config,
+        _queries(root, nightly.cowatch_version), nightly.neighbors_k, seed,
+    )  # fmt: skip
+    cold = None
+    if opts.cold_model_version:
+        cold_label = label_of(opts.cold_model_version) + " (hold-out)"
+        history_free = {labels[b]: posters[labels[b]] for b in baselines}
+        history_free[cold_label] = _vectors(root, opts.cold_model_version)
+        cold = offline_eval.cold_evaluation(
+            events, catalogue, holdout_of(options), genres, history_free, cold_label, config,
+            _queries(root, opts.cold_cowatch_version), nightly.neighbors_k, seed,
+        )  # fmt: skip
+    found = offline_eval.intervals(warm, cold, cold_label if cold else None, seed)
+    table = ev.format_table(warm.means(), warm.users)
+    if cold is not None:
+        table += "\n\n" + ev.format_cold_table(cold.means(), len(next(iter(cold.recall.values()))),
+                                                 cold.hidden_films, cold.k)  # fmt: skip
+    if found:
+        table += "\n\n" + offline_eval.format_intervals(found)
+    if warm.blend is not None:
+        table += f"\n\nblend chosen on the validation split: {warm.blend.to_json()}"
     report = {
         "model_version": version,
+        "baseline_model_versions": baselines,
+        "cowatch_version": nightly.cowatch_version,
+        "cold_model_version": opts.cold_model_version,
         "watch_history": nightly.watch_history,
-        "users_evaluated": len(split.held_out),
-        "users_skipped": split.skipped_users,
+        "users_evaluated": warm.users,
         "events": len(events),
         "events_without_vector": sum(e.movie_id not in catalogue for e in events),
         "catalogue_films": len(catalogue),
-        "results": results,
-        "table": ev.format_table(results, len(split.held_out)),
-    }
+        "results": warm.means(),
+        "cold_start": None if cold is None else {
+            "holdout": holdout_of(options).describe(), "hidden_films": cold.hidden_films,
+            "k": cold.k, "recall": cold.means(),
+        },
+        "intervals": found,
+        "blend": None if warm.blend is None else json.loads(warm.blend.to_json()),
+        "blend_trials": warm.trials,
+        "table": table,
+    }  # fmt: skip
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     report["report_path"] = write_json_report(output, f"evaluation-{version}-{stamp}", report)
     return report

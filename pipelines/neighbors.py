@@ -42,6 +42,7 @@ from transforms.candidates import ReadWatchHistory
 from transforms.manifest import write_json_report
 from transforms.neighbors import SIMILARITIES
 from transforms.neighbors import FindNeighbors
+from transforms.neighbors import MergeNeighbors
 from transforms.neighbors import NeighborConfig
 from transforms.neighbors import neighbor_rows
 from transforms.sinks import WriteShards
@@ -68,7 +69,7 @@ class NeighborsOptions(PipelineOptions):
         group.add_argument(
             "--neighbors_k",
             type=int,
-            default=50,
+            default=100,
             help="Neighbours kept per film for candidates (the table keeps 10).",
         )
         group.add_argument(
@@ -103,6 +104,20 @@ class NeighborsOptions(PipelineOptions):
             default=0.0,
             help="Watches rated below this do not attract candidates.",
         )
+        group.add_argument(
+            "--cowatch_version",
+            default=None,
+            help="A co-watch version under --vectors (python -m pipelines.cowatch): neighbours "
+            "become hybrid (co-watch + poster, each row's source recorded) and candidates blend "
+            "in popularity. Needs --blend.",
+        )
+        group.add_argument(
+            "--blend",
+            default=None,
+            help="The blend chosen offline: a JSON file (python -m pipelines.evaluate writes "
+            "it into its report) or inline JSON {poster_weight, popularity_weight, "
+            "recency_events, similarity}.",
+        )
         group.add_argument("--warehouse", default=None,
                            help="duckdb:///path/file.duckdb (default {output}/warehouse.duckdb) "
                            "or bq://PROJECT.DATASET.")  # fmt: skip
@@ -123,6 +138,28 @@ def film_genres(path_glob: str):
         yield record.movie_id, frozenset(record.genres)
 
 
+def load_blend(value: str):
+    """The Blend of --blend: inline JSON, or a local / gs:// JSON file (a report holding one)."""
+    from models.blend import Blend
+
+    text = value
+    if not value.lstrip().startswith("{"):
+        with FileSystems.open(value) as handle:
+            text = handle.read().decode("utf-8")
+    return Blend.from_json(text)
+
+
+def cowatch_lists(path_glob: str):
+    """(movie id, [(neighbour id, score), ...]) of a co-watch neighbour table."""
+    from transforms.sinks import read_parquet_records
+
+    lists: dict[int, list] = {}
+    for row in read_parquet_records(path_glob, NeighborRow):
+        lists.setdefault(row.movie_id, []).append((row.rank, row.neighbor_id, row.score))
+    for movie_id in sorted(lists):
+        yield movie_id, [(nid, score) for _, nid, score in sorted(lists[movie_id])]
+
+
 def run(argv=None, test_pipeline=None) -> dict:
     """Build the neighbour (and candidate) tables for one run date; returns the run report."""
     from models.vectors import vectors_glob
@@ -139,8 +176,12 @@ def run(argv=None, test_pipeline=None) -> dict:
     warehouse = Warehouse.parse(
         opts.warehouse or "duckdb://" + FileSystems.join(output, "warehouse.duckdb")
     )
+    blend = load_blend(opts.blend) if opts.blend else None
+    if opts.cowatch_version and blend is None:
+        raise ValueError("--cowatch_version needs --blend (python -m pipelines.evaluate tunes it)")
     config = NeighborConfig(
-        index_uri=index_uri, k=opts.neighbors_k, similarity=opts.similarity,
+        index_uri=index_uri, k=opts.neighbors_k,
+        similarity="cosine" if opts.cowatch_version else opts.similarity,
         same_genre=opts.same_genre,
     )  # fmt: skip
     posters = options.view_as(EmbedOptions).posters
@@ -164,6 +205,17 @@ def run(argv=None, test_pipeline=None) -> dict:
             | "ReadGenres" >> beam.FlatMap(film_genres)
         )
     lists = vectors | "FindNeighbors" >> FindNeighbors(config, genres)
+    if opts.cowatch_version:
+        pattern = FileSystems.join(index_opts.vectors, opts.cowatch_version, "cowatch_neighbors",
+                                   "*.parquet")  # fmt: skip
+        cowatch = (
+            pipeline
+            | "CowatchGlob" >> beam.Create([pattern])
+            | "ReadCowatch" >> beam.FlatMap(cowatch_lists)
+        )
+        lists = (cowatch, lists) | "Hybrid" >> MergeNeighbors(
+            blend.poster_weight, blend.similarity, opts.neighbors_k
+        )
     _ = (
         lists
         | "NeighborRows" >> beam.FlatMap(neighbor_rows, version, run_date)
@@ -177,8 +229,10 @@ def run(argv=None, test_pipeline=None) -> dict:
             top_k=opts.candidates_k, half_life_days=opts.half_life_days,
             min_rating=opts.min_rating, model_version=version,
         )  # fmt: skip
+        if blend is not None:
+            candidate_config = blend.candidate_config(candidate_config)
         rows, _ = (history.events, lists) | "BuildCandidates" >> BuildCandidates(
-            candidate_config, run_date
+            candidate_config, run_date, use_popularity=blend is not None
         )
         _ = rows | "WriteCandidates" >> WriteWarehouseTable(
             warehouse, CandidateRow, run_date, lambda r: (r.user_id, r.rank)
@@ -195,6 +249,8 @@ def run(argv=None, test_pipeline=None) -> dict:
     report = {
         "run_date": run_date.isoformat(),
         "model_version": version,
+        "cowatch_version": opts.cowatch_version,
+        "blend": None if blend is None else json.loads(blend.to_json()),
         "index": index_uri,
         "warehouse": opts.warehouse or f"duckdb://{warehouse.target}",
         "neighbors": log_counters(result, "neighbors"),

@@ -79,6 +79,7 @@ class StageClock:
 
 def run(argv=None) -> dict:
     """Run every stage for one run date; returns where everything went and the timings."""
+    from pipelines import cowatch
     from pipelines import embed
     from pipelines import evaluate
     from pipelines import index
@@ -118,12 +119,17 @@ def run(argv=None) -> dict:
             paths["scrape"],
         )
     stage_argv = argv + [f"--posters={paths['scrape']}"]
+    train_argv = list(stage_argv)
+    cowatch_version = None
+    if watch_history:
+        with clock.stage("co-watch"):
+            found = cowatch.run(_history_argv(argv, paths, watch_history, 0.0))
+        cowatch_version = found["model_version"]
+        summary["cowatch"] = {k: found[k] for k in ("model_version", "films_with_vector")}
     if nightly.train:
-        from pipelines import train
-
         with clock.stage("train"):
-            report = train.run(stage_argv + [f"--output={paths['train']}"])
-        summary["train"] = {k: report[k] for k in ("model_path", "run_id") if k in report}
+            report = _train(stage_argv, paths, cowatch_version, 0.0)
+        summary["train"] = {k: report[k] for k in ("model_path", "run_id", "objective")}
         stage_argv += [f"--model={report['model_path']}"]
     with clock.stage("embed"):
         embedded = embed.run(stage_argv + [f"--output={paths['vectors']}"])
@@ -141,19 +147,57 @@ def run(argv=None) -> dict:
                                    f"--output={_index_dir(paths, baseline)}"])  # fmt: skip
     nightly_argv = version_argv + [f"--output={paths['nightly']}", f"--run_date={run_date}"]
     if watch_history:
-        nightly_argv.append(f"--watch_history={watch_history}")
+        nightly_argv += [f"--watch_history={watch_history}", f"--cowatch_version={cowatch_version}"]
+        extra = [f"--baseline_model_version={baseline}"] if baseline else []
+        holdout = options.view_as(cowatch.CowatchOptions).holdout_fraction
+        if holdout and nightly.train:
+            with clock.stage("cold-start model"):
+                extra += _cold_start_model(argv, train_argv, paths, watch_history, holdout)
+        with clock.stage("evaluation"):
+            summary["evaluation"] = evaluate.run(nightly_argv + extra)
+        nightly_argv.append(f"--blend={summary['evaluation']['report_path']}")
     with clock.stage("neighbors and candidates"):
         summary["neighbors"] = neighbors.run(nightly_argv)
-    if watch_history:
-        with clock.stage("evaluation"):
-            extra = [f"--baseline_model_version={baseline}"] if baseline else []
-            summary["evaluation"] = evaluate.run(nightly_argv + extra)
     with clock.stage("report"):
         summary["report"] = write_run_report(
             paths, version, baseline, watch_history, run_date, clock.timings
         )
     summary["timings"] = clock.timings
     return summary
+
+
+def _history_argv(argv: list[str], paths: dict, history: str, holdout: float) -> list[str]:
+    """The co-watch stage's flags: the history, the vectors root, the hold-out (last wins)."""
+    return argv + [f"--watch_history={history}", f"--output={paths['vectors']}",
+                   f"--holdout_fraction={holdout}"]  # fmt: skip
+
+
+def _train(stage_argv: list[str], paths: dict, cowatch_version: str | None, holdout: float,
+           folder: str | None = None) -> dict:  # fmt: skip
+    """Run the train stage with the co-watch vectors (when there is a history)."""
+    from pipelines import train
+
+    output = os.path.join(paths["train"], folder) if folder else paths["train"]
+    extra = [f"--output={output}", f"--holdout_fraction={holdout}"]
+    if cowatch_version:
+        extra.append(f"--cowatch_vectors={os.path.join(paths['vectors'], cowatch_version)}")
+    return train.run(stage_argv + extra)
+
+
+def _cold_start_model(
+    argv: list[str], stage_argv: list[str], paths: dict, history: str, holdout: float
+) -> list[str]:
+    """Co-watch and a poster model that never saw the hidden films' watches, embedded; the
+    evaluation's cold-start flags."""
+    from pipelines import cowatch
+    from pipelines import embed
+
+    hidden = cowatch.run(_history_argv(argv, paths, history, holdout))["model_version"]
+    report = _train(stage_argv, paths, hidden, holdout, folder="cold_start")
+    model_argv = stage_argv + [f"--model={report['model_path']}", f"--output={paths['vectors']}"]
+    version = embed.run(model_argv)["model_version"]
+    return [f"--cold_model_version={version}", f"--cold_cowatch_version={hidden}",
+            f"--holdout_fraction={holdout}"]  # fmt: skip
 
 
 def _index_dir(paths: dict, version: str) -> str:

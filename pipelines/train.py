@@ -35,11 +35,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
 from models import features
+from models.training import DEFAULT_OBJECTIVE
+from models.training import OBJECTIVES
 from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
 from pipelines.common import log_counters
 from pipelines.common import make_pipeline
 from pipelines.common import parse_options
+from pipelines.cowatch import holdout_of
 from pipelines.embed import EmbedOptions
 from pipelines.embed import posters_glob
 from schemas import DeadLetter
@@ -121,8 +124,9 @@ class TrainOptions(PipelineOptions):
         group.add_argument(
             "--head_l2",
             type=float,
-            default=1e-3,
-            help="L2 penalty on the embedding and genre-head kernels.",
+            default=None,
+            help="L2 penalty on the embedding and genre-head kernels (default by objective: "
+            "genres 0.001, audience and both 0.1).",
         )
         group.add_argument(
             "--patience",
@@ -150,6 +154,21 @@ class TrainOptions(PipelineOptions):
         )
         group.add_argument(
             "--neighbours", type=int, default=10, help="k of the neighbour genre Jaccard@k."
+        )
+        group.add_argument(
+            "--objective",
+            choices=OBJECTIVES,
+            default=DEFAULT_OBJECTIVE,
+            help="What the poster embedding learns: the films' genres (triplet + genre loss), "
+            "their audience (the cosine to the film's co-watch vector; needs "
+            "--cowatch_vectors), or both.",
+        )
+        group.add_argument(
+            "--cowatch_vectors",
+            default=None,
+            help="The co-watch stage's vectors: a version folder ({output}/cowatch-...) or a "
+            "Parquet glob. Films with a vector are the audience objective's training set; "
+            "with --holdout_fraction the hidden films are left out.",
         )
 
 
@@ -186,10 +205,36 @@ def train_config(options: PipelineOptions, argv: list[str]):
         classification_weight=opts.classification_weight,
         flip_augment=not opts.no_flip_augment,
         seed=opts.seed,
+        objective=opts.objective,
     )
 
 
-def _save_model_and_train(config, layout: OutputLayout, model_dir: str, neighbours: int) -> dict:
+def cowatch_targets(options: PipelineOptions) -> dict | None:
+    """movie id -> co-watch vector for the audience objectives (hidden films left out)."""
+    from models.vectors import read_vector_table
+
+    opts = options.view_as(TrainOptions)
+    if opts.objective not in ("audience", "both"):
+        return None
+    if not opts.cowatch_vectors:
+        raise ValueError(
+            f"--objective={opts.objective} needs --cowatch_vectors (run python -m "
+            "pipelines.cowatch --watch_history=... --output=... first)"
+        )
+    pattern = opts.cowatch_vectors
+    if not pattern.endswith(".parquet"):
+        pattern = FileSystems.join(pattern, "embeddings", "*", "*.parquet")
+    table = read_vector_table(pattern)
+    holdout = holdout_of(options)
+    return {
+        int(m): v for m, v in zip(table.ids.tolist(), table.vectors, strict=True)
+        if not holdout.is_hidden(int(m))
+    }
+
+
+def _save_model_and_train(
+    config, layout: OutputLayout, model_dir: str, neighbours: int, targets: dict | None
+) -> dict:
     """Train on this run's transformed examples; write the model beside the transform output."""
     from models.training import EXPORT_PREFIX
     from models.training import train_and_evaluate
@@ -199,7 +244,7 @@ def _save_model_and_train(config, layout: OutputLayout, model_dir: str, neighbou
     examples = layout.table_glob(TRANSFORMED_TABLE, ".tfrecord")
     with tempfile.TemporaryDirectory(prefix="train-model-") as tmp:
         local = model_uri if "://" not in model_uri else os.path.join(tmp, name)
-        report = train_and_evaluate(config, examples, model_dir, local, neighbours)
+        report = train_and_evaluate(config, examples, model_dir, local, neighbours, targets)
         if local != model_uri:
             with open(local, "rb") as handle:
                 write_bytes(model_uri, handle.read())
@@ -219,6 +264,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     if not posters_flag or not common.output:
         raise ValueError("--posters and --output are required")
     config = train_config(options, argv)
+    targets = cowatch_targets(options)
     started_at = datetime.datetime.now(datetime.UTC)
     layout = OutputLayout.next_run(common.output)
     model_dir = FileSystems.join(common.output, MODEL_FOLDER, layout.run_id)
@@ -256,7 +302,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     if FileSystems.exists(settings.temp_dir):
         FileSystems.delete([settings.temp_dir])
     counters = log_counters(result, METRICS_NAMESPACE)
-    report = _save_model_and_train(config, layout, model_dir, opts.neighbours)
+    report = _save_model_and_train(config, layout, model_dir, opts.neighbours, targets)
+    report["holdout"] = holdout_of(options).describe()
     counts = {
         "input_rows": counters.get("posters_read", 0),
         "written": counters.get("instances", 0),
@@ -292,6 +339,11 @@ def main(argv=None) -> None:
     configure_logging()
     report = run(argv)
     print(format_report_table(report))
+    if report.get("audience"):
+        a = report["audience"]
+        print(f"audience: test mean cosine to co-watch vectors {a['trained_mean_cosine']:.4f} "
+              f"(ridge probe on the untrained backbone {a['ridge_probe_mean_cosine']:.4f}, "
+              f"{a['test_films']} test films)")  # fmt: skip
     print(f"model {report['model_path']} (run {report['run_id']}); report beside it")
     print(report["identity"])
     raise SystemExit(0 if report["accounting_ok"] else 1)

@@ -83,6 +83,7 @@ class NeighborRow(Record):
     rank: int = column(Kind.INT64, "1-based rank among the film's neighbours")
     neighbor_id: int = column(Kind.INT64, "Neighbour film id")
     score: float = column(Kind.FLOAT64, "Similarity (higher is closer)")
+    source: str = column(Kind.STRING, "Where the neighbour comes from: cowatch, poster, both")
     model_version: str = column(Kind.STRING, "Model version of the vectors")
     run_date: datetime.date = column(Kind.DATE, "Nightly run date (partition)")
 
@@ -96,7 +97,9 @@ class CandidateRow(Record):
     user_id: int = column(Kind.INT64, "User id")
     rank: int = column(Kind.INT64, "1-based rank among the user's candidates")
     movie_id: int = column(Kind.INT64, "Candidate film id")
-    score: float = column(Kind.FLOAT64, "Sum of similarity x recency decay x rating weight")
+    score: float = column(
+        Kind.FLOAT64, "Blended neighbour score x recency x rating weight, plus popularity"
+    )
     model_version: str = column(Kind.STRING, "Model version of the vectors")
     run_date: datetime.date = column(Kind.DATE, "Nightly run date (partition)")
     contributing_movie_ids: tuple[int, ...] = column(

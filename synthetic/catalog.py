@@ -4,8 +4,14 @@
 years, genres), draws a poster for each and plants exact and near duplicate
 posters whose ground truth is kept in `SyntheticCatalog.duplicates`.
 `make_watch_history` invents MovieLens ratings rows from users with genre
-tastes, and the `write_*` functions write the catalog in the input formats the
-scraper accepts.
+tastes and a preferred poster look, and the `write_*` functions write the
+catalog in the input formats the scraper accepts.
+
+Every poster has a hidden look (`LOOKS`: fine stripes in one of four
+directions), drawn from the seed and movie id and written to no metadata, and
+every user prefers one look (`user_looks`), so who watches a film depends on
+its art beyond its genres.  `SyntheticCatalog.look` and `user_looks` are the
+ground truth.
 """
 
 from __future__ import annotations
@@ -85,6 +91,12 @@ RATINGS_HEADER: tuple[str, ...] = ("userId", "movieId", "rating", "timestamp")
 
 HISTORY_START = 1420070400  # 2015-01-01T00:00:00Z
 HISTORY_END = 1609459199  # 2020-12-31T23:59:59Z
+
+LOOKS = posters.LOOKS
+# How much a user's preferred poster look adds to a film's chance of being watched
+# (each shared genre adds 1.0, every film has 0.04) and to its expected rating.
+LOOK_WATCH_WEIGHT = 1.0
+LOOK_RATING_BONUS = 0.6
 
 _ADJECTIVES = (
     "Silent",
@@ -330,10 +342,20 @@ class SyntheticCatalog:
         with self._lock:
             return self._cache.setdefault(movie_id, data)
 
+    def look(self, movie_id: int) -> str:
+        """The hidden look of the film's poster (a planted copy shows its source's look)."""
+        dup = self._dup_by_id.get(movie_id)
+        return film_look(self.film(movie_id if dup is None else dup.source_movie_id), self.seed)
+
     def poster_path(self, movie_id: int) -> str:
         """The film's TMDb-style poster path, e.g. '/aRJAoQ6mqPHAKXjP3CqNyLC8FAh.jpg'."""
         self.film(movie_id)
         return self._paths[movie_id]
+
+
+def film_look(film: Film, seed: int) -> str:
+    """The hidden look (one of LOOKS) of the poster drawn for a film; no metadata reveals it."""
+    return posters.look_for(film.movie_id, seed)
 
 
 def _choose_genres(rng: np.random.Generator) -> tuple[str, ...]:
@@ -455,33 +477,60 @@ def user_tastes(
     return tastes
 
 
+def user_looks(n_users: int, seed: int = 0) -> dict[int, str]:
+    """Each user's preferred poster look (user ids 1..n_users), as used by make_watch_history."""
+    looks: dict[int, str] = {}
+    for user_id in range(1, n_users + 1):
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, user_id, 0x5EE])
+        looks[user_id] = LOOKS[int(rng.integers(len(LOOKS)))]
+    return looks
+
+
+def _user_rows(
+    user_id: int,
+    films: Sequence[Film],
+    overlap: np.ndarray,
+    match: np.ndarray,
+    rng: np.random.Generator,
+    n_events: int,
+) -> list[tuple[int, int, float, int]]:
+    """One user's ratings rows, watched with odds 0.04 + genre overlap + look weight."""
+    weights = 0.04 + overlap + LOOK_WATCH_WEIGHT * match
+    chosen = rng.choice(len(films), size=n_events, replace=False, p=weights / weights.sum())
+    start = int(rng.integers(HISTORY_START, HISTORY_END - 86_400 * 400))
+    span = int(rng.integers(86_400, 86_400 * 365))
+    offsets = np.sort(rng.choice(span, size=n_events, replace=False))
+    rows = []
+    for k, idx in enumerate(chosen):
+        liked = overlap[idx] > 0
+        score = rng.normal(3.9 if liked else 2.6, 0.7) + 0.2 * overlap[idx]
+        score += LOOK_RATING_BONUS * match[idx]
+        rating = float(min(5.0, max(0.5, round(score * 2) / 2)))
+        rows.append((user_id, films[idx].movie_id, rating, start + int(offsets[k])))
+    return rows
+
+
 def make_watch_history(
     catalog: SyntheticCatalog,
     n_users: int,
     seed: int = 0,
     events_per_user: tuple[int, int] = (15, 60),
 ) -> list[tuple[int, int, float, int]]:
-    """MovieLens ratings rows (userId, movieId, rating, timestamp) from users with genre tastes."""
+    """MovieLens ratings rows (userId, movieId, rating, timestamp) from users' genres and looks."""
     films = catalog.films
     if not films:
         return []
     tastes = user_tastes(catalog, n_users, seed)
+    looks = user_looks(n_users, seed)
+    film_looks = np.array([catalog.look(f.movie_id) for f in films])
     rows: list[tuple[int, int, float, int]] = []
     for user_id in range(1, n_users + 1):
         rng = np.random.default_rng([seed & 0xFFFFFFFF, user_id, 0x415])
         taste = set(tastes[user_id])
         overlap = np.array([len(taste.intersection(f.genres)) for f in films], dtype=np.float64)
-        weights = 0.04 + overlap
+        match = (film_looks == looks[user_id]).astype(np.float64)
         n_events = min(len(films), int(rng.integers(events_per_user[0], events_per_user[1] + 1)))
-        chosen = rng.choice(len(films), size=n_events, replace=False, p=weights / weights.sum())
-        start = int(rng.integers(HISTORY_START, HISTORY_END - 86_400 * 400))
-        span = int(rng.integers(86_400, 86_400 * 365))
-        offsets = np.sort(rng.choice(span, size=n_events, replace=False))
-        for k, idx in enumerate(chosen):
-            liked = overlap[idx] > 0
-            score = rng.normal(3.9 if liked else 2.6, 0.7) + 0.2 * overlap[idx]
-            rating = float(min(5.0, max(0.5, round(score * 2) / 2)))
-            rows.append((user_id, films[idx].movie_id, rating, start + int(offsets[k])))
+        rows += _user_rows(user_id, films, overlap, match, rng, n_events)
     rows.sort(key=lambda r: (r[0], r[3], r[1]))
     return rows
 

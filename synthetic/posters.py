@@ -8,6 +8,14 @@ hashes of distinct films far apart.  A last step nudges the luminance so that
 no pHash coefficient sits within HASH_MARGIN of the threshold (the bits stay the
 same), which is why `near_copy` edits keep a poster within a few bits of its
 source.
+
+Every poster also has a hidden "look" (`LOOKS`), chosen from the seed and the
+movie id alone, never from the genres: fine stripes in one of four directions
+laid over the art before the title.  The catalog's synthetic users prefer one
+look, so the art carries audience signal that the metadata does not.  The
+stripes are far finer than pHash's frequencies and average out over every
+1/8 of the poster, so genre colours, thumbnails and hashes barely differ
+between looks, while a small CNN at 64-128 px sees their direction at once.
 """
 
 from __future__ import annotations
@@ -109,6 +117,30 @@ GENRE_STYLES: dict[str, GenreStyle] = {
 }
 
 _FALLBACK_STYLE = GENRE_STYLES["Drama"]
+
+
+# The hidden looks: fine stripes with (cycles across the width, cycles across the height).
+# Whole cycles fit twice into every 1/8 (and 4 times into every 1/16) of the poster, so block
+# averages (8x8 thumbnails, the pixels baseline) and pHash barely differ between looks.
+LOOK_WAVES: dict[str, tuple[int, int]] = {
+    "scanlines": (0, 16),
+    "pinstripes": (16, 0),
+    "rising_hatch": (16, 16),
+    "falling_hatch": (16, -16),
+}
+LOOKS: tuple[str, ...] = tuple(LOOK_WAVES)
+LOOK_STRENGTH = 0.22
+
+
+def _look_and_phase(movie_id: int, seed: int) -> tuple[str, float]:
+    """A poster's look and the phase of its stripes, drawn apart from the rest of the poster."""
+    rng = np.random.default_rng([seed & 0xFFFFFFFF, movie_id & 0xFFFFFFFF, 0x100C])
+    return LOOKS[int(rng.integers(len(LOOKS)))], float(rng.uniform(0.0, 2.0 * math.pi))
+
+
+def look_for(movie_id: int, seed: int) -> str:
+    """The hidden look of the poster drawn for movie_id under seed (independent of genres)."""
+    return _look_and_phase(movie_id, seed)[0]
 
 
 def style_for(genre: str) -> GenreStyle:
@@ -441,8 +473,27 @@ def _title_block(img: Image.Image, film: Film, style: GenreStyle, rng: np.random
     draw.text((4, top + 4 + font_size), str(film.year), fill=ink, font=_font(max(8, font_size - 3)))
 
 
-def draw_poster(film: Film, seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> Image.Image:
-    """Draw the RGB poster of a film from a base seed combined with its movie id."""
+def _texture(img: Image.Image, look: str, phase: float) -> Image.Image:
+    """The poster under its look's stripes: crests blend towards white, troughs towards black."""
+    width, height = img.size
+    cycles_x, cycles_y = LOOK_WAVES[look]
+    xs = (np.arange(width, dtype=np.float32) + 0.5) / width
+    ys = (np.arange(height, dtype=np.float32) + 0.5) / height
+    angle = 2.0 * np.pi * (cycles_x * xs[None, :] + cycles_y * ys[:, None]) + phase
+    wave = (LOOK_STRENGTH * np.cos(angle))[..., None]
+    pixels = np.asarray(img, dtype=np.float32)
+    pixels = pixels + np.where(wave > 0, wave * (255.0 - pixels), wave * pixels)
+    return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def draw_poster(
+    film: Film, seed: int, size: tuple[int, int] = DEFAULT_SIZE, look: str | None = None
+) -> Image.Image:
+    """Draw the RGB poster of a film from a base seed and its movie id, in its look by default."""
+    own_look, phase = _look_and_phase(film.movie_id, seed)
+    look = own_look if look is None else look
+    if look not in LOOK_WAVES:
+        raise ValueError(f"unknown poster look {look!r}; expected one of {LOOKS}")
     width, height = size
     rng = np.random.default_rng([seed & 0xFFFFFFFF, film.movie_id & 0xFFFFFFFF, 0x9051E7])
     genres = film.genres or ("Drama",)
@@ -457,6 +508,7 @@ def draw_poster(film: Film, seed: int, size: tuple[int, int] = DEFAULT_SIZE) -> 
     field = _lighting(rng, width, height)[..., None]
     lit = lit * (1.0 + 0.45 * field) + 45.0 * field
     img = Image.fromarray(np.clip(lit, 0, 255).astype(np.uint8), "RGB")
+    img = _texture(img, look, phase)
     _title_block(img, film, style, rng)
     return _widen_hash_margin(img, HASH_MARGIN)
 

@@ -17,6 +17,9 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 
+from models.scoring import SOURCE_POSTER
+from models.scoring import merge_neighbors
+from models.scoring import poster_similarity
 from schemas import NeighborRow
 
 SIMILARITIES = ("cosine", "dot", "l2")
@@ -132,14 +135,61 @@ def neighbor_rows(
     model_version: str,
     run_date: datetime.date,
 ) -> Iterator[NeighborRow]:
-    """The published rows (top 10) of one film's neighbour list."""
+    """The published rows (top 10) of one film's neighbour list ((id, score[, source]) items)."""
     movie_id, ranked = movie_and_neighbors
-    for rank, (nid, score) in enumerate(ranked[:PUBLISHED_K], start=1):
+    for rank, item in enumerate(ranked[:PUBLISHED_K], start=1):
         yield NeighborRow(
             movie_id=movie_id,
             rank=rank,
-            neighbor_id=nid,
-            score=score,
+            neighbor_id=item[0],
+            score=item[1],
+            source=item[2] if len(item) > 2 else SOURCE_POSTER,
             model_version=model_version,
             run_date=run_date,
+        )
+
+
+class _MergeFn(beam.DoFn):
+    """One film's co-watch and poster lists -> its hybrid list (with sources), counted."""
+
+    def __init__(self, poster_weight: float, similarity: str, k: int) -> None:
+        self._poster_weight = poster_weight
+        self._similarity = similarity
+        self._k = k
+        self._films = {
+            name: beam.metrics.Metrics.counter("neighbors", f"films_{name}")
+            for name in ("with_cowatch", "poster_only", "cowatch_only")
+        }
+
+    def process(self, joined: tuple[int, dict]) -> Iterator:
+        movie_id, groups = joined
+        cowatch = next(iter(groups["cowatch"]), [])
+        dots = next(iter(groups["poster"]), [])
+        poster = [(nid, float(poster_similarity(d, self._similarity))) for nid, d in dots]
+        if cowatch:
+            self._films["with_cowatch" if poster else "cowatch_only"].inc()
+        else:
+            self._films["poster_only"].inc()
+        yield movie_id, merge_neighbors(cowatch, poster, self._poster_weight, self._k)
+
+
+class MergeNeighbors(beam.PTransform):
+    """(co-watch lists, poster dot lists) -> every film's hybrid list of (id, score, source).
+
+    A film with watch history gets co-watch neighbours plus ``poster_weight`` x poster
+    neighbours; a film nobody watched yet gets its poster neighbours alone.
+    """
+
+    def __init__(self, poster_weight: float, similarity: str, k: int) -> None:
+        super().__init__()
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, not {similarity!r}")
+        self._args = (poster_weight, similarity, k)
+
+    def expand(self, lists: tuple[beam.PCollection, beam.PCollection]) -> beam.PCollection:
+        cowatch, poster = lists
+        return (
+            {"cowatch": cowatch, "poster": poster}
+            | "JoinLists" >> beam.CoGroupByKey()
+            | "Merge" >> beam.ParDo(_MergeFn(*self._args))
         )

@@ -140,7 +140,10 @@ def test_exact_search_blocks_agree_with_a_full_sort(monkeypatch: pytest.MonkeyPa
     products = queries @ database.T
     expected = np.array([np.lexsort((np.arange(503), -row))[:12] for row in products])
     np.testing.assert_array_equal(rows, expected)
-    np.testing.assert_array_equal(scores, np.take_along_axis(products, expected, axis=1))
+    # BLAS may round a block's products in the last bit differently from the full product's.
+    np.testing.assert_allclose(
+        scores, np.take_along_axis(products, expected, axis=1), rtol=0, atol=1e-6
+    )
     assert rows[-1, :2].tolist() == [7, 40]
 
 

@@ -82,8 +82,9 @@ def test_tuning_picks_popularity_when_that_is_what_predicts_the_next_watch():
     # Poster neighbours that point nowhere useful: the tuning must not rely on them.
     ids = np.arange(1, 41)
     vectors = rng.normal(size=(40, 8)).astype(np.float32)
-    dots = blend_lib.poster_dot_lists(ids, vectors, 5)
-    chosen, trials = blend_lib.tune_blend(events, dots, catalogue, CandidateConfig(top_k=10))
+    chosen, trials = blend_lib.tune_blend(
+        events, (ids, vectors), catalogue, CandidateConfig(top_k=10), k=5
+    )
     assert chosen.popularity_weight > 0, trials
     assert len(trials) >= len(blend_lib.GRID["recency_events"])
     best = max(t["validation"]["HR@10"] for t in trials if t["blend"] == dataclasses.asdict(chosen))

@@ -19,9 +19,13 @@ from models.registry import embed_images
 from models.registry import load_embedding_model
 from models.small_cnn import small_cnn
 from models.training import PosterTrainer
+from models.training import SplitData
 from models.training import TrainConfig
+from models.training import audience_config
 from models.training import backbone_blocks
 from models.training import epochs_per_stage
+from models.training import mean_cosine
+from models.training import ridge_probe
 from models.training import split_backbone
 from models.training import transformed_batches
 from tests.fixtures import synthetic_records
@@ -284,3 +288,48 @@ def test_paired_bootstrap_of_the_micro_f1_difference():
     expected = 1.0 - metrics.micro_precision_recall_f1(y, noisy)[2]
     assert better["difference"] == pytest.approx(expected)
     assert 0.0 < better["ci95_low"] < better["difference"] < better["ci95_high"]
+
+
+def _audience_parts(n: int = 600, dim: int = 128, target_dim: int = 8, seed: int = 0):
+    """Features whose co-watch target is a hidden linear map of them (a known answer)."""
+    rng = np.random.default_rng(seed)
+    pooled = rng.normal(size=(n, dim)).astype(np.float32)
+    targets = pooled @ rng.normal(size=(dim, target_dim))
+    targets = (targets / np.linalg.norm(targets, axis=1, keepdims=True)).astype(np.float32)
+    labels = (rng.random((n, len(CLASSES))) < 0.3).astype(np.float32)
+
+    def part(rows: slice) -> SplitData:
+        count = len(pooled[rows])
+        return SplitData(
+            movie_ids=np.arange(n)[rows], labels=labels[rows],
+            trunk=np.zeros((count, 0), np.float32), pooled=pooled[rows],
+            pixels=np.zeros((count, 1), np.float32), targets=targets[rows],
+        )  # fmt: skip
+
+    return part(slice(0, 400)), part(slice(400, 500)), part(slice(500, n))
+
+
+@pytest.mark.parametrize("objective", ["audience", "both"])
+def test_audience_objective_learns_the_cowatch_direction(objective):
+    train, validation, test = _audience_parts()
+    config = dataclasses.replace(
+        CONFIG, objective=objective, embedding_dim=8, l2=None, warmup_epochs=40, patience=40
+    )
+    assert config.l2 == 0.1  # the audience objectives' own default
+    trainer = PosterTrainer(config, len(CLASSES))
+    trainer.build(train)
+    before = mean_cosine(trainer.pooled_embeddings(test.pooled), test.targets)
+    trainer.warm_up(train, validation)
+    after = mean_cosine(trainer.pooled_embeddings(test.pooled), test.targets)
+    assert after > 0.8 and after > before + 0.5, (before, after)
+    probe, _ = ridge_probe((train.pooled, train.targets), (validation.pooled, validation.targets))
+    assert mean_cosine(probe(test.pooled), test.targets) > 0.8
+
+
+def test_audience_objective_needs_cowatch_targets():
+    config = dataclasses.replace(CONFIG, objective="audience", l2=None)
+    with pytest.raises(ValueError, match="--cowatch_vectors"):
+        audience_config(config, None)
+    assert audience_config(config, {1: np.zeros(16, np.float32)}).embedding_dim == 16
+    with pytest.raises(ValueError, match="--objective"):
+        dataclasses.replace(CONFIG, objective="popularity")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import pathlib
+import shutil
 
 import duckdb
 import numpy as np
@@ -11,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from models.scann_index import exact_search
+from pipelines import cowatch as cowatch_stage
 from pipelines import index as index_stage
 from pipelines import neighbors
 from schemas import CandidateRow
@@ -168,3 +170,43 @@ def test_builds_for_dataflow_offline_with_bigquery(world, tmp_path):
 def test_bad_warehouse_uri_is_a_clear_error(world):
     with pytest.raises(ValueError, match="bq://PROJECT.DATASET or duckdb"):
         nightly(world[0], "--warehouse=postgres://x")
+
+
+def test_hybrid_neighbours_record_sources_and_cover_films_nobody_watched(world, tmp_path):
+    tmp, ids, _, ratings, _ = world
+    root = tmp_path / "vectors"
+    shutil.copytree(tmp / "vectors", root)
+    history = str(tmp / "ratings.csv")
+    found = cowatch_stage.run([f"--watch_history={history}", f"--output={root}",
+                               "--cowatch_dim=8"])  # fmt: skip
+    blend = ('{"poster_weight": 0.5, "popularity_weight": 0.1, "recency_events": 5.0, '
+             '"similarity": "l2"}')  # fmt: skip
+    report = neighbors.run([
+        "--run_date=2024-05-17", f"--vectors={root}", f"--model_version={VERSION}",
+        f"--output={tmp_path / 'out'}", f"--watch_history={history}", "--candidates_k=150",
+        f"--cowatch_version={found['model_version']}", f"--blend={blend}",
+    ])  # fmt: skip
+    assert report["blend"]["similarity"] == "l2" and report["cowatch_version"]
+    con = duckdb.connect(str(tmp_path / "out" / "warehouse.duckdb"), read_only=True)
+    rows = con.execute("SELECT movie_id, source, count(*) FROM neighbors GROUP BY ALL").fetchall()
+    per_film = {}
+    for movie, source, count in rows:
+        per_film.setdefault(movie, {})[source] = count
+    watched = {r[1] for r in ratings}
+    assert set(ids.tolist()) <= set(per_film)
+    assert all(sum(v.values()) == 10 for v in per_film.values())
+    unwatched = [m for m in ids.tolist() if m not in watched]
+    assert unwatched, "the fixture needs films with a vector that nobody watched"
+    for movie in unwatched:
+        assert set(per_film[movie]) == {"poster"}
+    sources = {s for v in per_film.values() for s in v}
+    assert {"cowatch", "cowatch+poster"} & sources and "poster" in sources
+    seen = {(r[0], r[1]) for r in ratings}
+    candidates = con.execute(
+        "SELECT user_id, movie_id, score, rank, len(contributing_movie_ids) FROM candidates"
+    ).fetchall()
+    assert candidates and not any((u, m) in seen for u, m, *_ in candidates)
+    assert all(np.isfinite(score) for _, _, score, _, _ in candidates)
+    backfilled = [c for c in candidates if c[4] == 0]
+    assert backfilled, "popularity must fill the lists the neighbours leave short"
+    assert report["candidates"].get("popularity_only_rows", 0) == len(backfilled)

@@ -70,6 +70,7 @@ SAMPLES = {
         rank=1,
         neighbor_id=2,
         score=0.875,
+        source="cowatch+poster",
         model_version="v1",
         run_date=datetime.date(2024, 5, 17),
     ),

@@ -12,9 +12,12 @@ import pytest
 
 from synthetic import catalog as cat_mod
 from synthetic.catalog import GENRES
+from synthetic.catalog import LOOKS
 from synthetic.catalog import SyntheticCatalog
+from synthetic.catalog import film_look
 from synthetic.catalog import make_catalog
 from synthetic.catalog import make_watch_history
+from synthetic.catalog import user_looks
 from synthetic.catalog import user_tastes
 from synthetic.catalog import write_links_csv
 from synthetic.catalog import write_moviegenre_csv
@@ -160,6 +163,48 @@ def test_watch_history_follows_tastes(catalog: SyntheticCatalog) -> None:
     mean_base = sum(base_share) / n_users
     assert mean_hit > mean_base + 0.25, (mean_hit, mean_base)
     assert sum(liked) / len(liked) > sum(other) / len(other) + 0.7
+
+
+def test_film_and_user_looks_are_deterministic_ground_truth(catalog: SyntheticCatalog) -> None:
+    looks = {f.movie_id: catalog.look(f.movie_id) for f in catalog.films}
+    assert set(looks.values()) == set(LOOKS)
+    again = make_catalog(len(catalog), seed=0)
+    assert looks == {f.movie_id: again.look(f.movie_id) for f in again.films}
+    assert [film_look(f, 1) for f in catalog.films] != [film_look(f, 0) for f in catalog.films]
+    for dup in catalog.duplicates:
+        assert looks[dup.movie_id] == film_look(catalog.film(dup.source_movie_id), 0)
+    originals = [f for f in catalog.films if catalog.duplicate_of(f.movie_id) is None]
+    assert all(looks[f.movie_id] == film_look(f, 0) for f in originals)
+    drama = [looks[f.movie_id] for f in catalog.films if f.genres[0] == "Drama"]
+    assert set(drama) == set(LOOKS), "the look does not follow the genre"
+    users = user_looks(200, seed=3)
+    assert users == user_looks(200, seed=3) and users != user_looks(200, seed=4)
+    assert sorted(users) == list(range(1, 201))
+    assert min(collections.Counter(users.values()).values()) > 200 / 8
+
+
+def test_watch_history_follows_preferred_looks(catalog: SyntheticCatalog) -> None:
+    n_users = 40
+    rows = make_watch_history(catalog, n_users, seed=5)
+    preferred = user_looks(n_users, seed=5)
+    tastes = user_tastes(catalog, n_users, seed=5)
+    look_of = {f.movie_id: catalog.look(f.movie_id) for f in catalog.films}
+    genres_of = {f.movie_id: set(f.genres) for f in catalog.films}
+    share, chance = [], []
+    ratings: dict[tuple[bool, bool], list[float]] = collections.defaultdict(list)
+    for user, look in preferred.items():
+        mine = [r for r in rows if r[0] == user]
+        share.append(sum(look_of[r[1]] == look for r in mine) / len(mine))
+        chance.append(sum(v == look for v in look_of.values()) / len(look_of))
+        for r in mine:
+            in_taste = bool(genres_of[r[1]] & set(tastes[user]))
+            ratings[(in_taste, look_of[r[1]] == look)].append(r[2])
+    mean_share, mean_chance = sum(share) / n_users, sum(chance) / n_users
+    assert mean_share > 2 * mean_chance, (mean_share, mean_chance)
+    assert sum(s > c for s, c in zip(share, chance, strict=True)) >= 0.9 * n_users
+    mean = {key: sum(v) / len(v) for key, v in ratings.items()}
+    assert mean[(True, True)] > mean[(True, False)] + 0.3, mean
+    assert mean[(False, True)] > mean[(False, False)] + 0.3, mean
 
 
 def test_write_ratings_csv(tmp_path: pathlib.Path, catalog: SyntheticCatalog) -> None:

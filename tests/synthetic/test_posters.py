@@ -164,3 +164,62 @@ def test_decompression_bomb_png(monkeypatch: pytest.MonkeyPatch) -> None:
     with Image.open(io.BytesIO(posters.decompression_bomb_png(300, 200))) as small:
         small.load()
         assert small.size == (300, 200)
+
+
+def _stripe_energy(data: bytes, size: tuple[int, int]) -> np.ndarray:
+    """Per look, the grey spectrum's magnitude at its stripe frequency, resized to size (w, h)."""
+    with Image.open(io.BytesIO(data)) as img:
+        gray = np.asarray(img.convert("L").resize(size, Image.Resampling.BILINEAR), np.float64)
+    spectrum = np.abs(np.fft.fft2(gray - gray.mean()))
+    waves = posters.LOOK_WAVES.values()
+    return np.array([spectrum[cy % size[1], cx % size[0]] for cx, cy in waves])
+
+
+@pytest.mark.parametrize("size", [(64, 64), (128, 128)])
+def test_look_shows_as_stripe_direction_at_model_input_sizes(
+    catalog: SyntheticCatalog, size: tuple[int, int]
+) -> None:
+    looks = np.array([posters.LOOKS.index(catalog.look(f.movie_id)) for f in catalog.films])
+    energy = np.array(
+        [_stripe_energy(catalog.poster_bytes(f.movie_id), size) for f in catalog.films]
+    )
+    assert np.bincount(looks, minlength=len(posters.LOOKS)).min() > len(looks) / 8
+    accuracy = float((energy.argmax(axis=1) == looks).mean())
+    assert accuracy > 0.97, accuracy
+    for k, look in enumerate(posters.LOOKS):
+        own = energy[looks == k, k].mean()
+        others = energy[looks != k, k].mean()
+        assert own > 5 * others, (look, own, others)
+
+
+def test_look_hides_from_colour_thumbnails(catalog: SyntheticCatalog) -> None:
+    feats = np.array(
+        [
+            np.asarray(
+                Image.open(io.BytesIO(catalog.poster_bytes(f.movie_id))).resize(
+                    (8, 8), Image.Resampling.BOX
+                ),
+                dtype=np.float64,
+            ).ravel()
+            for f in catalog.films
+        ]
+    )
+    looks = np.array([catalog.look(f.movie_id) for f in catalog.films])
+    train = np.arange(len(looks)) % 3 != 0
+    centroids = np.array([feats[train & (looks == k)].mean(axis=0) for k in posters.LOOKS])
+    dists = ((feats[~train][:, None, :] - centroids[None, :, :]) ** 2).sum(axis=2)
+    accuracy = float((np.array(posters.LOOKS)[dists.argmin(axis=1)] == looks[~train]).mean())
+    assert accuracy < 0.4, f"the look leaks into 8x8 colour thumbnails: {accuracy}"
+
+
+def test_one_film_in_every_look_keeps_its_layout() -> None:
+    film = Film(21, "tt0000021", 21, "Twenty-One", 1984, ("Horror", "Romance"))
+    drawn = {look: posters.draw_poster(film, seed=0, look=look) for look in posters.LOOKS}
+    own = posters.look_for(film.movie_id, 0)
+    assert drawn[own].tobytes() == posters.draw_poster(film, seed=0).tobytes()
+    assert posters.look_for(film.movie_id, 0) == own
+    assert len({img.tobytes() for img in drawn.values()}) == len(posters.LOOKS)
+    hashes = [posters.phash64(img) for img in drawn.values()]
+    assert max(posters.hamming(hashes[0], h) for h in hashes) <= NEAR_LIMIT
+    with pytest.raises(ValueError, match="unknown poster look"):
+        posters.draw_poster(film, seed=0, look="sepia")
