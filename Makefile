@@ -17,7 +17,7 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines.nightly --synthetic_films=300 --train --output=out/demo
+	$(PY) -m pipelines.nightly --synthetic_films=300 --train --model=small_cnn --holdout_fraction=0.2 --output=out/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .
@@ -26,3 +26,4 @@ test: $(STAMP)
 benchmarks: $(STAMP)
 	$(PY) -m benchmarks.scrape_throughput
 	$(PY) -m benchmarks.hash_grouping
+	$(PY) -m benchmarks.candidates_real

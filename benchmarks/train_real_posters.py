@@ -40,6 +40,7 @@ NO_GENRES = "(no genres listed)"
 MICRO_F1_TARGET = 0.55
 RECIPE = (
     "--genre_set=six",
+    "--objective=genres",
     "--warmup_epochs=40",
     "--metric_epochs=8",
     "--unfreeze_blocks=2",

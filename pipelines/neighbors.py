@@ -160,6 +160,28 @@ def cowatch_lists(path_glob: str):
         yield movie_id, [(nid, score) for _, nid, score in sorted(lists[movie_id])]
 
 
+def audience_query(joined: tuple[int, dict]):
+    """The vector a film searches the poster index with: its co-watch vector when it has one
+    (the posters predicted to have its audience), else its own poster vector."""
+    movie_id, groups = joined
+    posters, cowatch = list(groups["poster"]), list(groups["cowatch"])
+    if posters:
+        yield movie_id, cowatch[0] if cowatch else posters[0]
+
+
+def _same_space(root: str, version: str, cowatch_version: str) -> bool:
+    """Whether the poster model embeds into the co-watch space (same length: an audience model)."""
+    from models.vectors import read_vector_table
+    from models.vectors import vectors_glob
+
+    poster = read_vector_table(vectors_glob(root, version)).dim
+    cowatch = read_vector_table(vectors_glob(root, cowatch_version)).dim
+    if poster != cowatch:
+        _LOG.info("poster vectors (%d) are not in the co-watch space (%d): films search the "
+                  "posters with their own poster", poster, cowatch)  # fmt: skip
+    return poster == cowatch
+
+
 def run(argv=None, test_pipeline=None) -> dict:
     """Build the neighbour (and candidate) tables for one run date; returns the run report."""
     from models.vectors import vectors_glob
@@ -204,7 +226,20 @@ def run(argv=None, test_pipeline=None) -> dict:
             | "PosterGlob" >> beam.Create([posters_glob(posters)])
             | "ReadGenres" >> beam.FlatMap(film_genres)
         )
-    lists = vectors | "FindNeighbors" >> FindNeighbors(config, genres)
+    queries = vectors
+    if opts.cowatch_version and _same_space(index_opts.vectors, version, opts.cowatch_version):
+        cowatch_vectors = (
+            pipeline
+            | "CowatchVectorGlob"
+            >> beam.Create([vectors_glob(index_opts.vectors, opts.cowatch_version)])
+            | "ReadCowatchVectors" >> beam.FlatMap(read_vector_rows)
+        )
+        queries = (
+            {"poster": vectors, "cowatch": cowatch_vectors}
+            | "JoinQueries" >> beam.CoGroupByKey()
+            | "AudienceQuery" >> beam.FlatMap(audience_query)
+        )
+    lists = queries | "FindNeighbors" >> FindNeighbors(config, genres)
     if opts.cowatch_version:
         pattern = FileSystems.join(index_opts.vectors, opts.cowatch_version, "cowatch_neighbors",
                                    "*.parquet")  # fmt: skip

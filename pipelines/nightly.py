@@ -181,6 +181,9 @@ def _train(stage_argv: list[str], paths: dict, cowatch_version: str | None, hold
     extra = [f"--output={output}", f"--holdout_fraction={holdout}"]
     if cowatch_version:
         extra.append(f"--cowatch_vectors={os.path.join(paths['vectors'], cowatch_version)}")
+    elif not any(a.startswith("--objective") for a in stage_argv):
+        _LOG.info("no watch history: the poster model learns genres (--objective=genres)")
+        extra.append("--objective=genres")
     return train.run(stage_argv + extra)
 
 

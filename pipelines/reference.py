@@ -12,6 +12,7 @@ import sys
 def stage_option_classes() -> list[tuple[str, type]]:
     """(entry point, options class) of every stage, CommonOptions first."""
     from pipelines.common import CommonOptions
+    from pipelines.cowatch import CowatchOptions
     from pipelines.embed import EmbedOptions
     from pipelines.evaluate import EvaluateOptions
     from pipelines.index import IndexOptions
@@ -24,6 +25,7 @@ def stage_option_classes() -> list[tuple[str, type]]:
     return [
         ("every stage", CommonOptions),
         ("pipelines.scrape", ScrapeOptions),
+        ("pipelines.cowatch", CowatchOptions),
         ("pipelines.train", TrainOptions),
         ("pipelines.embed", EmbedOptions),
         ("pipelines.index", IndexOptions),

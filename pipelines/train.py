@@ -219,7 +219,8 @@ def cowatch_targets(options: PipelineOptions) -> dict | None:
     if not opts.cowatch_vectors:
         raise ValueError(
             f"--objective={opts.objective} needs --cowatch_vectors (run python -m "
-            "pipelines.cowatch --watch_history=... --output=... first)"
+            "pipelines.cowatch --watch_history=... --output=... first), or use "
+            "--objective=genres when there is no watch history"
         )
     pattern = opts.cowatch_vectors
     if not pattern.endswith(".parquet"):

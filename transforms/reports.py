@@ -587,7 +587,36 @@ def _evaluation_html(report: dict | None) -> str:
         f"{_esc(report.get('catalogue_films'))} films with vectors; the best figure per "
         "metric is bold.</p>"
     )
-    return head + _table(["method", *metrics], rows)
+    return head + _table(["method", *metrics], rows) + _cold_and_blend_html(report)
+
+
+def _cold_and_blend_html(report: dict) -> str:
+    """The cold-start table, the bootstrap intervals and the blend chosen offline."""
+    parts = []
+    cold = report.get("cold_start")
+    if cold:
+        k = cold.get("k")
+        rows = [
+            _cell(method, cls="l") + _cell(value, f"cold_start.{method}.Recall@{k}")
+            for method, value in cold.get("recall", {}).items()
+        ]
+        parts.append(
+            f"<p>Cold start ({_esc(cold.get('holdout'))}): {_esc(cold.get('hidden_films'))} "
+            f"films with every watch hidden; Recall@{_esc(k)} over the hidden films.</p>"
+            + _table(["method", f"Recall@{k}"], rows)
+        )
+    intervals = report.get("intervals") or {}
+    if intervals:
+        rows = [
+            _cell(name, cls="l") + _cell(d.get("difference"), f"interval.{name}")
+            + _cell(d.get("low")) + _cell(d.get("high"))
+            for name, d in intervals.items()
+        ]
+        parts.append(_table(["difference", "mean", "95% low", "95% high"], rows))
+    if report.get("blend"):
+        blend = ", ".join(f"{k} {v}" for k, v in sorted(report["blend"].items()))
+        parts.append(f"<p>Blend chosen on the time-ordered validation split: {_esc(blend)}.</p>")
+    return "".join(parts)
 
 
 def _sheets_html(sheets: Sequence[dict]) -> str:

@@ -36,7 +36,7 @@ SPLIT_CYCLE = (features.TRAIN, features.TRAIN, features.TRAIN, features.VALIDATI
 CONFIG = TrainConfig(
     backbone="small_cnn", genre_set=GENRE_SET, warmup_epochs=8, metric_epochs=3,
     unfreeze_blocks=2, learning_rate=3e-3, fine_tune_learning_rate=1e-5, batch_size=32,
-    patience=8, seed=3,
+    patience=8, seed=3, objective="genres",
 )  # fmt: skip
 
 

@@ -184,6 +184,7 @@ def test_hybrid_neighbours_record_sources_and_cover_films_nobody_watched(world, 
     report = neighbors.run([
         "--run_date=2024-05-17", f"--vectors={root}", f"--model_version={VERSION}",
         f"--output={tmp_path / 'out'}", f"--watch_history={history}", "--candidates_k=150",
+        "--neighbors_k=10",
         f"--cowatch_version={found['model_version']}", f"--blend={blend}",
     ])  # fmt: skip
     assert report["blend"]["similarity"] == "l2" and report["cowatch_version"]

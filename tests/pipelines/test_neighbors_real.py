@@ -88,10 +88,9 @@ def test_evaluation_beats_random_and_is_printed(real, capsys):
     ])  # fmt: skip
     print(report["table"])
     results = report["results"]
-    ours = results[f"neighbours: {versions['squeezenet_v1_1']}"]
+    ours = results["poster kNN: squeezenet_v1_1"]
     assert report["users_evaluated"] > 500
     assert ours["HR@100"] > results["random"]["HR@100"]
     assert set(results) == {
-        f"neighbours: {versions['squeezenet_v1_1']}", f"neighbours: {versions['pixels']}",
-        "popularity", "random",
+        "poster kNN: squeezenet_v1_1", "poster kNN: pixels", "co-watch kNN", "popularity", "random",
     }  # fmt: skip

@@ -52,6 +52,7 @@ def trained(posters, tmp_path_factory):
     output = tmp_path_factory.mktemp("train")
     report = train.run([
         f"--posters={root}", f"--output={output}", "--model=small_cnn", "--genre_set=six",
+        "--objective=genres",
         "--warmup_epochs=4", "--metric_epochs=2", "--unfreeze_blocks=2",
         "--learning_rate=0.003", "--fine_tune_learning_rate=0.00001", "--batch_size_train=32",
         "--seed=1",
@@ -94,6 +95,11 @@ def test_report_has_every_figure_for_the_three_rows(trained):
     assert report["export"]["reload_max_abs_difference"] == 0.0
     assert report["export"]["cached_path_max_abs_difference"] < 1e-5
     assert len(report["history"]["warm_up"]) >= 1 and len(report["history"]["metric"]) >= 1
+    spread = report["models"]["trained"]["score_spread"]
+    # Centred before normalising: random pairs spread well below the nearest neighbours.
+    assert spread["random_pairs"]["p50"] < spread["top_neighbours"]["p50"] - 0.2, spread
+    assert spread["random_pairs"]["p5"] < 0.5, spread
+    assert report["objective"] == "genres" and report["audience"] is None
     table = format_report_table(report)
     assert all(name in table for name in ("trained", "untrained_backbone", "pixels", "Drama"))
 

@@ -14,6 +14,7 @@ import duckdb
 import pytest
 from PIL import Image
 
+from pipelines.evaluate import label_of
 from synthetic.catalog import make_catalog
 from tests.pipelines.test_similar import RUN_DATE
 from tests.pipelines.test_similar import build_world
@@ -158,8 +159,8 @@ def test_the_report_shows_index_recall_and_the_evaluation(world, report):
     (path,) = glob.glob(str(world.nightly / "reports" / f"evaluation-{world.model_version}-*.json"))
     with open(path) as handle:
         results = json.load(handle)["results"]
-    methods = {f"neighbours: {world.model_version}", f"neighbours: {world.pixels_version}"}
-    assert set(results) == methods | {"popularity", "random"}
+    methods = {f"poster kNN: {label_of(v)}" for v in (world.model_version, world.pixels_version)}
+    assert set(results) == methods | {"popularity", "random", "co-watch kNN"}
     for method, metrics in results.items():
         for metric in ("HR@10", "HR@100", "NDCG@10"):
             shown = float(values[f"evaluation.{method}.{metric}"])
