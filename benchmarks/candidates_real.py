@@ -147,7 +147,7 @@ def split_data(
     return SplitData(
         movie_ids=f.ids[rows], labels=f.labels[rows], trunk=np.zeros((len(rows), 0), np.float32),
         pooled=pooled, pixels=f.pixels[rows], flipped_pooled=flipped,
-        flipped_trunk=np.zeros((len(rows), 0), np.float32), targets=targets,
+        targets=targets,
     )  # fmt: skip
 
 

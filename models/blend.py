@@ -20,7 +20,7 @@ import numpy as np
 
 from models import candidate_eval as ev
 from models import cowatch
-from models.scann_index import exact_search
+from models.scoring import SIMILARITIES
 from models.scoring import CandidateConfig
 from models.scoring import Popularity
 from models.scoring import merge_neighbors
@@ -45,6 +45,14 @@ class Blend:
     popularity_weight: float = 0.0
     recency_events: float = 0.0
     similarity: str = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.similarity not in SIMILARITIES:
+            raise ValueError(
+                f"blend similarity must be one of {SIMILARITIES}, not {self.similarity!r}"
+            )
+        if min(self.poster_weight, self.popularity_weight, self.recency_events) < 0:
+            raise ValueError("blend weights and recency_events must be >= 0")
 
     def to_json(self) -> str:
         """The blend as JSON (the form ``--blend`` reads)."""
@@ -115,7 +123,7 @@ def hybrid_inputs(
     for row, film in enumerate(ids.tolist()):
         if queries is not None and film in queries:
             search[row] = queries[film]
-    dots = poster_dot_lists(ids, vectors, k, queries=search)
+    dots = ev.neighbour_lists(ids, vectors, k, queries=search)
     return HybridInputs(lists, dots, ev.training_popularity(split, catalogue))
 
 
@@ -161,38 +169,3 @@ def tune_blend(
             if result > best:
                 best, blend = result, candidate
     return blend, trials
-
-
-def poster_dot_lists(
-    ids: np.ndarray,
-    vectors: np.ndarray,
-    k: int,
-    among: set[int] | None = None,
-    queries: np.ndarray | None = None,
-) -> dict[int, list[tuple[int, float]]]:
-    """Each film's top-k poster neighbours (dot products of unit vectors), itself excluded.
-
-    ``among`` limits the neighbours to those films; ``queries`` (one row per film) searches with
-    other vectors than the films' own (e.g. their co-watch vectors).
-    """
-    unit = _unit(vectors)
-    search = unit if queries is None else _unit(queries)
-    rows = np.arange(len(ids)) if among is None else np.array(
-        [i for i, m in enumerate(ids.tolist()) if m in among], dtype=np.int64
-    )  # fmt: skip
-    lists: dict[int, list[tuple[int, float]]] = {}
-    if not len(rows):
-        return lists
-    fetch = min(k + 1, len(rows))
-    for start in range(0, len(search), 2048):
-        found, scores = exact_search(unit[rows], search[start : start + 2048], fetch)
-        for offset, (row_ids, row_scores) in enumerate(zip(found, scores, strict=True)):
-            film = int(ids[start + offset])
-            pairs = zip(row_ids, row_scores, strict=True)
-            lists[film] = [(int(ids[rows[j]]), float(s)) for j, s in pairs if ids[rows[j]] != film]
-            lists[film] = lists[film][:k]
-    return lists
-
-
-def _unit(vectors: np.ndarray) -> np.ndarray:
-    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)

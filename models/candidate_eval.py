@@ -55,18 +55,35 @@ def leave_last_out(events: Sequence[WatchEvent], catalogue: set[int]) -> Split:
 
 
 def neighbour_lists(
-    ids: np.ndarray, vectors: np.ndarray, k: int
+    ids: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    among: set[int] | None = None,
+    queries: np.ndarray | None = None,
 ) -> dict[int, list[tuple[int, float]]]:
-    """Exact top-k cosine neighbours of every film (itself excluded)."""
-    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    """Exact top-k cosine neighbours of every film (itself excluded), best first.
+
+    ``among`` limits the neighbours to those films; ``queries`` (one row per film) searches with
+    other vectors than the films' own (e.g. their co-watch vectors in an audience model's space).
+    """
+    unit = _unit(vectors)
+    search = unit if queries is None else _unit(queries)
+    pool = np.arange(len(ids)) if among is None else np.flatnonzero(np.isin(ids, list(among)))
     lists: dict[int, list[tuple[int, float]]] = {}
-    for start in range(0, len(unit), 2048):
-        rows, scores = exact_search(unit, unit[start : start + 2048], k + 1)
+    if not len(pool):
+        return lists
+    for start in range(0, len(search), 2048):
+        rows, scores = exact_search(unit[pool], search[start : start + 2048], k + 1)
         for offset, (row_ids, row_scores) in enumerate(zip(rows, scores, strict=True)):
             movie_id = int(ids[start + offset])
-            pairs = [(int(ids[j]), float(s)) for j, s in zip(row_ids, row_scores, strict=True)]
+            found = ids[pool[row_ids]].tolist()
+            pairs = [(int(m), float(s)) for m, s in zip(found, row_scores, strict=True)]
             lists[movie_id] = [p for p in pairs if p[0] != movie_id][:k]
     return lists
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def neighbour_recommender(

@@ -34,6 +34,7 @@ Vectors = tuple[np.ndarray, np.ndarray]
 HYBRID = "hybrid (tuned blend)"
 HYBRID_COLD = "hybrid: co-watch of watched -> poster"
 COWATCH = "co-watch kNN"
+GENRES = "genre profile"
 BASELINE_K = 50
 """Neighbours per film of the item-item co-watch kNN baseline (cosine on co-watch counts)."""
 
@@ -73,6 +74,12 @@ def _matching(queries: Mapping[int, np.ndarray] | None, poster: Vectors):
     return queries if dim == poster[1].shape[1] else None
 
 
+def _genre_profile(catalogue: set[int], genres, pool: set[int], k: int) -> ev.Recommender:
+    """The genre-profile baseline: films of ``pool`` nearest the user's genre mix."""
+    ids, vectors = ev.genre_vectors(sorted(catalogue), genres)
+    return ev.profile_recommender(ids, vectors, pool, k)
+
+
 def warm_evaluation(
     events: Sequence[WatchEvent],
     catalogue: set[int],
@@ -95,8 +102,7 @@ def warm_evaluation(
     lists = {m: [(n, s) for n, s in v if n in catalogue] for m, v in lists.items()}
     methods[COWATCH] = ev.neighbour_recommender(lists, config)
     if genres:
-        gids, gvec = ev.genre_vectors(sorted(catalogue), genres)
-        methods["genre profile"] = ev.profile_recommender(gids, gvec, catalogue, config.top_k)
+        methods[GENRES] = _genre_profile(catalogue, genres, catalogue, config.top_k)
     for name, (ids, vectors) in posters.items():
         dots = ev.neighbour_lists(ids, vectors, k)
         methods[f"poster kNN: {name}"] = ev.neighbour_recommender(dots, config)
@@ -140,16 +146,15 @@ def cold_evaluation(
 
     methods = {"random": random}
     if genres:
-        gids, gvec = ev.genre_vectors(sorted(catalogue), genres)
-        methods["genre profile"] = ev.profile_recommender(gids, gvec, hidden, top)
+        methods[GENRES] = _genre_profile(catalogue, genres, hidden, top)
     ranked = dataclasses.replace(config, top_k=top)
     for name, (ids, vectors) in posters.items():
-        lists = blend_lib.poster_dot_lists(ids, vectors, k, among=hidden)
+        lists = ev.neighbour_lists(ids, vectors, k, among=hidden)
         methods[f"poster kNN: {name}"] = ev.cold_neighbour_recommender(lists, ranked)
     if hybrid_poster and _matching(queries, posters[hybrid_poster]):
         ids, vectors = posters[hybrid_poster]
         search = np.stack([queries.get(int(m), v) for m, v in zip(ids, vectors, strict=True)])
-        lists = blend_lib.poster_dot_lists(ids, vectors, k, hidden, search)
+        lists = ev.neighbour_lists(ids, vectors, k, hidden, search)
         methods[HYBRID_COLD] = ev.cold_neighbour_recommender(lists, ranked)
     recall = {name: ev.cold_recall(visible, cold.targets, m, top) for name, m in methods.items()}
     return ColdResult(hidden_films=len(hidden), k=top, recall=recall)
@@ -168,7 +173,7 @@ def intervals(
     if cold is not None:
         ours = [f"poster kNN: {cold_model}"] if cold_model else []
         ours += [HYBRID_COLD] if HYBRID_COLD in cold.recall else []
-        others = [n for n in cold.recall if n.startswith("poster kNN") or n == "genre profile"]
+        others = [n for n in cold.recall if n.startswith("poster kNN") or n == GENRES]
         for mine in ours:
             for other in others:
                 if other != mine:

@@ -82,14 +82,20 @@ def reference_time(run_date: datetime.date) -> datetime.datetime:
     return start + datetime.timedelta(days=1)
 
 
-def poster_similarity(dot: np.ndarray | float, similarity: str) -> np.ndarray | float:
-    """A poster score from the dot product of unit vectors, higher is closer.
+def similarity_scores(dot: np.ndarray, similarity: str) -> np.ndarray:
+    """Index scores (dot products of unit vectors) as the chosen similarity, higher is closer.
 
-    cosine (= dot) as is; l2 as ``1 - distance / 2`` (0..1), so that it blends like a similarity.
+    cosine and dot are the same on L2-normalised vectors; l2 is the negated Euclidean distance.
     """
     if similarity == "l2":
-        return 1.0 - np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.asarray(dot))) / 2.0
+        return -np.sqrt(np.maximum(0.0, 2.0 - 2.0 * np.asarray(dot)))
     return dot
+
+
+def poster_similarity(dot: np.ndarray | float, similarity: str) -> np.ndarray | float:
+    """A poster score to blend: :func:`similarity_scores`, l2 shifted to ``1 - d / 2`` (0..1)."""
+    scores = similarity_scores(dot, similarity)
+    return 1.0 + scores / 2.0 if similarity == "l2" else scores
 
 
 def merge_neighbors(

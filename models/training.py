@@ -135,9 +135,9 @@ class SplitData:
     def __len__(self) -> int:
         return len(self.movie_ids)
 
-    def training_targets(self) -> np.ndarray | None:
-        """The co-watch targets, repeated for the flipped copies when they are cached."""
-        if self.targets is None or self.flipped_trunk is None:
+    def training_targets(self, attribute: str) -> np.ndarray | None:
+        """The co-watch targets, repeated when flipped copies of ``attribute`` are cached."""
+        if self.targets is None or getattr(self, f"flipped_{attribute}") is None:
             return self.targets
         return np.concatenate([self.targets, self.targets])
 
@@ -379,7 +379,7 @@ class PosterTrainer:
         if self.config.uses_audience:
             return keras.Model(inputs, self._outputs(inputs), name="warmup_model")
         logits = self.head(self.embedding(self.dropout(self.normalisation(inputs))))
-        return keras.Model(inputs, logits, name="warmup_model")
+        return keras.Model(inputs, {LOGITS_OUTPUT: logits}, name="warmup_model")
 
     def _losses(self, labels: np.ndarray, metric: bool) -> tuple[dict, dict]:
         """(losses, weights) per output for the objective (``metric``: the triplet phase)."""
@@ -398,13 +398,15 @@ class PosterTrainer:
             {EMBEDDING_OUTPUT: 1.0, LOGITS_OUTPUT: genre_weight},
         )
 
-    def _targets(self, data: SplitData, training: bool) -> Any:
-        """What each output is fitted to: genre labels, and co-watch vectors for the audience."""
-        labels = data.training_set("trunk")[1] if training else data.labels
-        if self.config.uses_audience:
-            targets = data.training_targets() if training else data.targets
-            return {EMBEDDING_OUTPUT: targets, LOGITS_OUTPUT: labels}
-        return {EMBEDDING_OUTPUT: labels, LOGITS_OUTPUT: labels}
+    def _targets(self, data: SplitData, losses: dict, training: str | None = None) -> dict:
+        """What each output with a loss is fitted to: the genre labels, or for the embedding
+        the co-watch vectors (audience) or the labels (triplet). ``training``: the cached
+        inputs trained on, whose flipped copies repeat the targets."""
+        labels = data.training_set(training)[1] if training else data.labels
+        cowatch = data.training_targets(training) if training else data.targets
+        embedding = cowatch if self.config.uses_audience else labels
+        every = {EMBEDDING_OUTPUT: embedding, LOGITS_OUTPUT: labels}
+        return {name: every[name] for name in losses}
 
     def extract(
         self,
@@ -474,22 +476,17 @@ class PosterTrainer:
             return
         model = self._warmup_model(train.pooled.shape[1])
         losses, weights = self._losses(train.labels, metric=False)
-        if not self.config.uses_audience:
-            losses, weights = losses[LOGITS_OUTPUT], None
         model.compile(
             optimizer=keras.optimizers.Adam(self.config.learning_rate),
             loss=losses,
             loss_weights=weights,
         )
-        inputs, labels = train.training_set("pooled")
-        targets, val_targets = labels, validation.labels
-        if self.config.uses_audience:
-            targets, val_targets = self._targets(train, True), self._targets(validation, False)
+        inputs, _ = train.training_set("pooled")
         keras.utils.set_random_seed(self.config.seed)
         history = model.fit(
             inputs,
-            targets,
-            validation_data=(validation.pooled, val_targets),
+            self._targets(train, losses, "pooled"),
+            validation_data=(validation.pooled, self._targets(validation, losses)),
             batch_size=self.config.batch_size,
             epochs=epochs,
             shuffle=True,
@@ -504,8 +501,9 @@ class PosterTrainer:
         per_stage = epochs_per_stage(config.metric_epochs, len(self.tail_blocks))
         stages = len(per_stage)
         inputs, _ = train.training_set("trunk")
-        targets, val_targets = self._targets(train, True), self._targets(validation, False)
         losses, weights = self._losses(train.labels, metric=True)
+        targets = self._targets(train, losses, "trunk")
+        val_targets = self._targets(validation, losses)
         self.history["metric"] = []
         for stage, epochs in enumerate(per_stage, start=1):
             if not epochs:

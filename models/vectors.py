@@ -43,6 +43,18 @@ def model_versions(root: str) -> list[str]:
     return sorted({p.replace("\\", "/").split("/")[-suffix_parts - 1] for p in paths})
 
 
+def vector_dim(path_glob: str) -> int:
+    """The vector length of a vector table, from the first row of its first file."""
+    from apache_beam.io.filesystems import FileSystems
+
+    paths = sorted(m.path for r in FileSystems.match([path_glob]) for m in r.metadata_list)
+    if not paths:
+        raise FileNotFoundError(f"no vector files match {path_glob}")
+    with FileSystems.open(paths[0]) as handle:
+        column = pq.read_table(pa.BufferReader(handle.read()), columns=[EmbeddingRow.c.dim])
+    return int(column.column(0)[0].as_py())
+
+
 def read_vector_table(path_glob: str) -> VectorTable:
     """All vectors matching ``path_glob`` (local or gs://) as arrays; one model version only."""
     from apache_beam.io.filesystems import FileSystems

@@ -22,6 +22,7 @@ lose every watch before anything is computed, for a model that is evaluated on t
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import logging
@@ -35,7 +36,6 @@ from models.cold_start import Holdout
 from models.scoring import SOURCE_COWATCH
 from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
-from pipelines.common import log_counters
 from pipelines.common import make_pipeline
 from pipelines.common import parse_options
 from pipelines.neighbors import NeighborsOptions
@@ -91,7 +91,7 @@ def holdout_of(options: PipelineOptions) -> Holdout:
 
 
 def snapshot_history(options: PipelineOptions, uri: str, layout: OutputLayout, test_pipeline=None):
-    """Read the history with Beam; write valid events (Parquet) and dead letters; return counts."""
+    """Read the history with Beam; write the valid events (Parquet) and the dead letters."""
     pipeline = make_pipeline(options, test_pipeline)
     history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(uri, layout.run_id)
     _ = history.events | "WriteSnapshot" >> WriteShards(
@@ -102,9 +102,7 @@ def snapshot_history(options: PipelineOptions, uri: str, layout: OutputLayout, t
         layout.table_prefix(DeadLetter.TABLE), ".parquet", 1, parquet_encoder(DeadLetter),
         lambda d: (d.line_number or 0, d.input_row),
     )  # fmt: skip
-    result = pipeline.run()
-    result.wait_until_finish()
-    return result
+    pipeline.run().wait_until_finish()
 
 
 def vector_rows(ids, vectors, version: str, digest: str, when: datetime.datetime):
@@ -161,21 +159,11 @@ def compute_and_write(
         "films_with_neighbors": sum(1 for v in lists.values() if v),
         "hidden_films": sorted(hidden),
         "holdout": holdout.describe(),
-        "config": {"dim": config.dim, "min_watches": config.min_watches,
-                   "neighbors_k": config.neighbors_k},
+        "config": dataclasses.asdict(config),
         "as_of": latest.isoformat(),
     }  # fmt: skip
     write_bytes(FileSystems.join(folder, REPORT_FILE), json.dumps(report, indent=2).encode())
     return report
-
-
-def read_cowatch_neighbors(root: str, version: str) -> dict[int, list[tuple[int, float]]]:
-    """The co-watch neighbour lists a co-watch run wrote (best first)."""
-    pattern = FileSystems.join(root, version, NEIGHBORS_TABLE, "*.parquet")
-    lists: dict[int, list[tuple[int, int, float]]] = {}
-    for row in read_parquet_records(pattern, NeighborRow):
-        lists.setdefault(row.movie_id, []).append((row.rank, row.neighbor_id, row.score))
-    return {m: [(nid, s) for _, nid, s in sorted(v)] for m, v in lists.items()}
 
 
 def run(argv=None, test_pipeline=None) -> dict:
@@ -192,13 +180,16 @@ def run(argv=None, test_pipeline=None) -> dict:
     )  # fmt: skip
     holdout = holdout_of(options)
     layout = OutputLayout.next_run(FileSystems.join(root, RUNS_FOLDER))
-    result = snapshot_history(options, uri, layout, test_pipeline)
+    snapshot_history(options, uri, layout, test_pipeline)
     if options.view_as(TestOptions).dry_run:
         return {}
-    counters = log_counters(result, "cowatch")
     events = read_parquet_records(layout.table_glob(HISTORY_TABLE, ".parquet"), WatchEvent)
+    dead = read_parquet_records(layout.table_glob(DeadLetter.TABLE, ".parquet"), DeadLetter)
     report = compute_and_write(events, root, config, holdout)
-    report.update(run_id=layout.run_id, watch_history=uri, counters=counters)
+    report.update(run_id=layout.run_id, watch_history=uri, dead_lettered=len(dead))
+    if dead:
+        _LOG.warning("%d watch-history rows could not be read: %s", len(dead),
+                     layout.table_glob(DeadLetter.TABLE, ".parquet"))  # fmt: skip
     _LOG.info(
         "co-watch %s: %d films with vectors from %d events of %d users",
         report["model_version"], report["films_with_vector"], report["events_used"],

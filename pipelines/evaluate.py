@@ -25,6 +25,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from models import candidate_eval as ev
 from models import offline_eval
 from models.scoring import CandidateConfig
+from models.vectors import read_vector_table
+from models.vectors import vectors_glob
 from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
 from pipelines.common import parse_options
@@ -84,9 +86,6 @@ def label_of(version: str) -> str:
 
 
 def _vectors(root: str, version: str):
-    from models.vectors import read_vector_table
-    from models.vectors import vectors_glob
-
     table = read_vector_table(vectors_glob(root, version))
     return table.ids, table.vectors
 

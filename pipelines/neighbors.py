@@ -23,6 +23,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from models.scoring import CandidateConfig
 from pipelines.common import CommonOptions
 from pipelines.common import configure_logging
 from pipelines.common import log_counters
@@ -37,7 +38,6 @@ from schemas import DeadLetter
 from schemas import NeighborRow
 from schemas import PosterRecord
 from transforms.candidates import BuildCandidates
-from transforms.candidates import CandidateConfig
 from transforms.candidates import ReadWatchHistory
 from transforms.manifest import write_json_report
 from transforms.neighbors import SIMILARITIES
@@ -45,6 +45,7 @@ from transforms.neighbors import FindNeighbors
 from transforms.neighbors import MergeNeighbors
 from transforms.neighbors import NeighborConfig
 from transforms.neighbors import neighbor_rows
+from transforms.neighbors import read_lists
 from transforms.sinks import WriteShards
 from transforms.sinks import parquet_encoder
 from transforms.sinks import read_tfrecord_records
@@ -149,17 +150,6 @@ def load_blend(value: str):
     return Blend.from_json(text)
 
 
-def cowatch_lists(path_glob: str):
-    """(movie id, [(neighbour id, score), ...]) of a co-watch neighbour table."""
-    from transforms.sinks import read_parquet_records
-
-    lists: dict[int, list] = {}
-    for row in read_parquet_records(path_glob, NeighborRow):
-        lists.setdefault(row.movie_id, []).append((row.rank, row.neighbor_id, row.score))
-    for movie_id in sorted(lists):
-        yield movie_id, [(nid, score) for _, nid, score in sorted(lists[movie_id])]
-
-
 def audience_query(joined: tuple[int, dict]):
     """The vector a film searches the poster index with: its co-watch vector when it has one
     (the posters predicted to have its audience), else its own poster vector."""
@@ -171,11 +161,11 @@ def audience_query(joined: tuple[int, dict]):
 
 def _same_space(root: str, version: str, cowatch_version: str) -> bool:
     """Whether the poster model embeds into the co-watch space (same length: an audience model)."""
-    from models.vectors import read_vector_table
+    from models.vectors import vector_dim
     from models.vectors import vectors_glob
 
-    poster = read_vector_table(vectors_glob(root, version)).dim
-    cowatch = read_vector_table(vectors_glob(root, cowatch_version)).dim
+    poster = vector_dim(vectors_glob(root, version))
+    cowatch = vector_dim(vectors_glob(root, cowatch_version))
     if poster != cowatch:
         _LOG.info("poster vectors (%d) are not in the co-watch space (%d): films search the "
                   "posters with their own poster", poster, cowatch)  # fmt: skip
@@ -246,7 +236,7 @@ def run(argv=None, test_pipeline=None) -> dict:
         cowatch = (
             pipeline
             | "CowatchGlob" >> beam.Create([pattern])
-            | "ReadCowatch" >> beam.FlatMap(cowatch_lists)
+            | "ReadCowatch" >> beam.FlatMap(read_lists)
         )
         lists = (cowatch, lists) | "Hybrid" >> MergeNeighbors(
             blend.poster_weight, blend.similarity, opts.neighbors_k

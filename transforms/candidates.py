@@ -23,8 +23,6 @@ import apache_beam as beam
 from models.scoring import CandidateConfig
 from models.scoring import Popularity
 from models.scoring import rank_candidates
-from models.scoring import rating_weight
-from models.scoring import recency_weight
 from models.scoring import reference_time
 from schemas import CandidateRow
 from schemas import DeadLetter
@@ -34,8 +32,6 @@ NO_VECTOR = "no_vector"
 DEAD_LETTER = "dead_letter"
 RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
 POPULARITY = "popularity"
-# Re-exported: the scoring lives in models.scoring.
-_REEXPORTED = (rating_weight, recency_weight)
 
 
 def parse_ratings_csv(text: str, run_id: str) -> Iterator[WatchEvent | DeadLetter]:

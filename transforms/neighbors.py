@@ -17,12 +17,14 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 
+from models.scoring import SIMILARITIES
 from models.scoring import SOURCE_POSTER
 from models.scoring import merge_neighbors
 from models.scoring import poster_similarity
+from models.scoring import similarity_scores
 from schemas import NeighborRow
+from transforms.sinks import read_parquet_records
 
-SIMILARITIES = ("cosine", "dot", "l2")
 PUBLISHED_K = 10
 
 
@@ -42,16 +44,6 @@ class NeighborConfig:
             raise ValueError(f"--similarity must be one of {SIMILARITIES}, not {self.similarity!r}")
         if self.k < PUBLISHED_K:
             raise ValueError(f"--neighbors_k must be at least {PUBLISHED_K}")
-
-
-def similarity_scores(dot: np.ndarray, similarity: str) -> np.ndarray:
-    """Index scores (dot products of unit vectors) as the chosen similarity, higher is closer.
-
-    cosine and dot are the same on L2-normalised vectors; l2 is the negated Euclidean distance.
-    """
-    if similarity == "l2":
-        return -np.sqrt(np.maximum(0.0, 2.0 - 2.0 * dot))
-    return dot
 
 
 def rank_neighbors(
@@ -193,3 +185,12 @@ class MergeNeighbors(beam.PTransform):
             | "JoinLists" >> beam.CoGroupByKey()
             | "Merge" >> beam.ParDo(_MergeFn(*self._args))
         )
+
+
+def read_lists(path_glob: str) -> Iterator[tuple[int, list[tuple[int, float]]]]:
+    """(movie id, [(neighbour id, score), ...] best first) of a neighbour table's Parquet files."""
+    lists: dict[int, list[tuple[int, int, float]]] = {}
+    for row in read_parquet_records(path_glob, NeighborRow):
+        lists.setdefault(row.movie_id, []).append((row.rank, row.neighbor_id, row.score))
+    for movie_id in sorted(lists):
+        yield movie_id, [(nid, score) for _, nid, score in sorted(lists[movie_id])]

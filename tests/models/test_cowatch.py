@@ -11,7 +11,9 @@ from models import cowatch
 from models.cold_start import Holdout
 from models.cold_start import cold_split
 from pipelines import cowatch as cowatch_stage
+from schemas import EmbeddingRow
 from schemas import WatchEvent
+from transforms.neighbors import read_lists
 from transforms.sinks import read_parquet_records
 
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -92,12 +94,25 @@ def test_cold_split_never_lets_a_hidden_watch_into_training(tmp_path):
     assert report["events_used"] == len(split.visible)
     version = report["model_version"]
     pattern = f"{tmp_path}/{version}/embeddings/*/*.parquet"
-    vectors = read_parquet_records(pattern, cowatch_stage.EmbeddingRow)
+    vectors = read_parquet_records(pattern, EmbeddingRow)
     assert vectors and not {v.movie_id for v in vectors} & hidden
-    lists = cowatch_stage.read_cowatch_neighbors(str(tmp_path), version)
+    lists = dict(read_lists(f"{tmp_path}/{version}/{cowatch_stage.NEIGHBORS_TABLE}/*.parquet"))
     assert lists and not any(n in hidden for v in lists.values() for n, _ in v)
     assert not set(lists) & hidden
     again = cowatch_stage.compute_and_write(
         events, str(tmp_path), cowatch.CowatchConfig(dim=4), Holdout(0.0)
     )
     assert again["model_version"] != version
+
+
+def test_the_stage_dead_letters_bad_history_rows_and_counts_them(tmp_path):
+    lines = ["userId,movieId,rating,timestamp"]
+    lines += [f"{e.user_id},{e.movie_id},{e.rating},{int(e.watched_at.timestamp())}"
+              for e in two_audiences()]  # fmt: skip
+    lines.append("7,not-a-film,4.0,1700000000")
+    history = tmp_path / "ratings.csv"
+    history.write_text("\n".join(lines) + "\n")
+    report = cowatch_stage.run([f"--watch_history={history}", f"--output={tmp_path / 'v'}",
+                                "--cowatch_dim=4"])  # fmt: skip
+    assert report["dead_lettered"] == 1
+    assert report["events"] == len(lines) - 2 and report["films_with_vector"] == 20

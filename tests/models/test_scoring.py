@@ -96,12 +96,12 @@ def test_blend_json_round_trip_and_unknown_settings():
     blend = blend_lib.Blend(poster_weight=0.3, popularity_weight=0.05, recency_events=20.0)
     assert blend_lib.Blend.from_json(blend.to_json()) == blend
     assert blend_lib.Blend.from_json('{"blend": ' + blend.to_json() + "}") == blend
-    try:
+    with pytest.raises(ValueError, match="unknown blend settings"):
         blend_lib.Blend.from_json('{"weight": 1}')
-    except ValueError as exc:
-        assert "unknown blend settings" in str(exc)
-    else:
-        raise AssertionError("an unknown setting must be refused")
+    with pytest.raises(ValueError, match="similarity"):
+        blend_lib.Blend.from_json('{"similarity": "manhattan"}')
+    with pytest.raises(ValueError, match=">= 0"):
+        blend_lib.Blend(popularity_weight=-1.0)
 
 
 def test_paired_bootstrap_interval_covers_the_difference():

@@ -7,15 +7,15 @@ import datetime
 import numpy as np
 import pytest
 
+from models.scoring import CandidateConfig
+from models.scoring import rank_candidates
+from models.scoring import recency_weight
+from models.scoring import reference_time
+from models.scoring import similarity_scores
 from schemas import DeadLetter
 from schemas import WatchEvent
-from transforms.candidates import CandidateConfig
 from transforms.candidates import parse_ratings_csv
-from transforms.candidates import rank_candidates
-from transforms.candidates import recency_weight
-from transforms.candidates import reference_time
 from transforms.neighbors import rank_neighbors
-from transforms.neighbors import similarity_scores
 
 UTC = datetime.UTC
 REF = datetime.datetime(2024, 1, 1, tzinfo=UTC)
