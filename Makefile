@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test venv benchmarks
+.PHONY: demo test venv benchmarks bench-peers
 
 venv: $(STAMP)
 
@@ -27,3 +27,15 @@ benchmarks: $(STAMP)
 	$(PY) -m benchmarks.scrape_throughput
 	$(PY) -m benchmarks.hash_grouping
 	$(PY) -m benchmarks.candidates_real
+
+# Peer benchmark env: img2dataset (+ imagehash) in its own .venv-bench, never in .venv.
+BENCH_VENV := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+
+bench-peers: $(BENCH_STAMP)
+
+$(BENCH_STAMP): benchmarks/requirements-peers.txt
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r benchmarks/requirements-peers.txt
+	$(BENCH_VENV)/bin/python -m pip check
+	touch $(BENCH_STAMP)

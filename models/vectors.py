@@ -85,3 +85,25 @@ def read_vector_table(path_glob: str) -> VectorTable:
     return VectorTable(
         ids=ids[keep].astype(np.int64), vectors=vectors[keep], model_version=versions[0]
     )
+
+
+def shared_poster_groups(path_glob: str) -> dict[int, int]:
+    """movie id -> poster_of, for the films of a vector table that share a poster with another.
+
+    Films missing from the answer have a poster of their own. Read from two columns only.
+    """
+    from apache_beam.io.filesystems import FileSystems
+
+    c = EmbeddingRow.c
+    poster_of: dict[int, int] = {}
+    for result in FileSystems.match([path_glob]):
+        for path in sorted(m.path for m in result.metadata_list):
+            with FileSystems.open(path) as handle:
+                data = pa.BufferReader(handle.read())
+            table = pq.read_table(data, columns=[c.movie_id, c.poster_of])
+            ids = table.column(c.movie_id).to_pylist()
+            poster_of.update(zip(ids, table.column(c.poster_of).to_pylist(), strict=True))
+    sizes: dict[int, int] = {}
+    for group in poster_of.values():
+        sizes[group] = sizes.get(group, 0) + 1
+    return {m: g for m, g in poster_of.items() if sizes[g] > 1}

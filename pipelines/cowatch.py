@@ -110,7 +110,7 @@ def vector_rows(ids, vectors, version: str, digest: str, when: datetime.datetime
     for movie_id, vector in zip(ids.tolist(), vectors, strict=True):
         yield EmbeddingRow(
             movie_id=int(movie_id), dim=int(vectors.shape[1]), model_name=cowatch.MODEL_NAME,
-            model_version=version, content_sha256=digest, embedded_at=when,
+            model_version=version, content_sha256=digest, poster_of=int(movie_id), embedded_at=when,
             embedding=tuple(float(v) for v in vector),
         )  # fmt: skip
 

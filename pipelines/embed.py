@@ -33,11 +33,13 @@ from pipelines.common import main
 from pipelines.common import make_pipeline
 from pipelines.common import parse_options
 from schemas import DeadLetter
+from schemas import DuplicateRecord
 from schemas import EmbeddingRow
 from schemas import PosterRecord
 from transforms import manifest
 from transforms.embed import EmbedConfig
 from transforms.embed import EmbedPosters
+from transforms.embed import ShareCanonicalVectors
 from transforms.manifest import OutputLayout
 from transforms.manifest import WriteRunManifest
 from transforms.manifest import read_manifest
@@ -59,6 +61,13 @@ class EmbedOptions(PipelineOptions):
         group.add_argument(
             "--posters",
             help="Poster TFRecords: a glob, or the --output root of the scrape stage.",
+        )
+        group.add_argument(
+            "--duplicates",
+            default=None,
+            help="The scrape stage's duplicates tables (a glob): films whose poster duplicates "
+            "another film's get that film's vector. Default: found beside --posters when it is "
+            "a scrape output root; none when --posters is a glob.",
         )
         group.add_argument(
             "--model",
@@ -94,6 +103,16 @@ def posters_glob(posters: str) -> str:
     if any(ch in posters for ch in "*?[") or posters.endswith(".tfrecord"):
         return posters
     return FileSystems.join(posters, PosterRecord.TABLE, "*", f"{PosterRecord.TABLE}-*.tfrecord")
+
+
+def duplicates_glob(posters: str, duplicates: str | None) -> str | None:
+    """The DuplicateRecord glob: as given, else beside a scrape output root, else None."""
+    if duplicates:
+        return duplicates
+    if posters_glob(posters) == posters:
+        return None
+    table = DuplicateRecord.TABLE
+    return FileSystems.join(posters, table, "*", f"{table}-*.parquet")
 
 
 def stage_model(model: str, weights: str | None, output: str) -> tuple[EmbedConfig, OutputLayout]:
@@ -151,10 +170,13 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         | "PosterGlob" >> beam.Create([pattern])
         | "ReadPosters" >> beam.FlatMap(read_tfrecord_records, PosterRecord)
     )
-    embedded = (
+    existing = (
         pipeline
         | "ExistingGlobs" >> beam.Create(existing_globs)
         | "ReadExisting" >> beam.FlatMap(read_parquet_records, EmbeddingRow)
+    )
+    embedded = (
+        existing
         | "ExistingKeys" >> beam.Map(lambda r: (r.movie_id, r.content_sha256))
         | "ExistingKeySet" >> beam.combiners.ToSet()
     )
@@ -164,7 +186,26 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         done=beam.pvalue.AsSingleton(embedded),
     )
     todo, present = split[0], split[1]
-    rows, dead = todo | "Embed" >> EmbedPosters(config)
+    own_rows, own_dead = todo | "Embed" >> EmbedPosters(config)
+    dups_glob = duplicates_glob(opts.posters, opts.duplicates)
+    duplicates = (
+        pipeline
+        | "DuplicateGlobs" >> beam.Create([dups_glob] if dups_glob else [])
+        | "ReadDuplicates" >> beam.FlatMap(read_parquet_records, DuplicateRecord)
+    )
+    shared = (
+        (own_rows, existing) | "AllVectors" >> beam.Flatten(),
+        duplicates,
+    ) | "ShareVectors" >> ShareCanonicalVectors(layout.run_id)
+    shared_split = shared.rows | "SkipShared" >> beam.Partition(
+        lambda r, n, done: int((r.movie_id, r.content_sha256) in done),
+        2,
+        done=beam.pvalue.AsSingleton(embedded),
+    )
+    rows = (own_rows, shared_split[0]) | "AllRows" >> beam.Flatten()
+    dead = (own_dead, shared.dead_letter) | "AllDead" >> beam.Flatten()
+    inputs = (posters, shared.rows, shared.dead_letter) | "AllInputs" >> beam.Flatten()
+    present = (present, shared_split[1]) | "AllPresent" >> beam.Flatten()
     written = rows | "WriteVectors" >> WriteShards(
         layout.table_prefix(EmbeddingRow.TABLE),
         ".parquet",
@@ -181,7 +222,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     )
     files = (written, written_dead) | "AllFiles" >> beam.Flatten()
     counts = {
-        "input_rows": manifest.count(posters, "CountPosters"),
+        "input_rows": manifest.count(inputs, "CountInputs"),
+        "vectors_shared": manifest.count(shared.rows, "CountShared"),
         "written": manifest.count(rows, "CountVectors"),
         "duplicates": manifest.count(pipeline | "NoDuplicates" >> beam.Create([]), "CountDups"),
         "dead_lettered": manifest.count(dead, "CountDead"),

@@ -44,6 +44,7 @@ from transforms.neighbors import SIMILARITIES
 from transforms.neighbors import FindNeighbors
 from transforms.neighbors import MergeNeighbors
 from transforms.neighbors import NeighborConfig
+from transforms.neighbors import drop_shared_posters
 from transforms.neighbors import neighbor_rows
 from transforms.neighbors import read_lists
 from transforms.sinks import WriteShards
@@ -174,6 +175,7 @@ def _same_space(root: str, version: str, cowatch_version: str) -> bool:
 
 def run(argv=None, test_pipeline=None) -> dict:
     """Build the neighbour (and candidate) tables for one run date; returns the run report."""
+    from models.vectors import shared_poster_groups
     from models.vectors import vectors_glob
 
     options = parse_options(argv, NeighborsOptions, __doc__.splitlines()[0])
@@ -191,10 +193,11 @@ def run(argv=None, test_pipeline=None) -> dict:
     blend = load_blend(opts.blend) if opts.blend else None
     if opts.cowatch_version and blend is None:
         raise ValueError("--cowatch_version needs --blend (python -m pipelines.evaluate tunes it)")
+    shared_posters = shared_poster_groups(vectors_glob(index_opts.vectors, version))
     config = NeighborConfig(
         index_uri=index_uri, k=opts.neighbors_k,
         similarity="cosine" if opts.cowatch_version else opts.similarity,
-        same_genre=opts.same_genre,
+        same_genre=opts.same_genre, shared_posters=shared_posters,
     )  # fmt: skip
     posters = options.view_as(EmbedOptions).posters
     if opts.same_genre and not posters:
@@ -241,6 +244,8 @@ def run(argv=None, test_pipeline=None) -> dict:
         lists = (cowatch, lists) | "Hybrid" >> MergeNeighbors(
             blend.poster_weight, blend.similarity, opts.neighbors_k
         )
+        if shared_posters:
+            lists = lists | "DropSharedPosters" >> beam.Map(drop_shared_posters, shared_posters)
     _ = (
         lists
         | "NeighborRows" >> beam.FlatMap(neighbor_rows, version, run_date)

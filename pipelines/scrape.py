@@ -37,6 +37,7 @@ from transforms.fetch import ResolveConfig
 from transforms.http import DEFAULT_ALLOWED_HOSTS
 from transforms.http import DEFAULT_USER_AGENT
 from transforms.http import FetchPolicy
+from transforms.image_match import DEFAULT_MIN_CONFIRMATION
 from transforms.manifest import OutputLayout
 from transforms.manifest import WriteRunManifest
 from transforms.manifest import read_manifest
@@ -170,7 +171,15 @@ class ScrapeOptions(PipelineOptions):
             "--near_duplicate_threshold",
             type=int,
             default=DEFAULT_NEAR_DUPLICATE_THRESHOLD,
-            help="Max Hamming distance of 64-bit perceptual hashes for near duplicates.",
+            help="Max Hamming distance of 64-bit perceptual hashes for a near-duplicate "
+            "candidate pair (the first of two checks).",
+        )
+        group.add_argument(
+            "--near_duplicate_min_confirmation",
+            type=float,
+            default=DEFAULT_MIN_CONFIRMATION,
+            help="Second check: a candidate pair is merged only when the posters' aligned "
+            "thumbnails correlate at least this much (0..1).",
         )
 
 
@@ -231,6 +240,7 @@ def build_config(options: ScrapeOptions, common: CommonOptions) -> ScrapeConfig:
         ),
         concurrency=options.fetch_concurrency,
         near_duplicate_threshold=options.near_duplicate_threshold,
+        min_confirmation=options.near_duplicate_min_confirmation,
         num_shards=common.num_shards,
         existing_runs=tuple(OutputLayout.completed_runs(common.output)),
     )

@@ -67,6 +67,11 @@ class EmbeddingRow(Record):
     model_name: str = column(Kind.STRING, "Backbone or trained model name")
     model_version: str = column(Kind.STRING, "Digest of backbone, weights and preprocessing")
     content_sha256: str = column(Kind.STRING, "SHA-256 of the poster bytes that were embedded")
+    poster_of: int = column(
+        Kind.INT64,
+        "Film whose poster was embedded: movie_id itself, or the canonical film when this film's "
+        "poster duplicates it (films sharing a poster are never each other's neighbours)",
+    )
     embedded_at: datetime.datetime = column(Kind.TIMESTAMP, "When the vector was computed (UTC)")
     embedding: tuple[float, ...] = column(
         Kind.FLOAT32, "L2-normalised vector", repeated=True, fixed_size=True
@@ -139,7 +144,11 @@ class DeadLetter(Record):
 
 @dataclasses.dataclass(frozen=True)
 class DuplicateRecord(Record):
-    """A poster dropped as a duplicate of a canonical one."""
+    """A catalog row whose poster was not stored again: it is another row's (the canonical's).
+
+    The film is not lost: for kinds ``exact`` and ``near`` it shares the canonical film's poster
+    and vector (``EmbeddingRow.poster_of``); ``film_id`` rows are the same film listed twice.
+    """
 
     TABLE = "duplicates"
 
@@ -154,6 +163,11 @@ class DuplicateRecord(Record):
         Kind.STRING, "SHA-256 of the canonical bytes", nullable=True
     )
     source_url: str | None = column(Kind.STRING, "URL of the dropped poster", nullable=True)
+    confirmation: float | None = column(
+        Kind.FLOAT64,
+        "Near only: correlation of the two posters' aligned thumbnails (the second check)",
+        nullable=True,
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -648,3 +648,41 @@ def decompression_bomb_png(width: int = 60000, height: int = 60000) -> bytes:
         + _png_chunk(b"IDAT", zlib.compress(rows, 9))
         + _png_chunk(b"IEND", b"")
     )
+
+
+def _crop_edges(img: Image.Image, fraction: float) -> Image.Image:
+    dx, dy = round(img.width * fraction), round(img.height * fraction)
+    return img.crop((dx, dy, img.width - dx, img.height - dy))
+
+
+def _resize(img: Image.Image, factor: float) -> Image.Image:
+    size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
+    return img.resize(size, Image.Resampling.LANCZOS)
+
+
+def _brighten(img: Image.Image, factor: float) -> Image.Image:
+    from PIL import ImageEnhance
+
+    return ImageEnhance.Brightness(img).enhance(factor)
+
+
+# The copies a near-duplicate step must still join to their original: 3% cropped off every edge,
+# resized to 60%, saved at JPEG quality 55, brightened 12%, and all four together.
+COPY_TRANSFORMS = ("crop3", "resize60", "jpeg55", "bright12", "all4")
+
+
+def edited_copy(jpeg_bytes: bytes, transform: str) -> bytes:
+    """A copy of a poster after one of :data:`COPY_TRANSFORMS` (deterministic)."""
+    with Image.open(io.BytesIO(jpeg_bytes)) as src:
+        img = src.convert("RGB")
+    if transform == "crop3":
+        return encode_jpeg(_crop_edges(img, 0.03))
+    if transform == "resize60":
+        return encode_jpeg(_resize(img, 0.6))
+    if transform == "jpeg55":
+        return encode_jpeg(img, quality=55)
+    if transform == "bright12":
+        return encode_jpeg(_brighten(img, 1.12))
+    if transform == "all4":
+        return encode_jpeg(_brighten(_resize(_crop_edges(img, 0.03), 0.6), 1.12), quality=55)
+    raise ValueError(f"transform must be one of {COPY_TRANSFORMS}, not {transform!r}")

@@ -2,15 +2,24 @@
 
 Decisions are made once, globally, on small keys (ids and hashes, never image bytes), then
 applied to the full elements through a side input. Every dropped element becomes a
-:class:`schemas.DuplicateRecord` naming its canonical element, the kind and the distance.
+:class:`schemas.DuplicateRecord` naming its canonical element, the kind and the evidence.
+
+A near duplicate needs two independent pieces of evidence: the 64-bit perceptual hashes within
+the threshold, and then, checked in parallel for those candidate pairs only, the aligned
+thumbnails correlating at least ``min_confirmation`` (:mod:`transforms.image_match`). Only the
+posters of candidate pairs are thumbnailed, and their thumbnails travel with the pairs, never to
+one place.
 
 Canonical rule (deterministic): a poster already written by an earlier run wins; then the poster
-with the most original pixels; then the lowest catalog line.
+with the most original pixels; then the lowest catalog line. A dropped poster's film is not lost:
+its duplicates row names the canonical film, whose poster (and, in the embed stage, vector) the
+film shares.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Iterable
 from collections.abc import Iterator
 
@@ -21,12 +30,16 @@ from schemas import CatalogEntry
 from schemas import DuplicateRecord
 from schemas import PosterRecord
 from transforms.fetch import FetchedPoster
+from transforms.image_match import DEFAULT_MIN_CONFIRMATION
+from transforms.image_match import confirmation_score
+from transforms.image_match import signature
 from transforms.images import phash_from_hex
 from transforms.images import phash_hex
-from transforms.phash_index import group_near_duplicates
+from transforms.phash_index import candidate_pairs
 
 DUPLICATES = "duplicates"
 FILM_ID, EXACT, NEAR = "film_id", "exact", "near"
+POSTER_KINDS = (EXACT, NEAR)
 
 
 # ---------------------------------------------------------------------------- by film id
@@ -113,18 +126,42 @@ class ImageKey:
 
 @dataclasses.dataclass(frozen=True)
 class Decision:
-    """Why one poster is dropped: its canonical poster, the kind and the distance."""
+    """Why one poster is dropped: its canonical poster, the kind and the evidence."""
 
     canonical_movie_id: int
     canonical_content_sha256: str
     kind: str
     distance: int
+    confirmation: float | None = None
 
 
-def plan_image_duplicates(keys: list[ImageKey], threshold: int) -> dict[int, Decision]:
-    """Dropped movie id -> Decision, for exact (same bytes) then near (pHash) duplicates."""
-    ordered = sorted(keys, key=lambda k: (not k.existing, -k.pixels, k.line_number, k.movie_id))
-    decisions: dict[int, Decision] = {}
+@dataclasses.dataclass(frozen=True)
+class HashPlan:
+    """Exact duplicates, decided; and the near-duplicate candidates that still need confirming.
+
+    ``survivors`` (posters left after exact deduplication) are in priority order: the first of a
+    group becomes its canonical. ``pairs`` are (movie id, movie id, hash distance) of survivors
+    within the threshold, at least one of them new (two earlier posters are never merged).
+    """
+
+    exact: dict[int, Decision]
+    survivors: tuple[ImageKey, ...]
+    pairs: tuple[tuple[int, int, int], ...]
+
+    @property
+    def involved(self) -> frozenset[int]:
+        """Movie ids whose thumbnails the confirmation needs."""
+        return frozenset(m for a, b, _ in self.pairs for m in (a, b))
+
+
+def _priority(key: ImageKey) -> tuple:
+    return (not key.existing, -key.pixels, key.line_number, key.movie_id)
+
+
+def plan_hash_candidates(keys: list[ImageKey], threshold: int) -> HashPlan:
+    """Exact duplicates (same bytes) decided, and pHash candidate pairs among the rest."""
+    ordered = sorted(keys, key=_priority)
+    exact: dict[int, Decision] = {}
     by_sha: dict[str, ImageKey] = {}
     survivors: list[ImageKey] = []
     for key in ordered:
@@ -133,20 +170,50 @@ def plan_image_duplicates(keys: list[ImageKey], threshold: int) -> dict[int, Dec
             by_sha[key.content_sha256] = key
             survivors.append(key)
         elif not key.existing:
-            decisions[key.movie_id] = Decision(
-                canonical.movie_id, canonical.content_sha256, EXACT, 0
-            )
+            exact[key.movie_id] = Decision(canonical.movie_id, canonical.content_sha256, EXACT, 0)
+    pairs: list[tuple[int, int, int]] = []
     if len(survivors) > 1:
         hashes = np.array([k.phash for k in survivors], dtype=np.uint64)
-        order = np.arange(len(survivors))  # survivors are already in priority order
-        canonical_index, distance = group_near_duplicates(hashes, order, threshold)
-        for i, key in enumerate(survivors):
-            c = int(canonical_index[i])
-            if c != i and not key.existing:
-                canon = survivors[c]
-                decisions[key.movie_id] = Decision(
-                    canon.movie_id, canon.content_sha256, NEAR, int(distance[i])
-                )
+        first, second, distance = candidate_pairs(hashes, threshold)
+        for i, j, d in zip(first.tolist(), second.tolist(), distance.tolist(), strict=True):
+            a, b = survivors[i], survivors[j]
+            if not (a.existing and b.existing):
+                pairs.append((a.movie_id, b.movie_id, d))
+    return HashPlan(exact, tuple(survivors), tuple(pairs))
+
+
+def plan_image_duplicates(
+    plan: HashPlan,
+    scored: list[tuple[int, int, int, float]],
+    min_confirmation: float = DEFAULT_MIN_CONFIRMATION,
+) -> dict[int, Decision]:
+    """Dropped movie id -> Decision: the exact ones, then near ones confirmed by thumbnails.
+
+    ``scored`` holds (movie id, movie id, hash distance, confirmation score) of the plan's pairs.
+    Leader clustering in priority order: an unassigned poster becomes a canonical and takes every
+    unassigned poster it has a confirmed pair with. So each dropped poster is confirmed against
+    its own canonical (never merely through a chain), and no poster written earlier is dropped.
+    """
+    edges: dict[int, list[tuple[int, int, float]]] = {}
+    for a, b, distance, score in scored:
+        if score >= min_confirmation:
+            edges.setdefault(a, []).append((b, distance, score))
+            edges.setdefault(b, []).append((a, distance, score))
+    decisions = dict(plan.exact)
+    by_id = {k.movie_id: k for k in plan.survivors}
+    assigned: set[int] = set()
+    for key in plan.survivors:
+        if key.movie_id in assigned or key.movie_id not in edges:
+            continue
+        assigned.add(key.movie_id)
+        near = sorted(edges[key.movie_id], key=lambda edge: _priority(by_id[edge[0]]))
+        for other, distance, score in near:
+            if other in assigned or by_id[other].existing:
+                continue
+            assigned.add(other)
+            decisions[other] = Decision(
+                key.movie_id, key.content_sha256, NEAR, distance, round(score, 4)
+            )
     return decisions
 
 
@@ -225,8 +292,117 @@ class _ApplyImageDuplicatesFn(beam.DoFn):
                 content_sha256=poster.image.content_sha256,
                 canonical_content_sha256=decision.canonical_content_sha256,
                 source_url=poster.source_url,
+                confirmation=decision.confirmation,
             ),
         )
+
+
+class _SignatureFn(beam.DoFn):
+    """(movie id, thumbnail signature) of the posters that are in a candidate pair."""
+
+    def process(self, element: tuple[int, bytes], plan: HashPlan) -> Iterator[tuple[int, bytes]]:
+        movie_id, jpeg = element
+        if movie_id in plan.involved:
+            yield movie_id, signature(jpeg)
+
+
+def _first_side(joined: tuple[int, dict]) -> Iterator[tuple[int, tuple[int, int, bytes]]]:
+    """(b, (a, distance, signature of a)) for each pair (a, b, distance) keyed by a."""
+    a, groups = joined
+    for sig in groups["signature"]:
+        for b, distance in groups["pair"]:
+            yield b, (a, distance, sig)
+
+
+class _ScorePairsFn(beam.DoFn):
+    def __init__(self) -> None:
+        self._scored = beam.metrics.Metrics.counter("scrape", "near_candidates_checked")
+
+    def process(self, joined: tuple[int, dict]) -> Iterator[tuple[int, int, int, float]]:
+        b, groups = joined
+        for sig_b in groups["signature"]:
+            for a, distance, sig_a in groups["half"]:
+                self._scored.inc()
+                yield a, b, distance, confirmation_score(sig_a, sig_b)
+
+
+class ConfirmPairs(beam.PTransform):
+    """The plan's candidate pairs, each scored by comparing the two posters' thumbnails.
+
+    Pairs are joined to the thumbnails of both posters by two keyed joins, so scoring runs in
+    parallel and no worker ever holds every thumbnail.
+    """
+
+    def __init__(self, plan: beam.PCollection, existing: beam.PCollection) -> None:
+        super().__init__()
+        self._plan = plan
+        self._existing = existing
+
+    def expand(self, posters: beam.PCollection) -> beam.PCollection:
+        # One signature step after the Flatten: the FnApiRunner (Beam 2.77) leaves bundles
+        # unexecuted when two steps reading the same side input are flattened.
+        signatures = (
+            (
+                posters | "NewJpegs" >> beam.Map(lambda p: (p.entry.movie_id, p.image.jpeg)),
+                self._existing | "OldJpegs" >> beam.Map(lambda r: (r.movie_id, r.image_jpeg)),
+            )
+            | "AllJpegs" >> beam.Flatten()
+            | "Signatures" >> beam.ParDo(_SignatureFn(), beam.pvalue.AsSingleton(self._plan))
+        )
+        pairs = self._plan | "CandidatePairs" >> beam.FlatMap(
+            lambda p: [(a, (b, d)) for a, b, d in p.pairs]
+        )
+        halves = (
+            {"pair": pairs, "signature": signatures}
+            | "JoinFirst" >> beam.CoGroupByKey()
+            | "FirstSide" >> beam.FlatMap(_first_side)
+        )
+        return (
+            {"half": halves, "signature": signatures}
+            | "JoinSecond" >> beam.CoGroupByKey()
+            | "ScorePairs" >> beam.ParDo(_ScorePairsFn())
+        )
+
+
+def duplicate_groups(records: Iterable[DuplicateRecord]) -> list[dict]:
+    """Each canonical film with the films that share its poster, and the evidence of each."""
+    groups: dict[int, list[DuplicateRecord]] = {}
+    for record in records:
+        groups.setdefault(record.canonical_movie_id, []).append(record)
+    return [
+        {
+            "canonical_movie_id": canonical,
+            "films": [
+                {
+                    "movie_id": d.movie_id,
+                    "kind": d.kind,
+                    "hash_distance": d.distance,
+                    "confirmation": d.confirmation,
+                }
+                for d in sorted(members, key=lambda d: (d.movie_id, d.line_number))
+            ],
+        }
+        for canonical, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))
+    ]
+
+
+def rejected_pairs(scored: Iterable[tuple], min_confirmation: float, limit: int = 20) -> list:
+    """The best-scoring candidate pairs the thumbnails did not confirm (kept apart), best first."""
+    rejected = sorted(
+        (-score, a, b, distance) for a, b, distance, score in scored if score < min_confirmation
+    )
+    return [
+        {"movie_ids": [a, b], "hash_distance": distance, "confirmation": round(-negative, 4)}
+        for negative, a, b, distance in rejected[:limit]
+    ]
+
+
+class DedupeOutputs(typing.NamedTuple):
+    """Kept PosterRecords, DuplicateRecords, and every scored near candidate pair."""
+
+    posters: beam.PCollection
+    duplicates: beam.PCollection
+    scored: beam.PCollection
 
 
 class DedupePosters(beam.PTransform):
@@ -234,26 +410,50 @@ class DedupePosters(beam.PTransform):
 
     ``existing`` holds PosterRecords written by earlier runs: they win every tie and are never
     dropped, so a new run only adds posters that are not duplicates of what is already there.
+    The ``scored`` output holds every near candidate pair with its hash distance and confirmation
+    score, merged or not, for the run's evidence.
     """
 
-    def __init__(self, run_id: str, threshold: int, existing: beam.PCollection) -> None:
+    def __init__(
+        self,
+        run_id: str,
+        threshold: int,
+        existing: beam.PCollection,
+        min_confirmation: float = DEFAULT_MIN_CONFIRMATION,
+    ) -> None:
         super().__init__()
         if not 0 <= threshold <= 32:
             raise ValueError("near-duplicate threshold must be between 0 and 32 bits")
+        if not 0.0 < min_confirmation <= 1.0:
+            raise ValueError(
+                f"near-duplicate confirmation must be within (0, 1], got {min_confirmation}"
+            )
         self._run_id = run_id
         self._threshold = threshold
         self._existing = existing
+        self._min_confirmation = min_confirmation
 
-    def expand(self, posters: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        threshold = self._threshold
+    def expand(self, posters: beam.PCollection) -> DedupeOutputs:
         new_keys = posters | "NewImageKeys" >> beam.Map(image_key)
         old_keys = self._existing | "ExistingImageKeys" >> beam.Map(existing_key)
-        decisions = (
+        plan = (
             (new_keys, old_keys)
             | "AllImageKeys" >> beam.Flatten()
             | "CollectImageKeys" >> beam.combiners.ToList()
-            | "PlanImageDuplicates" >> beam.Map(plan_image_duplicates, threshold)
+            | "PlanHashCandidates" >> beam.Map(plan_hash_candidates, self._threshold)
         )
-        return posters | "DropImageDuplicates" >> beam.ParDo(
+        scored = posters | "ConfirmPairs" >> ConfirmPairs(plan, self._existing)
+        decisions = (
+            scored
+            | "CollectScores" >> beam.combiners.ToList()
+            | "PlanImageDuplicates"
+            >> beam.Map(
+                lambda s, p, m: plan_image_duplicates(p, s, m),
+                beam.pvalue.AsSingleton(plan),
+                self._min_confirmation,
+            )
+        )
+        outputs = posters | "DropImageDuplicates" >> beam.ParDo(
             _ApplyImageDuplicatesFn(self._run_id), beam.pvalue.AsSingleton(decisions)
         ).with_outputs(DUPLICATES, main="posters")
+        return DedupeOutputs(outputs.posters, outputs[DUPLICATES], scored)

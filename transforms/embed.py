@@ -28,8 +28,10 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
 from schemas import DeadLetter
+from schemas import DuplicateRecord
 from schemas import EmbeddingRow
 from schemas import PosterRecord
+from transforms.dedupe import POSTER_KINDS
 
 DEAD_LETTER = "dead_letter"
 _LOG = logging.getLogger(__name__)
@@ -176,6 +178,7 @@ class _ToRowFn(beam.DoFn):
             model_name=self._config.model_name,
             model_version=self._config.model_version,
             content_sha256=sha,
+            poster_of=movie_id,
             embedded_at=self._now,
             embedding=tuple(float(v) for v in vector / norm),
         )
@@ -234,3 +237,72 @@ def read_posters(pattern: str) -> beam.PTransform:
         )
 
     return _read()
+
+
+class CanonicalNotEmbedded(ValueError):
+    """A film shares a poster whose film has no vector of this model."""
+
+
+def _latest_duplicate(keyed: tuple[int, Iterable[DuplicateRecord]]) -> tuple[int, DuplicateRecord]:
+    """A film's poster duplicate record of the latest scrape run (a film may be re-fetched)."""
+    movie_id, records = keyed
+    return movie_id, max(records, key=lambda d: (d.run_id, d.line_number))
+
+
+class _ShareFn(beam.DoFn):
+    def __init__(self, run_id: str) -> None:
+        self._run_id = run_id
+        self._shared = beam.metrics.Metrics.counter("embed", "vectors_shared_with_duplicates")
+
+    def process(self, joined: tuple[int, dict]):
+        canonical, groups = joined
+        rows = sorted(groups["vector"], key=lambda r: r.embedded_at)
+        for duplicate in groups["duplicate"]:
+            if not rows:
+                problem = CanonicalNotEmbedded(
+                    f"film {duplicate.movie_id} shares the poster of film {canonical}, "
+                    "which has no vector of this model (see its dead letters)"
+                )
+                key = (duplicate.movie_id, "")
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTER, _dead_letter(self._run_id, "share", key, problem)
+                )
+                continue
+            self._shared.inc()
+            yield dataclasses.replace(rows[-1], movie_id=duplicate.movie_id, poster_of=canonical)
+
+
+class ShareCanonicalVectors(beam.PTransform):
+    """EmbeddingRows for films whose poster duplicates another film's: the canonical's vector.
+
+    Input: ``(vectors, duplicates)``: every EmbeddingRow of the model (new and earlier) and the
+    scrape stage's DuplicateRecords. Films dropped as ``exact`` or ``near`` duplicates get a row
+    with the canonical film's vector and ``poster_of`` naming it, so no film loses its place in
+    the index, the neighbour tables or the candidates. A film whose canonical has no vector is
+    dead-lettered (stage ``share``).
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__()
+        self._run_id = run_id
+
+    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]):
+        vectors, duplicates = inputs
+        by_canonical = (
+            duplicates
+            | "PosterDuplicates" >> beam.Filter(lambda d: d.kind in POSTER_KINDS)
+            | "ByFilm" >> beam.Map(lambda d: (d.movie_id, d))
+            | "GroupByFilm" >> beam.GroupByKey()
+            | "LatestRun" >> beam.Map(_latest_duplicate)
+            | "ByCanonical" >> beam.Map(lambda kv: (kv[1].canonical_movie_id, kv[1]))
+        )
+        own = (
+            vectors
+            | "OwnPosters" >> beam.Filter(lambda r: r.poster_of == r.movie_id)
+            | "ByMovie" >> beam.Map(lambda r: (r.movie_id, r))
+        )
+        return (
+            {"vector": own, "duplicate": by_canonical}
+            | "JoinCanonical" >> beam.CoGroupByKey()
+            | "Share" >> beam.ParDo(_ShareFn(self._run_id)).with_outputs(DEAD_LETTER, main="rows")
+        )

@@ -38,6 +38,7 @@ class NeighborConfig:
     same_genre: bool = False
     overfetch: int = 4
     batch_size: int = 256
+    shared_posters: Mapping[int, int] = dataclasses.field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         if self.similarity not in SIMILARITIES:
@@ -46,19 +47,40 @@ class NeighborConfig:
             raise ValueError(f"--neighbors_k must be at least {PUBLISHED_K}")
 
 
+def largest_group(shared_posters: Mapping[int, int]) -> int:
+    """How many films share the most-shared poster (1 when every film has its own)."""
+    sizes: dict[int, int] = {}
+    for group in shared_posters.values():
+        sizes[group] = sizes.get(group, 0) + 1
+    return max(sizes.values(), default=1)
+
+
+def drop_shared_posters(
+    movie_and_neighbors: tuple[int, list], shared_posters: Mapping[int, int]
+) -> tuple[int, list]:
+    """A film's list without the films that share its poster (they are its own duplicates)."""
+    movie_id, ranked = movie_and_neighbors
+    group = shared_posters.get(movie_id, movie_id)
+    return movie_id, [item for item in ranked if shared_posters.get(item[0], item[0]) != group]
+
+
 def rank_neighbors(
     movie_id: int,
     candidate_ids: Sequence[int],
     scores: Sequence[float],
     k: int,
     genres: Mapping[int, frozenset[str]] | None = None,
+    shared_posters: Mapping[int, int] | None = None,
 ) -> list[tuple[int, float]]:
-    """The film's top-k (neighbour id, score): itself excluded, genre filter, ties by id."""
+    """The film's top-k (neighbour id, score): itself and the films sharing its poster excluded,
+    genre filter, ties by id."""
     own = genres.get(movie_id, frozenset()) if genres is not None else None
+    shared = shared_posters or {}
+    group = shared.get(movie_id, movie_id)
     pairs = []
     for nid, score in zip(candidate_ids, scores, strict=True):
         nid = int(nid)
-        if nid == movie_id or nid < 0:
+        if nid == movie_id or nid < 0 or shared.get(nid, nid) == group:
             continue
         if own is not None and not own & genres.get(nid, frozenset()):
             continue
@@ -82,15 +104,18 @@ class _QueryIndexFn(beam.DoFn):
 
     def process(self, batch: list[tuple[int, np.ndarray]], genres=None) -> Iterator:
         config = self._config
-        fetch = config.k + 1
+        extra = largest_group(config.shared_posters) - 1
+        fetch = min(len(self._index.ids), config.k + 1 + extra)
         if config.same_genre:
-            fetch = min(len(self._index.ids), config.k * config.overfetch + 1)
+            fetch = min(len(self._index.ids), config.k * config.overfetch + 1 + extra)
         ids = [movie_id for movie_id, _ in batch]
         vectors = np.stack([vector for _, vector in batch]).astype(np.float32)
         found, dots = self._index.search(vectors, fetch)
         scores = similarity_scores(dots, config.similarity)
         for movie_id, row_ids, row_scores in zip(ids, found, scores, strict=True):
-            ranked = rank_neighbors(movie_id, row_ids, row_scores, config.k, genres)
+            ranked = rank_neighbors(
+                movie_id, row_ids, row_scores, config.k, genres, config.shared_posters
+            )
             self._films.inc()
             if len(ranked) < config.k:
                 self._short.inc()

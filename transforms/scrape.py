@@ -21,11 +21,15 @@ from transforms.catalog import CatalogFormat
 from transforms.catalog import ReadCatalog
 from transforms.dedupe import DedupeCatalog
 from transforms.dedupe import DedupePosters
+from transforms.dedupe import duplicate_groups
+from transforms.dedupe import rejected_pairs
 from transforms.fetch import FetchPosters
 from transforms.fetch import ImageConfig
 from transforms.fetch import ResolveConfig
 from transforms.http import FetchPolicy
+from transforms.image_match import DEFAULT_MIN_CONFIRMATION
 from transforms.manifest import OutputLayout
+from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from transforms.sinks import WriteShards
 from transforms.sinks import encode_tfrecord_file
 from transforms.sinks import parquet_encoder
@@ -47,7 +51,8 @@ class ScrapeConfig:
     resolve: ResolveConfig
     image: ImageConfig
     concurrency: int = 16
-    near_duplicate_threshold: int = 6
+    near_duplicate_threshold: int = DEFAULT_NEAR_DUPLICATE_THRESHOLD
+    min_confirmation: float = DEFAULT_MIN_CONFIRMATION
     num_shards: int = 4
     existing_runs: tuple[str, ...] = ()
 
@@ -114,11 +119,12 @@ class ScrapePosters(beam.PTransform):
         todo = unique.entries | "SkipExisting" >> beam.ParDo(
             _SkipExistingFn(), beam.pvalue.AsSingleton(existing_ids)
         ).with_outputs("already_present", main="entries")
-        fetched = todo.entries | "FetchPosters" >> FetchPosters(
+        spread = todo.entries | "SpreadFetches" >> beam.Reshuffle()
+        fetched = spread | "FetchPosters" >> FetchPosters(
             config.policy, config.resolve, config.image, run_id, config.concurrency
         )
         deduped = fetched.posters | "DedupePosters" >> DedupePosters(
-            run_id, config.near_duplicate_threshold, existing
+            run_id, config.near_duplicate_threshold, existing, config.min_confirmation
         )
         dead_letter = (
             catalog.dead_letter,
@@ -165,5 +171,12 @@ class ScrapePosters(beam.PTransform):
             "dead_letter_reasons": manifest.dead_letter_reasons(dead_letter, "DeadLetterReasons"),
             "duplicate_kinds": manifest.count_by(duplicates, "DuplicateKinds", lambda d: d.kind),
             "files_written": manifest.count(written_files, "CountFiles"),
+            "near_candidates": manifest.count(deduped.scored, "CountNearCandidates"),
+            "duplicate_groups": duplicates
+            | "CollectDuplicates" >> beam.combiners.ToList()
+            | "DuplicateGroups" >> beam.Map(duplicate_groups),
+            "near_candidates_kept_apart": deduped.scored
+            | "CollectScored" >> beam.combiners.ToList()
+            | "RejectedPairs" >> beam.Map(rejected_pairs, config.min_confirmation),
         }
         return ScrapeOutputs(deduped.posters, dead_letter, duplicates, written_files, counts)

@@ -196,3 +196,45 @@ def test_imagenet_squeezenet_beats_pixels_beats_random_on_real_posters(shared_da
     random = mean_neighbour_genre_jaccard(rng.normal(size=(len(rows), 64)), genres)
     print(f"genre Jaccard@10: squeezenet {squeeze:.4f} pixels {pixels:.4f} random {random:.4f}")
     assert squeeze > pixels > random
+
+
+def test_films_with_duplicate_posters_share_the_canonical_vector(poster_files, tmp_path):
+    """A film whose poster was dropped as a duplicate keeps a row: the canonical's vector."""
+    import shutil
+
+    from schemas import DuplicateRecord
+
+    source, records = poster_files
+    root = tmp_path / "scrape"
+    shutil.copytree(source, root)
+    canonical = sorted(m for m in records if m != CORRUPT_ID)[1]
+
+    def dup(movie_id, of, kind):
+        return DuplicateRecord(run_id="run-0001", movie_id=movie_id, canonical_movie_id=of,
+                               kind=kind, distance=0 if kind != "near" else 6, line_number=movie_id,
+                               confirmation=0.97 if kind == "near" else None)  # fmt: skip
+
+    dups = [dup(5001, canonical, "near"), dup(5002, CORRUPT_ID, "exact"), dup(5003, canonical,
+            "film_id")]  # fmt: skip
+    folder = root / DuplicateRecord.TABLE / "run-0001"
+    folder.mkdir(parents=True)
+    pq.write_table(DuplicateRecord.to_arrow(dups), folder / "duplicates-00000-of-00001.parquet")
+
+    manifest = run_embed(root, tmp_path / "v", "--model=small_cnn")
+    rows = {r.movie_id: r for r in read_vectors(manifest)}
+    assert manifest["accounting_ok"]
+    assert manifest["input_rows"] == N_FILMS + 1 + 2  # posters, then the two poster duplicates
+    assert manifest["counts"]["vectors_shared"] == 1
+    assert rows[5001].embedding == rows[canonical].embedding
+    assert rows[5001].poster_of == canonical and rows[canonical].poster_of == canonical
+    assert rows[5001].content_sha256 == rows[canonical].content_sha256
+    assert 5002 not in rows and 5003 not in rows  # 5003 is the same film listed twice
+    dead = [d for f in sorted((tmp_path / "v").rglob("dead_letter-*.parquet"))
+            for d in DeadLetter.from_arrow(pq.read_table(f))]  # fmt: skip
+    assert {(d.movie_id, d.stage, d.reason) for d in dead} >= {
+        (5002, "share", "CanonicalNotEmbedded")
+    }
+
+    again = run_embed(root, tmp_path / "v", "--model=small_cnn")
+    assert again["accounting_ok"] and again["written"] == 0
+    assert again["already_present"] == N_FILMS + 1

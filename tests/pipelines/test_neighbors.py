@@ -34,12 +34,15 @@ def clustered_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_vectors(root: pathlib.Path, ids, vectors) -> None:
+def write_vectors(root: pathlib.Path, ids, vectors, poster_of=None) -> None:
     folder = root / VERSION / EmbeddingRow.TABLE / "run-0001"
     folder.mkdir(parents=True)
+    poster_of = poster_of or {}
     rows = [
         EmbeddingRow(movie_id=int(m), dim=vectors.shape[1], model_name="test_model",
-                     model_version=VERSION, content_sha256=f"{m:064d}", embedded_at=WHEN,
+                     model_version=VERSION, content_sha256=f"{m:064d}",
+                     poster_of=poster_of.get(int(m), int(m)),
+                     embedded_at=WHEN,
                      embedding=tuple(float(x) for x in v))
         for m, v in zip(ids, vectors, strict=True)
     ]  # fmt: skip
@@ -105,6 +108,31 @@ def test_neighbor_table_matches_exact_search(world):
         true = [float(vectors[i] @ vectors[row_of[n]]) for _, n, _ in got]
         np.testing.assert_allclose(scores, true, atol=1e-5)
         assert scores[-1] >= exact_scores[i][10] - 1e-5  # 10th best other film (0th is itself)
+
+
+def test_films_sharing_a_poster_are_not_each_others_neighbours(tmp_path):
+    """Films whose posters were merged as duplicates carry the same vector; neither is listed
+    as the other's neighbour, and each still gets a full list."""
+    ids = np.arange(1, 61)
+    vectors = clustered_vectors(len(ids), seed=5)
+    vectors[1] = vectors[0]  # film 2 shares film 1's poster
+    vectors[2] = vectors[0]  # and so does film 3
+    write_vectors(tmp_path / "vectors", ids, vectors, poster_of={2: 1, 3: 1})
+    index_stage.run([f"--vectors={tmp_path / 'vectors'}"])
+    neighbors.run(["--run_date=2024-05-17", f"--vectors={tmp_path / 'vectors'}",
+                   f"--output={tmp_path / 'out'}"])  # fmt: skip
+    con = duckdb.connect(str(tmp_path / "out" / "warehouse.duckdb"), read_only=True)
+    rows = con.execute(f"select movie_id, neighbor_id from {NeighborRow.TABLE}").fetchall()
+    con.close()
+    lists: dict[int, list[int]] = {}
+    for movie_id, nid in rows:
+        lists.setdefault(movie_id, []).append(nid)
+    assert set(lists) == set(ids.tolist())
+    assert all(len(found) == 10 for found in lists.values())
+    for film in (1, 2, 3):
+        assert not {1, 2, 3} & set(lists[film]), lists[film]
+    others = [m for m in ids.tolist() if m > 3 and {1, 2, 3} & set(lists[m])]
+    assert any({1, 2, 3} <= set(lists[m]) for m in others)  # still neighbours of other films
 
 
 def test_candidates_exclude_watched_films_and_report_missing_vectors(world):

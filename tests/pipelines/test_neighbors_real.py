@@ -28,7 +28,8 @@ def write_table(root, em, ids, vectors):
     folder.mkdir(parents=True)
     rows = [
         EmbeddingRow(movie_id=int(m), dim=em.dim, model_name=em.name, model_version=em.version,
-                     content_sha256="-", embedded_at=WHEN, embedding=tuple(map(float, v)))
+                     content_sha256="-", poster_of=int(m), embedded_at=WHEN,
+                     embedding=tuple(map(float, v)))
         for m, v in zip(ids, vectors, strict=True)
     ]  # fmt: skip
     pq.write_table(EmbeddingRow.to_arrow(rows, list_size=em.dim), folder / "part.parquet")

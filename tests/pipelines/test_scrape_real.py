@@ -15,6 +15,9 @@ from synthetic.catalog import Film
 from synthetic.catalog import write_plain_csv
 from synthetic.posters import phash64
 from synthetic.web import PosterWeb
+from transforms.image_match import DEFAULT_MIN_CONFIRMATION
+from transforms.image_match import confirmation_score
+from transforms.image_match import signature
 
 SET_B_ID_OFFSET = 10_000_000  # set_b rows get their own ids so only their art can pair them
 
@@ -74,19 +77,23 @@ def test_same_art_across_sets_is_detected_and_distinct_films_are_not_merged(real
     threshold = scrape.DEFAULT_NEAR_DUPLICATE_THRESHOLD
     pairs = {frozenset((d.movie_id, d.canonical_movie_id)) for d in dups}
     b_by_imdb = {f.imdb_id: (f, p) for f, p in both_b}
-    same_art = 0
+    same_art = kept_apart = 0
     for film_a, path_a in both_a:
         film_b, path_b = b_by_imdb[film_a.imdb_id]
         distance = bin(phash64(Image.open(path_a)) ^ phash64(Image.open(path_b))).count("1")
-        if distance <= threshold:
+        score = confirmation_score(signature(path_a.read_bytes()), signature(path_b.read_bytes()))
+        paired = frozenset((film_a.movie_id, film_b.movie_id)) in pairs
+        if distance <= threshold and score >= DEFAULT_MIN_CONFIRMATION:
             same_art += 1
-            assert frozenset((film_a.movie_id, film_b.movie_id)) in pairs, (
-                f"{film_a.title}: the two sets' posters are {distance} bits apart but not paired"
-            )
+            assert paired, f"{film_a.title}: {distance} bits and {score:.3f} apart but not paired"
+        else:
+            kept_apart += paired is False
     assert same_art >= 200, f"only {same_art} of {len(both_a)} films share art across the sets"
+    assert kept_apart == len(both_a) - same_art
     for record in dups:
         kept, dropped = films[record.canonical_movie_id][0], films[record.movie_id][0]
         assert kept.imdb_id == dropped.imdb_id, (
             f"distinct films merged: {dropped.title} into {kept.title} ({record.distance} bits)"
         )
         assert record.kind == "near" and record.distance <= threshold
+        assert record.confirmation >= DEFAULT_MIN_CONFIRMATION

@@ -62,6 +62,7 @@ SAMPLES = {
         model_name="small_cnn",
         model_version="v1-abc",
         content_sha256="cd" * 32,
+        poster_of=1,
         embedded_at=WHEN,
         embedding=(0.5, -0.5, 0.25, 0.125),
     ),
