@@ -27,6 +27,7 @@ benchmarks: $(STAMP)
 	$(PY) -m benchmarks.scrape_throughput
 	$(PY) -m benchmarks.hash_grouping
 	$(PY) -m benchmarks.candidates_real
+	$(PY) -m benchmarks.dedupe_quality
 
 # Peer benchmark env: img2dataset (+ imagehash) in its own .venv-bench, never in .venv.
 BENCH_VENV := .venv-bench

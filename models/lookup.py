@@ -128,11 +128,43 @@ def embed_image_bytes(model: QueryModel, images: Sequence[bytes]) -> np.ndarray:
 
 
 def read_posters(posters: str) -> dict[int, PosterRecord]:
-    """The scrape stage's posters by movie id (``posters``: its output root or a glob)."""
+    """The scrape stage's posters by movie id (``posters``: its output root or a glob).
+
+    Given an output root, films whose poster duplicates another film's (duplicates of kind
+    exact or near, the latest record per film) are included too: the canonical film's image
+    under their own id, title and year, as the embed stage gives them the canonical's vector.
+    """
+    from pipelines.embed import duplicates_glob
     from pipelines.embed import posters_glob
+    from schemas import DuplicateRecord
+    from transforms.dedupe import POSTER_KINDS
+    from transforms.dedupe import recency
+    from transforms.sinks import read_parquet_records
     from transforms.sinks import read_tfrecord_records
 
-    return {r.movie_id: r for r in read_tfrecord_records(posters_glob(posters), PosterRecord)}
+    films = {r.movie_id: r for r in read_tfrecord_records(posters_glob(posters), PosterRecord)}
+    pattern = duplicates_glob(posters, None)
+    if pattern is None:
+        return films
+    latest: dict[int, DuplicateRecord] = {}
+    for record in read_parquet_records(pattern, DuplicateRecord):
+        held = latest.get(record.movie_id)
+        if held is None or recency(record) > recency(held):
+            latest[record.movie_id] = record
+    for movie_id, record in sorted(latest.items()):
+        canonical = films.get(record.canonical_movie_id)
+        if record.kind in POSTER_KINDS and canonical is not None and movie_id not in films:
+            films[movie_id] = dataclasses.replace(
+                canonical,
+                movie_id=movie_id,
+                title=record.title,
+                year=record.year,
+                catalog_line=record.line_number,
+                imdb_id=None,
+                tmdb_id=None,
+                genres=(),
+            )
+    return films
 
 
 def film_label(movie_id: int, films: dict[int, PosterRecord]) -> str:

@@ -168,6 +168,8 @@ class DuplicateRecord(Record):
         "Near only: correlation of the two posters' aligned thumbnails (the second check)",
         nullable=True,
     )
+    title: str | None = column(Kind.STRING, "Title of the dropped row's film", nullable=True)
+    year: int | None = column(Kind.INT64, "Release year of the dropped row's film", nullable=True)
 
 
 @dataclasses.dataclass(frozen=True)

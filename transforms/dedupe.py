@@ -42,6 +42,11 @@ FILM_ID, EXACT, NEAR = "film_id", "exact", "near"
 POSTER_KINDS = (EXACT, NEAR)
 
 
+def recency(record: DuplicateRecord) -> tuple[str, int]:
+    """Orders one film's duplicate records: the latest scrape run (films are re-fetched) last."""
+    return record.run_id, record.line_number
+
+
 # ---------------------------------------------------------------------------- by film id
 def plan_catalog_duplicates(
     keys: Iterable[tuple[int, int, str | None, int | None]],
@@ -88,6 +93,8 @@ class _ApplyCatalogDuplicatesFn(beam.DoFn):
                 distance=0,
                 line_number=entry.line_number,
                 source_url=entry.poster_url,
+                title=entry.title,
+                year=entry.year,
             ),
         )
 
@@ -293,6 +300,8 @@ class _ApplyImageDuplicatesFn(beam.DoFn):
                 canonical_content_sha256=decision.canonical_content_sha256,
                 source_url=poster.source_url,
                 confirmation=decision.confirmation,
+                title=poster.entry.title,
+                year=poster.entry.year,
             ),
         )
 

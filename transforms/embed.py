@@ -32,6 +32,7 @@ from schemas import DuplicateRecord
 from schemas import EmbeddingRow
 from schemas import PosterRecord
 from transforms.dedupe import POSTER_KINDS
+from transforms.dedupe import recency
 
 DEAD_LETTER = "dead_letter"
 _LOG = logging.getLogger(__name__)
@@ -246,7 +247,7 @@ class CanonicalNotEmbedded(ValueError):
 def _latest_duplicate(keyed: tuple[int, Iterable[DuplicateRecord]]) -> tuple[int, DuplicateRecord]:
     """A film's poster duplicate record of the latest scrape run (a film may be re-fetched)."""
     movie_id, records = keyed
-    return movie_id, max(records, key=lambda d: (d.run_id, d.line_number))
+    return movie_id, max(records, key=recency)
 
 
 class _ShareFn(beam.DoFn):

@@ -295,6 +295,7 @@ def _duplicate_groups(layout: OutputLayout, films: dict, limit: int) -> list[dic
                     "label": film_label(d.movie_id, films),
                     "kind": d.kind,
                     "distance": d.distance,
+                    "confirmation": d.confirmation,
                 }
                 for d in sorted(dropped, key=lambda d: d.movie_id)
             ],
@@ -524,6 +525,7 @@ def _duplicates_html(groups: Sequence[dict]) -> str:
         dropped = "; ".join(
             f"{d['movie_id']} {d['label']} ({d['kind']}"
             + (f", {d['distance']} bits" if d["kind"] == "near" else "")
+            + (f", thumbnails {d['confirmation']:.3f}" if d.get("confirmation") is not None else "")
             + ")"
             for d in group["dropped"]
         )
@@ -532,7 +534,9 @@ def _duplicates_html(groups: Sequence[dict]) -> str:
             + _cell(group["canonical_label"], cls="l")
             + _cell(dropped, cls="l")
         )
-    return _table(["kept film", "title", "dropped (kind)"], rows, left=0)
+    return _table(
+        ["kept film", "title", "dropped (kind, hash bits, thumbnail correlation)"], rows, left=0
+    )
 
 
 def _index_html(info: dict | None) -> str:

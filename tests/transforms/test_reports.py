@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import glob
+import html
 import html.parser
 import io
 import json
@@ -139,14 +140,20 @@ def test_the_report_shows_the_scrape_manifest(world, report):
 def test_the_report_shows_the_duplicate_groups(world, report):
     _, page = report
     table = str(world.scrape_output / "duplicates" / "*" / "*.parquet")
-    rows = duckdb.sql(f"select canonical_movie_id, movie_id, kind from '{table}'").fetchall()
+    rows = duckdb.sql(
+        f"select canonical_movie_id, movie_id, kind, distance, confirmation from '{table}'"
+    ).fetchall()
     assert len(rows) == 2
     values = data_keys(page)
     assert {int(k.split(".")[1]) for k in values if k.startswith("duplicates.")} == {
-        canonical for canonical, _, _ in rows
+        canonical for canonical, *_ in rows
     }
-    for _, dropped, kind in rows:
-        assert f"{dropped} film {dropped} ({kind}" in page
+    for _, dropped, kind, distance, confirmation in rows:
+        film = world.catalog.film(dropped)
+        shown = f"{dropped} {film.title} ({film.year}) ({kind}"
+        if kind == "near":
+            shown += f", {distance} bits, thumbnails {confirmation:.3f})"
+        assert html.escape(shown, quote=True) in page, shown
 
 
 def test_the_report_shows_index_recall_and_the_evaluation(world, report):
