@@ -28,6 +28,7 @@ from synthetic.catalog import make_catalog
 from transforms.embed import prepare_image
 from transforms.images import normalise_image
 from transforms.images import phash_hex
+from transforms.runs import publish_run
 from transforms.sinks import tfrecord_frame
 
 
@@ -51,6 +52,7 @@ def write_posters(folder: str, n: int) -> list[bytes]:
     os.makedirs(shard)
     with open(os.path.join(shard, "posters-00000-of-00001.tfrecord"), "wb") as handle:
         handle.write(b"".join(frames))
+    publish_run(folder, "run-0001", "benchmark")
     return jpegs
 
 

@@ -1,14 +1,21 @@
-"""Scrape throughput: posters/s of the whole scrape pipeline beside a bare fetch loop.
+"""Scrape throughput: the project's scrape beside img2dataset, same served posters, same run.
 
-Serves 3,000 posters (real ones from the shared data when present, else synthetic) from the
-loopback poster web with 20 ms added latency, in a separate process, and measures in one run:
+Serves N posters (default 8,000: every real poster of the shared data, then mirrored copies of
+them as further distinct posters; synthetic posters without the shared data) from the loopback
+poster web with 20 ms added latency, in a separate process, and measures, one after the other:
 
-* the scrape pipeline end to end (catalog, fetch, validate, dedupe, TFRecord + table writes);
-* a bare loop: a thread pool fetching and normalising the same posters, no Beam (the baseline).
+* **the project**: ``python -m pipelines.scrape`` as a fresh process (start-up included) on its
+  local defaults, with every part on: politeness (robots.txt, per-host rate limit, set high for the
+  loopback host), validation, hashing, two-check dedupe, TFRecords, tables and the manifest;
+* **img2dataset** (the peer, from its own environment: ``make bench-peers``), 2 processes x 32
+  threads, resized to 768 (border), re-encoded as JPEG, written as webdataset;
+* a bare loop (the floor): one process, a thread pool fetching and normalising every poster.
 
-Then prints the time to group 100,000 perceptual hashes into near-duplicate groups.
+The last line is ``RESULT project_posters_per_s=X img2dataset_posters_per_s=X posters=N``, both
+rates over wall time including start-up (img2dataset's is 0 when its environment is missing; the
+reason is printed).
 
-    python -m benchmarks.scrape_throughput [--posters 3000] [--latency_ms 20]
+    python -m benchmarks.scrape_throughput [--posters 8000] [--latency_ms 20] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -17,16 +24,20 @@ import argparse
 import concurrent.futures
 import contextlib
 import csv
+import io
+import json
 import multiprocessing
 import os
 import pathlib
+import subprocess
+import sys
 import tempfile
 import time
 
 import requests
+from PIL import Image
 
-from benchmarks import hash_grouping
-from pipelines import scrape
+from benchmarks import peers
 from synthetic.catalog import Film
 from synthetic.catalog import make_catalog
 from synthetic.catalog import write_plain_csv
@@ -34,7 +45,8 @@ from synthetic.web import PosterWeb
 from transforms.images import normalise_image
 
 DATA_ENV = "POSTERS_SHARED_DATA"
-TARGET_POSTERS_PER_S = 200.0
+TARGET_RATIO = 1.2
+MIRROR_OFFSET = 20_000_000
 
 
 def shared_data_dir() -> pathlib.Path:
@@ -43,8 +55,8 @@ def shared_data_dir() -> pathlib.Path:
     return pathlib.Path(os.environ.get(DATA_ENV, root.parent / "shared" / "data"))
 
 
-def real_posters(limit: int) -> tuple[list[Film], dict[int, bytes]] | None:
-    """Up to ``limit`` real posters (set_a then set_b), each under its own id, or None."""
+def real_posters() -> tuple[list[Film], dict[int, bytes]] | None:
+    """Every real poster (set_a then set_b), each under its own id, or None without the data."""
     base = shared_data_dir() / "posters"
     if not (base / "set_a" / "index.csv").exists():
         return None
@@ -52,18 +64,42 @@ def real_posters(limit: int) -> tuple[list[Film], dict[int, bytes]] | None:
     for offset, folder in ((0, base / "set_a"), (10_000_000, base / "set_b")):
         with open(folder / "index.csv", newline="", encoding="utf-8") as handle:
             for row in csv.DictReader(handle):
-                if len(films) == limit:
-                    return films, images
                 movie_id = offset + int(row["imdbId"][2:])
                 films.append(Film(movie_id, row["imdbId"], 0, row["title"], 2000, ()))
                 images[movie_id] = (folder / row["poster_file"]).read_bytes()
     return films, images
 
 
-def synthetic_posters(limit: int) -> tuple[list[Film], dict[int, bytes]]:
-    """``limit`` synthetic posters."""
-    catalog = make_catalog(limit, seed=0)
-    return catalog.films, {f.movie_id: catalog.poster_bytes(f.movie_id) for f in catalog.films}
+def mirrored(data: bytes) -> bytes:
+    """The poster flipped left to right, as a JPEG: another poster, not a duplicate."""
+    with Image.open(io.BytesIO(data)) as image:
+        out = io.BytesIO()
+        flipped = image.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        flipped.save(out, "JPEG", quality=90)
+        return out.getvalue()
+
+
+def poster_set(count: int) -> tuple[list[Film], dict[int, bytes], str]:
+    """``count`` distinct posters: the real ones, then their mirrors; synthetic without data."""
+    loaded = real_posters()
+    if loaded is None:
+        catalog = make_catalog(count, seed=0)
+        images = {f.movie_id: catalog.poster_bytes(f.movie_id) for f in catalog.films}
+        return list(catalog.films), images, "synthetic posters (no shared data)"
+    films, images = loaded
+    real = len(films)
+    if count > 2 * real:
+        raise ValueError(f"at most {2 * real} posters: {real} real ones and their mirrors")
+    films = films[:count]
+    extra = films[: max(0, count - real)]
+    with concurrent.futures.ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        flipped = pool.map(mirrored, [images[f.movie_id] for f in extra], chunksize=64)
+        for film, data in zip(extra, flipped, strict=True):
+            movie_id = MIRROR_OFFSET + film.movie_id
+            copy = Film(movie_id, f"tt{movie_id:08d}", 0, film.title, 2000, ())
+            films.append(copy)
+            images[copy.movie_id] = data
+    return films, images, f"{min(real, count)} real posters + {len(extra)} mirrored copies"
 
 
 def _serve(films, images, latency_s, conn) -> None:
@@ -90,7 +126,7 @@ def web_in_subprocess(films, images, latency_s: float):
 
 
 def bare_loop(urls: list[str], concurrency: int) -> float:
-    """Seconds for a thread pool to fetch and normalise every URL (no Beam)."""
+    """Seconds for one process's thread pool to fetch and normalise every URL (no Beam)."""
     session = requests.Session()
     session.trust_env = False  # no per-request ~/.netrc lookups: the fastest plain client
     adapter = requests.adapters.HTTPAdapter(pool_connections=concurrency, pool_maxsize=concurrency)
@@ -106,55 +142,80 @@ def bare_loop(urls: list[str], concurrency: int) -> float:
     return time.perf_counter() - start
 
 
-def pipeline_run(
-    base_url: str, films, workdir: str, concurrency: int, extra: list[str]
+def project_run(
+    base_url: str, films: list[Film], workdir: str, concurrency: int, extra: list[str]
 ) -> tuple[float, dict]:
-    """Seconds for the scrape pipeline over the served posters, and its manifest."""
+    """Wall seconds of ``python -m pipelines.scrape`` over the served posters, and its manifest."""
     host = base_url.split("//", 1)[1]
     catalog = os.path.join(workdir, "catalog.csv")
+    output = os.path.join(workdir, "scrape")
     write_plain_csv(catalog, films, lambda f: f"{base_url}/posters/{f.movie_id}.jpg")
-    start = time.perf_counter()
-    manifest = scrape.run([
-        f"--catalog={catalog}", f"--output={os.path.join(workdir, 'out')}",
+    command = [
+        sys.executable, "-m", "pipelines.scrape", f"--catalog={catalog}", f"--output={output}",
         f"--allowed_hosts={host}", "--requests_per_second_per_host=100000",
         f"--fetch_concurrency={concurrency}", *extra,
-    ])  # fmt: skip
-    return time.perf_counter() - start, manifest
+    ]  # fmt: skip
+    log_path = os.path.join(workdir, "scrape.log")
+    with open(log_path, "wb") as log:
+        start = time.perf_counter()
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+        wall_s = time.perf_counter() - start
+    if done.returncode != 0:
+        with open(log_path, encoding="utf-8", errors="replace") as handle:
+            raise RuntimeError(f"scrape exited {done.returncode}:\n{handle.read()[-4000:]}")
+    with open(os.path.join(output, "manifests", "run-0001.json"), encoding="utf-8") as handle:
+        return wall_s, json.load(handle)
 
 
 def main(argv=None) -> None:
-    """Run the benchmark and print the figures beside the baseline."""
+    """Run the benchmark and print the figures beside the peer's and the floor's."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--posters", type=int, default=3000)
+    parser.add_argument("--posters", type=int, default=8000)
     parser.add_argument("--latency_ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--hashes", type=int, default=100_000)
-    args, beam_args = parser.parse_known_args(argv)
-    args.beam_args = beam_args
+    parser.add_argument("--no_bare_loop", action="store_true", help="Skip the bare loop.")
+    args, scrape_args = parser.parse_known_args(argv)
 
-    loaded = real_posters(args.posters)
-    source = "real posters from " + str(shared_data_dir()) if loaded else "synthetic posters"
-    films, images = loaded or synthetic_posters(args.posters)
-    print(f"scrape throughput: {len(films)} {source}, {args.latency_ms:.0f} ms server latency, "
-          f"{os.cpu_count()} cores, concurrency {args.concurrency}")  # fmt: skip
+    films, images, source = poster_set(args.posters)
+    n = len(films)
+    print(f"scrape throughput: {n} posters ({source}), {args.latency_ms:.0f} ms server latency, "
+          f"{os.cpu_count()} cores, {args.concurrency} concurrent fetches")  # fmt: skip
+    peer_reason = peers.peer_available()
     with web_in_subprocess(films, images, args.latency_ms / 1000) as base_url:
         urls = [f"{base_url}/posters/{f.movie_id}.jpg" for f in films]
-        bare_s = bare_loop(urls, args.concurrency)
         with tempfile.TemporaryDirectory() as workdir:
-            pipe_s, manifest = pipeline_run(
-                base_url, films, workdir, args.concurrency, args.beam_args
+            project_s, manifest = project_run(
+                base_url, films, workdir, args.concurrency, scrape_args
             )
-    bare_rate, pipe_rate = len(films) / bare_s, len(films) / pipe_s
-    print(f"  bare fetch+validate loop (baseline): {bare_rate:8.1f} posters/s ({bare_s:.1f} s)")
-    print(f"  scrape pipeline end to end:          {pipe_rate:8.1f} posters/s ({pipe_s:.1f} s, "
-          f"includes pipeline start-up)")  # fmt: skip
-    print(f"  pipeline / bare loop: {pipe_rate / bare_rate:.2f}; target >= "
-          f"{TARGET_POSTERS_PER_S:.0f} posters/s: "
-          f"{'MET' if pipe_rate >= TARGET_POSTERS_PER_S else 'NOT MET'}")  # fmt: skip
-    print(f"  manifest: {manifest['identity']}")
-    print()
-    sizes = sorted({args.hashes // 4, args.hashes // 2, args.hashes})
-    hash_grouping.main_report(sizes)
+            peer = None
+            if peer_reason is None:
+                peer = peers.run_img2dataset(
+                    urls, os.path.join(workdir, "peer"), processes=2, threads=32, image_size=768
+                )
+        bare_s = None if args.no_bare_loop else bare_loop(urls, args.concurrency)
+    project_rate = n / project_s
+    counts = manifest["counts"]
+    print(f"  project scrape (python -m pipelines.scrape, defaults): {project_rate:7.1f} posters/s "
+          f"({project_s:.1f} s wall, start-up included)")  # fmt: skip
+    print(f"    {manifest['identity']}; near-duplicate candidates "
+          f"{counts.get('near_candidates', 0)}, kept apart "
+          f"{len(counts.get('near_candidates_kept_apart', []))}")  # fmt: skip
+    peer_rate = 0.0
+    if peer is not None:
+        peer_rate = peer.successes / peer.wall_s
+        print(f"  img2dataset (2 processes x 32 threads, 768 border, webdataset): "
+              f"{peer_rate:7.1f} posters/s ({peer.wall_s:.1f} s wall, {peer.successes} written, "
+              f"{peer.failures} failed)")  # fmt: skip
+        ratio = project_rate / peer_rate if peer_rate else float("inf")
+        verdict = "MET" if ratio >= TARGET_RATIO else "NOT MET"
+        print(f"  project / img2dataset: {ratio:.2f}x (target >= {TARGET_RATIO}x: {verdict})")
+    else:
+        print(f"  img2dataset: skipped: {peer_reason}")
+    if bare_s is not None:
+        print(f"  bare loop (one process, fetch + normalise, no Beam): {n / bare_s:7.1f} "
+              f"posters/s ({bare_s:.1f} s)")  # fmt: skip
+    print(f"RESULT project_posters_per_s={project_rate:.1f} "
+          f"img2dataset_posters_per_s={peer_rate:.1f} posters={n}")  # fmt: skip
 
 
 if __name__ == "__main__":

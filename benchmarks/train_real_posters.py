@@ -31,6 +31,7 @@ import time
 from schemas import PosterRecord
 from transforms.images import normalise_image
 from transforms.images import phash_hex
+from transforms.runs import publish_run
 from transforms.sinks import tfrecord_frame
 
 WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
@@ -100,6 +101,7 @@ def write_poster_tfrecords(records: list[PosterRecord], root: str, shards: int =
         path = os.path.join(folder, f"{PosterRecord.TABLE}-{shard:05d}-of-{shards:05d}.tfrecord")
         with open(path, "wb") as handle:
             handle.write(b"".join(tfrecord_frame(r.to_example()) for r in records[shard::shards]))
+    publish_run(root, "run-0001", "benchmark")
     return root
 
 

@@ -218,17 +218,29 @@ class PosterIndex:
 
     # ------------------------------------------------------------------ persistence
     def save(self, uri: str) -> None:
-        """Serialise (relative paths) and copy every file to ``uri`` (a local dir or gs://)."""
+        """Serialise (relative paths) and copy every file to ``uri`` (a local dir or gs://).
+
+        The manifest is removed first and written last, so a save killed half-way leaves a
+        folder that :meth:`load` refuses, never a mix of two indexes.
+        """
         from apache_beam.io.filesystems import FileSystems
 
+        from transforms.runs import TEMPORARY_SUFFIX
         from transforms.sinks import write_bytes
 
+        manifest = FileSystems.join(uri, MANIFEST_FILE)
+        stale = FileSystems.match([FileSystems.join(uri, f"*{TEMPORARY_SUFFIX}")])[0]
+        old = [manifest] if FileSystems.exists(manifest) else []
+        old += [m.path for m in stale.metadata_list]
+        if old:
+            FileSystems.delete(old)
         with tempfile.TemporaryDirectory() as local:
             self.searcher.serialize(local, relative_path=True)
             np.save(os.path.join(local, IDS_FILE), self.ids)
             with open(os.path.join(local, MANIFEST_FILE), "w") as handle:
                 json.dump(self.info, handle, indent=2, sort_keys=True)
-            for name in sorted(os.listdir(local)):
+            names = sorted(os.listdir(local), key=lambda name: (name == MANIFEST_FILE, name))
+            for name in names:
                 with open(os.path.join(local, name), "rb") as handle:
                     write_bytes(FileSystems.join(uri, name), handle.read())
 

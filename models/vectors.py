@@ -37,8 +37,10 @@ def model_versions(root: str) -> list[str]:
     """Model versions that have vector tables under an embed --output root."""
     from apache_beam.io.filesystems import FileSystems
 
+    from transforms.runs import published_paths
+
     pattern = FileSystems.join(root, "*", EmbeddingRow.TABLE, "*", "*.parquet")
-    paths = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+    paths = published_paths(pattern)
     suffix_parts = 3  # {version}/embeddings/run-NNNN/file
     return sorted({p.replace("\\", "/").split("/")[-suffix_parts - 1] for p in paths})
 
@@ -47,7 +49,9 @@ def vector_dim(path_glob: str) -> int:
     """The vector length of a vector table, from the first row of its first file."""
     from apache_beam.io.filesystems import FileSystems
 
-    paths = sorted(m.path for r in FileSystems.match([path_glob]) for m in r.metadata_list)
+    from transforms.runs import published_paths
+
+    paths = published_paths(path_glob)
     if not paths:
         raise FileNotFoundError(f"no vector files match {path_glob}")
     with FileSystems.open(paths[0]) as handle:
@@ -56,10 +60,13 @@ def vector_dim(path_glob: str) -> int:
 
 
 def read_vector_table(path_glob: str) -> VectorTable:
-    """All vectors matching ``path_glob`` (local or gs://) as arrays; one model version only."""
+    """All vectors matching ``path_glob`` (local or gs://, published runs) as arrays; one model
+    version only."""
     from apache_beam.io.filesystems import FileSystems
 
-    paths = sorted(m.path for r in FileSystems.match([path_glob]) for m in r.metadata_list)
+    from transforms.runs import published_paths
+
+    paths = published_paths(path_glob)
     if not paths:
         raise FileNotFoundError(f"no vector files match {path_glob}")
     tables = []
@@ -94,15 +101,16 @@ def shared_poster_groups(path_glob: str) -> dict[int, int]:
     """
     from apache_beam.io.filesystems import FileSystems
 
+    from transforms.runs import published_paths
+
     c = EmbeddingRow.c
     poster_of: dict[int, int] = {}
-    for result in FileSystems.match([path_glob]):
-        for path in sorted(m.path for m in result.metadata_list):
-            with FileSystems.open(path) as handle:
-                data = pa.BufferReader(handle.read())
-            table = pq.read_table(data, columns=[c.movie_id, c.poster_of])
-            ids = table.column(c.movie_id).to_pylist()
-            poster_of.update(zip(ids, table.column(c.poster_of).to_pylist(), strict=True))
+    for path in published_paths(path_glob):
+        with FileSystems.open(path) as handle:
+            data = pa.BufferReader(handle.read())
+        table = pq.read_table(data, columns=[c.movie_id, c.poster_of])
+        ids = table.column(c.movie_id).to_pylist()
+        poster_of.update(zip(ids, table.column(c.poster_of).to_pylist(), strict=True))
     sizes: dict[int, int] = {}
     for group in poster_of.values():
         sizes[group] = sizes.get(group, 0) + 1

@@ -12,6 +12,7 @@ so the index stage can index the vectors too)::
     {version}/embeddings/run-0001/embeddings-00000-of-00001.parquet   schemas.EmbeddingRow
     {version}/cowatch_neighbors/cowatch_neighbors-00000-of-00001.parquet   schemas.NeighborRow
     {version}/cowatch.json                                           settings and counts
+    {version}/manifests/run-0001.json          the same, written last: publishes the version
     _cowatch_runs/{history,dead_letter}/run-NNNN/, manifests/         snapshot, bad rows, runs
 
 With ``--holdout_fraction`` the cold-start protocol's hidden films (:mod:`models.cold_start`)
@@ -22,6 +23,7 @@ lose every watch before anything is computed, for a model that is evaluated on t
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import json
@@ -34,8 +36,12 @@ from apache_beam.options.pipeline_options import TestOptions
 from models import cowatch
 from models.cold_start import Holdout
 from models.scoring import SOURCE_COWATCH
+from pipelines import checks
 from pipelines.common import CommonOptions
+from pipelines.common import InputError
+from pipelines.common import cli
 from pipelines.common import configure_logging
+from pipelines.common import log_counters
 from pipelines.common import make_pipeline
 from pipelines.common import parse_options
 from pipelines.neighbors import NeighborsOptions
@@ -43,6 +49,7 @@ from schemas import DeadLetter
 from schemas import EmbeddingRow
 from schemas import NeighborRow
 from schemas import WatchEvent
+from transforms.candidates import HISTORY_STAGE
 from transforms.candidates import ReadWatchHistory
 from transforms.manifest import OutputLayout
 from transforms.sinks import WriteShards
@@ -91,7 +98,8 @@ def holdout_of(options: PipelineOptions) -> Holdout:
 
 
 def snapshot_history(options: PipelineOptions, uri: str, layout: OutputLayout, test_pipeline=None):
-    """Read the history with Beam; write the valid events (Parquet) and the dead letters."""
+    """Read the history with Beam; write the valid events (Parquet) and the dead letters;
+    returns the finished run (its ``watch_history`` counters count the rows)."""
     pipeline = make_pipeline(options, test_pipeline)
     history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(uri, layout.run_id)
     _ = history.events | "WriteSnapshot" >> WriteShards(
@@ -102,7 +110,9 @@ def snapshot_history(options: PipelineOptions, uri: str, layout: OutputLayout, t
         layout.table_prefix(DeadLetter.TABLE), ".parquet", 1, parquet_encoder(DeadLetter),
         lambda d: (d.line_number or 0, d.input_row),
     )  # fmt: skip
-    pipeline.run().wait_until_finish()
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result
 
 
 def vector_rows(ids, vectors, version: str, digest: str, when: datetime.datetime):
@@ -132,7 +142,10 @@ def compute_and_write(
     hidden = holdout.hidden({e.movie_id for e in events})
     visible = [e for e in events if e.movie_id not in hidden]
     if not visible:
-        raise ValueError("the watch history has no events left to learn co-watch vectors from")
+        raise InputError(
+            "the watch history has no events left to learn co-watch vectors from — check "
+            "--watch_history (its dead letters say why rows were refused) and --holdout_fraction"
+        )
     digest = cowatch.history_digest(visible, config, holdout.describe())
     version = f"{cowatch.MODEL_NAME}-{digest}"
     matrix = cowatch.history_matrix(visible)
@@ -140,7 +153,10 @@ def compute_and_write(
     lists = cowatch.cowatch_neighbors(matrix, config.neighbors_k, config.min_watches)
     latest = max(e.watched_at for e in visible)
     folder = FileSystems.join(root, version)
-    prefix = FileSystems.join(folder, EmbeddingRow.TABLE, "run-0001", EmbeddingRow.TABLE)
+    published = OutputLayout(folder, "run-0001")  # one run per version, published last
+    if FileSystems.exists(published.manifest_path):
+        FileSystems.delete([published.manifest_path])
+    prefix = published.table_prefix(EmbeddingRow.TABLE)
     rows = vector_rows(ids, vectors, version, digest, latest)
     encode = parquet_encoder(EmbeddingRow, config.dim)
     write_bytes(shard_path(prefix, 0, 1, ".parquet"), encode(rows))
@@ -163,6 +179,7 @@ def compute_and_write(
         "as_of": latest.isoformat(),
     }  # fmt: skip
     write_bytes(FileSystems.join(folder, REPORT_FILE), json.dumps(report, indent=2).encode())
+    write_bytes(published.manifest_path, json.dumps(report, indent=2).encode())
     return report
 
 
@@ -171,8 +188,12 @@ def run(argv=None, test_pipeline=None) -> dict:
     options = parse_options(argv, CowatchOptions, __doc__.splitlines()[0])
     root = options.view_as(CommonOptions).output
     uri = options.view_as(NeighborsOptions).watch_history
-    if not root or not uri:
-        raise ValueError("--watch_history and --output are required")
+    checks.required(
+        {"--watch_history": uri, "--output": root},
+        "the users' watch history and the vectors root to write co-watch vectors to",
+    )
+    checks.watch_history(uri)
+    checks.writable_output(root)
     opts = options.view_as(CowatchOptions)
     config = cowatch.CowatchConfig(
         dim=opts.cowatch_dim, min_watches=opts.cowatch_min_watches,
@@ -180,13 +201,21 @@ def run(argv=None, test_pipeline=None) -> dict:
     )  # fmt: skip
     holdout = holdout_of(options)
     layout = OutputLayout.next_run(FileSystems.join(root, RUNS_FOLDER))
-    snapshot_history(options, uri, layout, test_pipeline)
+    if not options.view_as(TestOptions).dry_run:
+        layout.discard_unpublished()  # what a killed run left, before its run number is reused
+    result = snapshot_history(options, uri, layout, test_pipeline)
     if options.view_as(TestOptions).dry_run:
         return {}
-    events = read_parquet_records(layout.table_glob(HISTORY_TABLE, ".parquet"), WatchEvent)
-    dead = read_parquet_records(layout.table_glob(DeadLetter.TABLE, ".parquet"), DeadLetter)
+    own = {"include_unpublished": True}  # this run's snapshot: published when the run ends
+    events = read_parquet_records(layout.table_glob(HISTORY_TABLE, ".parquet"), WatchEvent, **own)
+    dead = read_parquet_records(layout.table_glob(DeadLetter.TABLE, ".parquet"), DeadLetter, **own)
     report = compute_and_write(events, root, config, holdout)
-    report.update(run_id=layout.run_id, watch_history=uri, dead_lettered=len(dead))
+    rows_read = log_counters(result, HISTORY_STAGE).get("rows_read", 0)
+    report.update(
+        run_id=layout.run_id, watch_history=uri, input_rows=rows_read, dead_lettered=len(dead),
+        dead_letter_reasons=dict(collections.Counter(f"{d.stage}/{d.reason}" for d in dead)),
+        accounting_ok=rows_read == len(events) + len(dead),
+    )  # fmt: skip
     if dead:
         _LOG.warning("%d watch-history rows could not be read: %s", len(dead),
                      layout.table_glob(DeadLetter.TABLE, ".parquet"))  # fmt: skip
@@ -200,8 +229,13 @@ def run(argv=None, test_pipeline=None) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Command-line entry: INFO logging, learn the co-watch vectors, print the report."""
     configure_logging()
     summary = run()
     summary.pop("hidden_films", None)
     print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -21,35 +21,40 @@ import datetime
 import logging
 import os
 import tempfile
+import zipfile
+from typing import TYPE_CHECKING
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from pipelines import checks
 from pipelines.common import CommonOptions
 from pipelines.common import log_counters
 from pipelines.common import main
 from pipelines.common import make_pipeline
 from pipelines.common import parse_options
+from pipelines.common import recorded_options
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import EmbeddingRow
 from schemas import PosterRecord
 from transforms import manifest
-from transforms.embed import EmbedConfig
-from transforms.embed import EmbedPosters
-from transforms.embed import ShareCanonicalVectors
 from transforms.manifest import OutputLayout
 from transforms.manifest import WriteRunManifest
 from transforms.manifest import read_manifest
+from transforms.sinks import ReadTFRecordFiles
 from transforms.sinks import WriteShards
 from transforms.sinks import parquet_encoder
 from transforms.sinks import read_parquet_records
-from transforms.sinks import read_tfrecord_records
 from transforms.sinks import write_bytes
 
+if TYPE_CHECKING:  # transforms.embed imports TensorFlow: only when the stage runs
+    from transforms.embed import EmbedConfig
+
 _LOG = logging.getLogger(__name__)
+_MODEL_LOAD_ERRORS = (ValueError, OSError, RuntimeError, KeyError, zipfile.BadZipFile)
 
 
 class EmbedOptions(PipelineOptions):
@@ -116,11 +121,18 @@ def duplicates_glob(posters: str, duplicates: str | None) -> str | None:
 
 
 def stage_model(model: str, weights: str | None, output: str) -> tuple[EmbedConfig, OutputLayout]:
-    """Build (or load) the embedding model, save it under its version folder, return the config."""
+    """Build (or load) the embedding model, save it under its version folder, return the config.
+
+    A model or weights file that cannot be loaded is an InputError naming the flag.
+    """
     from models.registry import load_embedding_model
     from models.registry import save_embedding_model
+    from transforms.embed import EmbedConfig
 
-    em = load_embedding_model(model, weights)
+    try:
+        em = load_embedding_model(model, weights)
+    except _MODEL_LOAD_ERRORS as exc:
+        raise checks.model_load_error(model, weights, exc) from exc
     root = FileSystems.join(output, em.version)
     layout = OutputLayout.next_run(root)
     model_uri = FileSystems.join(root, "model", f"{em.version}.keras")
@@ -142,12 +154,27 @@ def stage_model(model: str, weights: str | None, output: str) -> tuple[EmbedConf
 
 
 def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
-    """Run the embed stage; returns the run's manifest (as written)."""
+    """Run the embed stage; returns the run's manifest (as written).
+
+    Bad flags fail before any work with a UsageError or InputError (pipelines.checks).
+    """
     options = parse_options(argv, EmbedOptions, __doc__.splitlines()[0])
     opts = options.view_as(EmbedOptions)
     common = options.view_as(CommonOptions)
-    if not opts.posters or not common.output:
-        raise ValueError("--posters and --output are required")
+    checks.required(
+        {"--posters": opts.posters, "--output": common.output},
+        "the scrape stage's --output root (or a TFRecord glob) and the vectors root to write",
+    )
+    checks.model_flags(opts.model, opts.weights)
+    checks.matching_files(
+        posters_glob(opts.posters), "--posters", opts.posters,
+        "give the scrape stage's --output root or a glob of its .tfrecord files",
+    )  # fmt: skip
+    checks.writable_output(common.output)
+    from transforms.embed import EmbedConfig  # TensorFlow: imported once the flags are good
+    from transforms.embed import EmbedPosters
+    from transforms.embed import ShareCanonicalVectors
+
     started_at = datetime.datetime.now(datetime.UTC)
     base, layout = stage_model(opts.model, opts.weights, common.output)
     config = EmbedConfig(
@@ -165,11 +192,10 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
               layout.run_id)  # fmt: skip
 
     pipeline = make_pipeline(options, test_pipeline)
-    posters = (
-        pipeline
-        | "PosterGlob" >> beam.Create([pattern])
-        | "ReadPosters" >> beam.FlatMap(read_tfrecord_records, PosterRecord)
+    read = pipeline | "ReadPosters" >> ReadTFRecordFiles(
+        pattern, PosterRecord, layout.run_id, namespace="embed"
     )
+    posters = read.records
     existing = (
         pipeline
         | "ExistingGlobs" >> beam.Create(existing_globs)
@@ -203,8 +229,10 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         done=beam.pvalue.AsSingleton(embedded),
     )
     rows = (own_rows, shared_split[0]) | "AllRows" >> beam.Flatten()
-    dead = (own_dead, shared.dead_letter) | "AllDead" >> beam.Flatten()
-    inputs = (posters, shared.rows, shared.dead_letter) | "AllInputs" >> beam.Flatten()
+    dead = (read.dead_letter, own_dead, shared.dead_letter) | "AllDead" >> beam.Flatten()
+    inputs = (
+        (posters, read.dead_letter, shared.rows, shared.dead_letter) | "AllInputs" >> beam.Flatten()
+    )
     present = (present, shared_split[1]) | "AllPresent" >> beam.Flatten()
     written = rows | "WriteVectors" >> WriteShards(
         layout.table_prefix(EmbeddingRow.TABLE),
@@ -231,9 +259,11 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         "dead_letter_reasons": manifest.dead_letter_reasons(dead, "Reasons"),
         "files_written": manifest.count(files, "CountFiles"),
     }
-    public = options.get_all_options(drop_default=True, retain_unknown_options=False)
+    public = recorded_options(options)
     public.update(model_version=config.model_version, model_uri=config.model_uri)
     _ = counts | "Manifest" >> WriteRunManifest(layout, "embed", started_at, pattern, public)
+    if not options.view_as(TestOptions).dry_run:
+        layout.discard_unpublished()  # what a killed run left, before its run number is reused
     result = pipeline.run()
     result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:
@@ -242,6 +272,11 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     written_manifest["counters"] = log_counters(result, "embed")
     written_manifest["model_version"] = config.model_version
     written_manifest["vectors_glob"] = layout.table_glob(EmbeddingRow.TABLE, ".parquet")
+    unreadable = written_manifest["counters"].get("unreadable_records", 0)
+    if unreadable:
+        _LOG.warning("%d corrupt poster TFRecord file(s) or record(s) dead-lettered, each "
+                     "naming its file: %s", unreadable,
+                     layout.table_glob(DeadLetter.TABLE, ".parquet"))  # fmt: skip
     _LOG.info("manifest %s: %s", layout.manifest_path, written_manifest["identity"])
     return written_manifest
 

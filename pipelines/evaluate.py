@@ -27,7 +27,9 @@ from models import offline_eval
 from models.scoring import CandidateConfig
 from models.vectors import read_vector_table
 from models.vectors import vectors_glob
+from pipelines import checks
 from pipelines.common import CommonOptions
+from pipelines.common import cli
 from pipelines.common import configure_logging
 from pipelines.common import parse_options
 from pipelines.cowatch import holdout_of
@@ -104,10 +106,15 @@ def run(argv=None) -> dict:
     nightly = options.view_as(NeighborsOptions)
     opts = options.view_as(EvaluateOptions)
     output = options.view_as(CommonOptions).output
-    if not index_opts.vectors or not nightly.watch_history or not output:
-        raise ValueError("--vectors, --watch_history and --output are required")
+    checks.required(
+        {"--vectors": index_opts.vectors, "--watch_history": nightly.watch_history,
+         "--output": output},
+        "the embed stage's --output root, the users' watch history and a report folder",
+    )  # fmt: skip
+    checks.watch_history(nightly.watch_history)
     root = index_opts.vectors
     version = resolve_version(root, index_opts.model_version)
+    checks.writable_output(output)
     baselines = [b for b in (opts.baseline_model_version or "").split(",") if b]
     labels = {v: label_of(v) for v in [version, *baselines]}
     posters = {labels[v]: _vectors(root, v) for v in [version, *baselines]}
@@ -168,8 +175,13 @@ def run(argv=None) -> dict:
     return report
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Command-line entry: INFO logging, evaluate, print the table and where the report is."""
     configure_logging()
     summary = run()
     print(summary["table"])
     print(f"report: {summary['report_path']}")
+
+
+if __name__ == "__main__":
+    cli(main)

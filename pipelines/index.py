@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines import checks
 from pipelines.common import CommonOptions
+from pipelines.common import InputError
+from pipelines.common import UsageError
+from pipelines.common import cli
 from pipelines.common import configure_logging
 from pipelines.common import parse_options
 
@@ -89,17 +94,30 @@ class RecallTooLow(RuntimeError):
 
 
 def resolve_version(vectors_root: str, requested: str | None) -> str:
-    """The model version to index, with a clear error when it is ambiguous or missing."""
+    """The model version to index; a UsageError or InputError that says what to do when the
+    root is missing, empty or ambiguous, or lacks the requested version."""
     from models.vectors import model_versions
 
+    if "://" not in vectors_root and not os.path.isdir(vectors_root):
+        raise UsageError(
+            f"--vectors={vectors_root}: no such folder — give the embed stage's --output root"
+        )
     versions = model_versions(vectors_root)
+    if not versions:
+        raise InputError(
+            f"--vectors={vectors_root} holds no vectors — run python -m pipelines.embed "
+            f"--output={vectors_root} first, or give the embed stage's --output root"
+        )
     if requested:
         if requested not in versions:
-            raise ValueError(f"no vectors for {requested} under {vectors_root}; found {versions}")
+            raise UsageError(
+                f"--model_version={requested}: no vectors for it under {vectors_root}; found "
+                f"{versions} — choose one of them with --model_version"
+            )
         return requested
     if len(versions) != 1:
-        raise ValueError(
-            f"{vectors_root} holds {len(versions) or 'no'} model versions {versions}; "
+        raise UsageError(
+            f"--vectors={vectors_root} holds {len(versions)} model versions {versions}; "
             "choose one with --model_version"
         )
     return versions[0]
@@ -114,9 +132,12 @@ def run(argv=None) -> dict:
 
     options = parse_options(argv, IndexOptions, __doc__.splitlines()[0])
     opts = options.view_as(IndexOptions)
-    if not opts.vectors:
-        raise ValueError("--vectors is required: the embed stage's --output root")
+    checks.required({"--vectors": opts.vectors}, "the embed stage's --output root")
     version = resolve_version(opts.vectors, opts.model_version)
+    output = options.view_as(CommonOptions).output or FileSystems.join(
+        opts.vectors, version, "index"
+    )
+    checks.writable_output(output)
     table = read_vector_table(vectors_glob(opts.vectors, version))
     params = choose_params(
         len(table.ids),
@@ -143,9 +164,6 @@ def run(argv=None) -> dict:
             f"{params.mode} index over {len(table.ids)} vectors; search more leaves "
             "(--num_leaves_to_search), reorder more (--reorder_k) or use --index_mode=brute_force"
         )
-    output = options.view_as(CommonOptions).output or FileSystems.join(
-        opts.vectors, version, "index"
-    )
     index.info["index_uri"] = output
     index.save(output)
     _LOG.info("index at %s: recall@10 %.4f, built in %.2fs", output, recall,
@@ -153,8 +171,13 @@ def run(argv=None) -> dict:
     return index.info
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Command-line entry: INFO logging, build the index, print where it is and its recall."""
     configure_logging()
     info = run()
     print(f"index {info['index_uri']}: {info['n']} vectors, {info['params']['mode']}, "
           f"recall@10 {info['recall_at_10']}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -13,7 +13,6 @@ rerunning a date replaces that date's rows. A JSON report of the run goes under 
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 
@@ -24,10 +23,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
 from models.scoring import CandidateConfig
+from pipelines import checks
 from pipelines.common import CommonOptions
+from pipelines.common import InputError
+from pipelines.common import UsageError
+from pipelines.common import cli
 from pipelines.common import configure_logging
 from pipelines.common import log_counters
 from pipelines.common import make_pipeline
+from pipelines.common import one_line
 from pipelines.common import parse_options
 from pipelines.embed import EmbedOptions
 from pipelines.embed import posters_glob
@@ -37,6 +41,7 @@ from schemas import CandidateRow
 from schemas import DeadLetter
 from schemas import NeighborRow
 from schemas import PosterRecord
+from transforms.candidates import HISTORY_STAGE
 from transforms.candidates import BuildCandidates
 from transforms.candidates import ReadWatchHistory
 from transforms.manifest import write_json_report
@@ -50,10 +55,12 @@ from transforms.neighbors import read_lists
 from transforms.sinks import WriteShards
 from transforms.sinks import parquet_encoder
 from transforms.sinks import read_tfrecord_records
+from transforms.warehouse import WAREHOUSE_STAGE
 from transforms.warehouse import Warehouse
 from transforms.warehouse import WriteWarehouseTable
-from transforms.warehouse import clear_partition
-from transforms.warehouse import load_into_duckdb
+from transforms.warehouse import clear_staging
+from transforms.warehouse import finish_publishing
+from transforms.warehouse import publish_partitions
 
 _LOG = logging.getLogger(__name__)
 
@@ -182,17 +189,26 @@ def run(argv=None, test_pipeline=None) -> dict:
     opts = options.view_as(NeighborsOptions)
     index_opts = options.view_as(IndexOptions)
     output = options.view_as(CommonOptions).output
-    if not opts.run_date or not index_opts.vectors or not output:
-        raise ValueError("--run_date, --vectors and --output are required")
-    run_date = datetime.date.fromisoformat(opts.run_date)
+    checks.required(
+        {"--run_date": opts.run_date, "--vectors": index_opts.vectors, "--output": output},
+        "the warehouse partition's date, the embed stage's --output root and a report folder",
+    )
+    run_date = checks.run_date(opts.run_date)
+    try:
+        warehouse = Warehouse.parse(
+            opts.warehouse or "duckdb://" + FileSystems.join(output, "warehouse.duckdb")
+        )
+    except ValueError as exc:
+        raise UsageError(one_line(exc)) from None
+    if opts.cowatch_version and not opts.blend:
+        raise UsageError("--cowatch_version needs --blend (python -m pipelines.evaluate tunes it)")
+    if opts.same_genre and not options.view_as(EmbedOptions).posters:
+        raise UsageError("--same_genre needs --posters (the scrape output root) for the genres")
+    checks.watch_history(opts.watch_history)
     version = resolve_version(index_opts.vectors, index_opts.model_version)
     index_uri = opts.index or FileSystems.join(index_opts.vectors, version, "index")
-    warehouse = Warehouse.parse(
-        opts.warehouse or "duckdb://" + FileSystems.join(output, "warehouse.duckdb")
-    )
-    blend = load_blend(opts.blend) if opts.blend else None
-    if opts.cowatch_version and blend is None:
-        raise ValueError("--cowatch_version needs --blend (python -m pipelines.evaluate tunes it)")
+    blend = _blend(opts.blend) if opts.blend else None
+    checks.writable_output(output)
     shared_posters = shared_poster_groups(vectors_glob(index_opts.vectors, version))
     config = NeighborConfig(
         index_uri=index_uri, k=opts.neighbors_k,
@@ -200,11 +216,10 @@ def run(argv=None, test_pipeline=None) -> dict:
         same_genre=opts.same_genre, shared_posters=shared_posters,
     )  # fmt: skip
     posters = options.view_as(EmbedOptions).posters
-    if opts.same_genre and not posters:
-        raise ValueError("--same_genre needs --posters (the scrape output root) for the genres")
     if warehouse.kind == "duckdb":
+        finish_publishing(warehouse)  # a publish a killed job committed but did not swap in
         for table in (NeighborRow, CandidateRow):
-            clear_partition(warehouse, table, run_date)
+            clear_staging(warehouse, table, run_date)
 
     pipeline = make_pipeline(options, test_pipeline)
     vectors = (
@@ -246,14 +261,16 @@ def run(argv=None, test_pipeline=None) -> dict:
         )
         if shared_posters:
             lists = lists | "DropSharedPosters" >> beam.Map(drop_shared_posters, shared_posters)
-    _ = (
+    run_id = f"nightly-{run_date.isoformat()}"
+    dead = [
         lists
         | "NeighborRows" >> beam.FlatMap(neighbor_rows, version, run_date)
         | "WriteNeighbors"
-        >> WriteWarehouseTable(warehouse, NeighborRow, run_date, lambda r: (r.movie_id, r.rank))
-    )
+        >> WriteWarehouseTable(
+            warehouse, NeighborRow, run_date, lambda r: (r.movie_id, r.rank), run_id=run_id
+        )
+    ]
     if opts.watch_history:
-        run_id = f"nightly-{run_date.isoformat()}"
         history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(opts.watch_history, run_id)
         candidate_config = CandidateConfig(
             top_k=opts.candidates_k, half_life_days=opts.half_life_days,
@@ -264,13 +281,14 @@ def run(argv=None, test_pipeline=None) -> dict:
         rows, _ = (history.events, lists) | "BuildCandidates" >> BuildCandidates(
             candidate_config, run_date, use_popularity=blend is not None
         )
-        _ = rows | "WriteCandidates" >> WriteWarehouseTable(
-            warehouse, CandidateRow, run_date, lambda r: (r.user_id, r.rank)
-        )
-        _ = history.dead_letter | "WriteDeadLetters" >> WriteShards(
-            FileSystems.join(output, DeadLetter.TABLE, run_id, DeadLetter.TABLE), ".parquet", 1,
-            parquet_encoder(DeadLetter), lambda d: (d.line_number or 0, d.input_row),
-        )  # fmt: skip
+        dead.append(rows | "WriteCandidates" >> WriteWarehouseTable(
+            warehouse, CandidateRow, run_date, lambda r: (r.user_id, r.rank), run_id=run_id
+        ))  # fmt: skip
+        dead.append(history.dead_letter)
+    _ = dead | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteShards(
+        FileSystems.join(output, DeadLetter.TABLE, run_id, DeadLetter.TABLE), ".parquet", 1,
+        parquet_encoder(DeadLetter), lambda d: (d.line_number or 0, d.input_row),
+    )  # fmt: skip
 
     result = pipeline.run()
     result.wait_until_finish()
@@ -285,17 +303,34 @@ def run(argv=None, test_pipeline=None) -> dict:
         "warehouse": opts.warehouse or f"duckdb://{warehouse.target}",
         "neighbors": log_counters(result, "neighbors"),
         "candidates": log_counters(result, "candidates"),
+        "watch_history": log_counters(result, HISTORY_STAGE),
+        "warehouse_refused": log_counters(result, WAREHOUSE_STAGE),
     }
     if warehouse.kind == "duckdb":
-        report["rows_loaded"] = {
-            table.TABLE: load_into_duckdb(warehouse, table, run_date)
-            for table in ((NeighborRow, CandidateRow) if opts.watch_history else (NeighborRow,))
-        }
+        tables = (NeighborRow, CandidateRow) if opts.watch_history else (NeighborRow,)
+        report["rows_loaded"] = publish_partitions(warehouse, tables, run_date)
     report["report_path"] = write_json_report(output, f"nightly-{run_date.isoformat()}", report)
     return report
 
 
-if __name__ == "__main__":
+def _blend(value: str):
+    """The --blend, or a UsageError / InputError that names it."""
+    if not value.lstrip().startswith("{"):
+        checks.existing_file(value, "--blend", "give the report python -m pipelines.evaluate "
+                             "wrote, or inline JSON")  # fmt: skip
+    try:
+        return load_blend(value)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise InputError(f"--blend={value} holds no blend ({one_line(exc)[:200]}) — give the "
+                         "report python -m pipelines.evaluate wrote, or inline JSON") from None
+
+
+def main() -> None:
+    """Command-line entry: INFO logging, build the tables, print the run report."""
     configure_logging()
     summary = run()
     print(json.dumps(summary, indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    cli(main)

@@ -27,7 +27,10 @@ import time
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from pipelines import checks
 from pipelines.common import CommonOptions
+from pipelines.common import UsageError
+from pipelines.common import cli
 from pipelines.common import configure_logging
 from pipelines.common import parse_options
 
@@ -91,14 +94,14 @@ def run(argv=None) -> dict:
     nightly = options.view_as(NightlyOptions)
     root = options.view_as(CommonOptions).output
     if options.view_as(TestOptions).dry_run:
-        raise ValueError(
+        raise UsageError(
             "the nightly job cannot --dry_run: each stage reads what the one before wrote; "
             "dry-run the stages one by one (python -m pipelines.scrape ... --dry_run=True)"
         )
-    if not root:
-        raise ValueError("--output is required: the root every stage writes under")
     run_options = options.view_as(neighbors.NeighborsOptions)
-    run_date = run_options.run_date or datetime.date.today().isoformat()
+    given_date = run_options.run_date
+    run_date = (checks.run_date(given_date) if given_date else datetime.date.today()).isoformat()
+    check_options(options, argv)
     synthetic = options.view_as(scrape.ScrapeOptions).synthetic_films
     paths = {
         "scrape": os.path.join(root, "scrape"),
@@ -164,6 +167,27 @@ def run(argv=None) -> dict:
         )
     summary["timings"] = clock.timings
     return summary
+
+
+def check_options(options: PipelineOptions, argv: list[str]) -> None:
+    """Every stage's flags that can be checked before the scrape starts (pipelines.checks)."""
+    from pipelines import scrape
+    from pipelines.embed import EmbedOptions
+    from pipelines.neighbors import NeighborsOptions
+
+    common = options.view_as(CommonOptions)
+    checks.required({"--output": common.output}, "the root every stage writes under")
+    embed_opts = options.view_as(EmbedOptions)
+    model_given = any(a == "--model" or a.startswith("--model=") for a in argv)
+    trains = options.view_as(NightlyOptions).train
+    if trains and model_given and embed_opts.model.endswith(".keras"):
+        raise UsageError(
+            f"--model={embed_opts.model}: with --train, --model names the backbone to train "
+            "from (such as squeezenet_v1_1), not a .keras file"
+        )
+    checks.model_flags(embed_opts.model, embed_opts.weights)
+    checks.watch_history(options.view_as(NeighborsOptions).watch_history)
+    scrape.check_options(options.view_as(scrape.ScrapeOptions), common)
 
 
 def _history_argv(argv: list[str], paths: dict, history: str, holdout: float) -> list[str]:
@@ -286,4 +310,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

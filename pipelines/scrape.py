@@ -25,11 +25,15 @@ import urllib.parse
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from pipelines import checks
 from pipelines.common import CommonOptions
+from pipelines.common import UsageError
+from pipelines.common import is_local
 from pipelines.common import log_counters
 from pipelines.common import main
 from pipelines.common import make_pipeline
 from pipelines.common import parse_options
+from pipelines.common import recorded_options
 from transforms.catalog import CatalogFormat
 from transforms.fetch import RESOLVERS
 from transforms.fetch import ImageConfig
@@ -46,7 +50,6 @@ from transforms.scrape import ScrapeConfig
 from transforms.scrape import ScrapePosters
 
 TMDB_KEY_ENV = "TMDB_API_KEY"
-_SECRET_OPTIONS = ("tmdb_api_key",)
 _LOG = logging.getLogger(__name__)
 
 
@@ -119,6 +122,15 @@ class ScrapeOptions(PipelineOptions):
             type=int,
             default=16,
             help="Concurrent fetches per worker process.",
+        )
+        group.add_argument(
+            "--fetch_processes",
+            type=int,
+            default=None,
+            help="Processes that fetch, validate and hash posters, each with --fetch_concurrency "
+            "threads and its share of the per-host rate, while the Beam process dedupes and "
+            "writes. Default: one per core when running locally, 0 on Dataflow (each core "
+            "already runs its own SDK process; fetches run on the DoFn's threads).",
         )
         group.add_argument(
             "--max_attempts",
@@ -211,7 +223,28 @@ def fetch_policy(
     )
 
 
-def build_config(options: ScrapeOptions, common: CommonOptions) -> ScrapeConfig:
+def fetch_processes(options: ScrapeOptions, local: bool) -> int:
+    """--fetch_processes, or its default: one per core locally, none on a distributed runner."""
+    if options.fetch_processes is None:
+        return (os.cpu_count() or 1) if local else 0
+    if options.fetch_processes < 0:
+        raise ValueError(f"--fetch_processes must be >= 0, not {options.fetch_processes}")
+    return options.fetch_processes
+
+
+def check_options(options: ScrapeOptions, common: CommonOptions) -> None:
+    """Fail before any work on a missing, empty or unknown --catalog, or an unwritable --output."""
+    if not options.catalog and not options.synthetic_films:
+        raise UsageError("--catalog is required (or --synthetic_films=N for the built-in demo)")
+    checks.required({"--output": common.output}, "the root folder (local or gs://) to write to")
+    if not options.synthetic_films:
+        checks.catalog_file(options.catalog, options.catalog_format)
+    checks.writable_output(common.output)
+
+
+def build_config(
+    options: ScrapeOptions, common: CommonOptions, local: bool = True
+) -> ScrapeConfig:
     """The frozen config of a run, with clear errors for missing or bad options."""
     if not options.catalog:
         raise ValueError("--catalog is required (or --synthetic_films=N for the built-in demo)")
@@ -243,12 +276,8 @@ def build_config(options: ScrapeOptions, common: CommonOptions) -> ScrapeConfig:
         min_confirmation=options.near_duplicate_min_confirmation,
         num_shards=common.num_shards,
         existing_runs=tuple(OutputLayout.completed_runs(common.output)),
+        fetch_processes=fetch_processes(options, local),
     )
-
-
-def _public_options(options: ScrapeOptions) -> dict:
-    shown = options.get_all_options(drop_default=True, retain_unknown_options=False)
-    return {k: ("REDACTED" if k in _SECRET_OPTIONS else v) for k, v in shown.items()}
 
 
 def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
@@ -256,6 +285,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     options = parse_options(argv, ScrapeOptions, __doc__.splitlines()[0])
     scrape_options = options.view_as(ScrapeOptions)
     common = options.view_as(CommonOptions)
+    check_options(scrape_options, common)
     with contextlib.ExitStack() as stack:
         if scrape_options.synthetic_films:
             from synthetic.demo import start_synthetic_web
@@ -269,13 +299,18 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
             )
             demo.apply_to(scrape_options)
         started_at = datetime.datetime.now(datetime.UTC)
-        config = build_config(scrape_options, common)
+        config = build_config(scrape_options, common, is_local(options))
         _LOG.info("scrape %s -> %s (%s)", config.catalog, config.layout.root, config.layout.run_id)
+        # The key now lives in config (redacted from its repr); a runner that lists the job's
+        # options (Dataflow's console) must not show it.
+        scrape_options.tmdb_api_key = None
         pipeline = make_pipeline(options, test_pipeline)
         outputs = pipeline | "Scrape" >> ScrapePosters(config)
         _ = outputs.counts | "Manifest" >> WriteRunManifest(
-            config.layout, "scrape", started_at, config.catalog, _public_options(scrape_options)
+            config.layout, "scrape", started_at, config.catalog, recorded_options(options)
         )
+        if not options.view_as(TestOptions).dry_run:
+            config.layout.discard_unpublished()  # a killed run's leftovers, before reusing its id
         result = pipeline.run()
         result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:

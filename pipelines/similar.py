@@ -29,6 +29,7 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.common import cli
 from pipelines.common import parse_options
 from transforms import resolve
 from transforms.http import FetchError
@@ -43,6 +44,14 @@ if TYPE_CHECKING:
     from models.scann_index import PosterIndex
 
 EXIT_BAD_INPUT = 2
+_FETCH_ADVICE = {
+    "dns_failure": "check the host name in the URL",
+    "connection_refused": "check the host and port in the URL, or try again when the host is up",
+    "timeout": "try again later, or raise --connect_timeout_s / --read_timeout_s",
+    "connection_error": "try again later",
+    "robots_unreachable": "try again when the host answers, or give the poster as an image file",
+    "robots_disallowed": "the host's robots.txt forbids it; give another URL or an image file",
+}
 _IMDB_ID = re.compile(r"tt\d{7,}")
 _IMDB_TITLE_PATH = re.compile(r"/title/(tt\d{7,})(?:/.*)?")
 _REUSED_FLAGS = (
@@ -147,12 +156,9 @@ def _fetch(fetcher: PoliteFetcher, url: str) -> FetchResponse:
     try:
         return fetcher.get(url)
     except FetchError as exc:
-        detail = exc.detail
-        if exc.reason == "robots_disallowed":
-            detail += " (a robots.txt that cannot be read counts as disallowing)"
+        advice = _FETCH_ADVICE.get(exc.reason, "check the URL or --allowed_hosts")
         raise QueryError(
-            f"could not fetch {exc.url or url}: {_one_line(detail)} — check the URL or "
-            "--allowed_hosts"
+            f"could not fetch {exc.url or url}: {exc.reason}: {_one_line(exc.detail)} — {advice}"
         ) from None
 
 
@@ -381,4 +387,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

@@ -35,13 +35,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
 from models import features
+from models.registry import get_spec
 from models.training import DEFAULT_OBJECTIVE
 from models.training import OBJECTIVES
+from pipelines import checks
 from pipelines.common import CommonOptions
+from pipelines.common import UsageError
+from pipelines.common import cli
 from pipelines.common import configure_logging
 from pipelines.common import log_counters
 from pipelines.common import make_pipeline
+from pipelines.common import one_line
 from pipelines.common import parse_options
+from pipelines.common import recorded_options
 from pipelines.cowatch import holdout_of
 from pipelines.embed import EmbedOptions
 from pipelines.embed import posters_glob
@@ -49,9 +55,9 @@ from schemas import DeadLetter
 from schemas import PosterRecord
 from transforms import manifest
 from transforms.manifest import OutputLayout
+from transforms.sinks import ReadTFRecordFiles
 from transforms.sinks import WriteShards
 from transforms.sinks import parquet_encoder
-from transforms.sinks import read_tfrecord_records
 from transforms.sinks import write_bytes
 from transforms.train import METRICS_NAMESPACE
 from transforms.train import TRANSFORMED_TABLE
@@ -177,7 +183,10 @@ def _backbone(argv: list[str], model: str) -> str:
     given = any(a == _MODEL_FLAG or a.startswith(f"{_MODEL_FLAG}=") for a in argv)
     backbone = model if given else DEFAULT_BACKBONE
     if backbone.endswith(".keras"):
-        raise ValueError(f"{_MODEL_FLAG} must name a backbone to train from, not {backbone}")
+        raise UsageError(
+            f"{_MODEL_FLAG} must name a backbone to train from, not {backbone} — give a backbone "
+            f"name such as {DEFAULT_BACKBONE} (a .keras file is for the embed stage)"
+        )
     return backbone
 
 
@@ -217,7 +226,7 @@ def cowatch_targets(options: PipelineOptions) -> dict | None:
     if opts.objective not in ("audience", "both"):
         return None
     if not opts.cowatch_vectors:
-        raise ValueError(
+        raise UsageError(
             f"--objective={opts.objective} needs --cowatch_vectors (run python -m "
             "pipelines.cowatch --watch_history=... --output=... first), or use "
             "--objective=genres when there is no watch history"
@@ -262,9 +271,21 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     opts = options.view_as(TrainOptions)
     common = options.view_as(CommonOptions)
     posters_flag = options.view_as(EmbedOptions).posters
-    if not posters_flag or not common.output:
-        raise ValueError("--posters and --output are required")
+    checks.required(
+        {"--posters": posters_flag, "--output": common.output},
+        "the scrape stage's --output root (or a TFRecord glob) and the folder to write to",
+    )
     config = train_config(options, argv)
+    checks.model_flags(config.backbone, config.weights)
+    try:
+        get_spec(config.backbone)
+    except ValueError as exc:
+        raise UsageError(f"{_MODEL_FLAG}={config.backbone}: {one_line(exc)}") from None
+    checks.matching_files(
+        posters_glob(posters_flag), "--posters", posters_flag,
+        "give the scrape stage's --output root or a glob of its .tfrecord files",
+    )  # fmt: skip
+    checks.writable_output(common.output)
     targets = cowatch_targets(options)
     started_at = datetime.datetime.now(datetime.UTC)
     layout = OutputLayout.next_run(common.output)
@@ -281,13 +302,12 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     _LOG.info("train %s on %s -> %s (%s)", config.backbone, pattern, model_dir, layout.run_id)
 
     pipeline = make_pipeline(options, test_pipeline)
-    posters = (
-        pipeline
-        | "PosterGlob" >> beam.Create([pattern])
-        | "ReadPosters" >> beam.FlatMap(read_tfrecord_records, PosterRecord)
-        | "Limit" >> FirstPosters(opts.max_posters)
+    read = pipeline | "ReadPosters" >> ReadTFRecordFiles(
+        pattern, PosterRecord, layout.run_id, namespace=METRICS_NAMESPACE
     )
-    instances, dead = posters | "Instances" >> PosterInstances(layout.run_id)
+    posters = read.records | "Limit" >> FirstPosters(opts.max_posters)
+    instances, bad_posters = posters | "Instances" >> PosterInstances(layout.run_id)
+    dead = (read.dead_letter, bad_posters) | "AllDeadLetters" >> beam.Flatten()
     _ = instances | "Transform" >> AnalyzeAndTransformPosters(settings)
     _ = dead | "WriteDeadLetters" >> WriteShards(
         layout.table_prefix(DeadLetter.TABLE),
@@ -296,6 +316,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         parquet_encoder(DeadLetter),
         sort_key=lambda d: (d.movie_id or 0, d.stage, d.reason, d.input_row),
     )
+    if not options.view_as(TestOptions).dry_run:
+        layout.discard_unpublished()  # what a killed run left, before its run number is reused
     result = pipeline.run()
     result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:
@@ -305,14 +327,15 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     counters = log_counters(result, METRICS_NAMESPACE)
     report = _save_model_and_train(config, layout, model_dir, opts.neighbours, targets)
     report["holdout"] = holdout_of(options).describe()
+    unreadable = counters.get("unreadable_records", 0)  # corrupt TFRecords, dead-lettered
     counts = {
-        "input_rows": counters.get("posters_read", 0),
+        "input_rows": counters.get("posters_read", 0) + unreadable,
         "written": counters.get("instances", 0),
         "duplicates": 0,
-        "dead_lettered": counters.get("dead_lettered", 0),
+        "dead_lettered": counters.get("dead_lettered", 0) + unreadable,
         "already_present": 0,
     }
-    public = options.get_all_options(drop_default=True, retain_unknown_options=False)
+    public = recorded_options(options)
     public.update(backbone=config.backbone, model_path=report["model_path"])
     row = manifest.build_manifest(
         layout, "train", started_at, pattern, public, counts,
@@ -351,4 +374,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(main)

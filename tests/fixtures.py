@@ -10,6 +10,7 @@ from schemas import PosterRecord
 from synthetic.catalog import make_catalog
 from transforms.images import normalise_image
 from transforms.images import phash_hex
+from transforms.runs import publish_run
 from transforms.sinks import tfrecord_frame
 
 FETCHED_AT = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -46,4 +47,5 @@ def write_poster_folder(records: Sequence[PosterRecord], root: pathlib.Path, sha
         (folder / f"{PosterRecord.TABLE}-{shard:05d}-of-{shards:05d}.tfrecord").write_bytes(
             b"".join(tfrecord_frame(r.to_example()) for r in part)
         )
+    publish_run(str(root), "run-0001", "test")
     return root

@@ -4,7 +4,9 @@ The scoring is :func:`models.scoring.rank_candidates`: per watched film, its (hy
 scores weighted by rating and recency, summed; with a popularity weight or backfill, the films'
 popularity among the history's watchers (films with a vector only) blends in and fills the
 places left. Watch events of films without a vector are counted and reported, never silently
-dropped.
+dropped. A history row that cannot be a real watch (an id that is not a positive integer, a
+rating that is not a finite number from 0.5 to 5, a time before 1970) goes to the dead-letter
+table with its reason.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import datetime
 import io
 import json
+import math
 import typing
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -32,6 +35,81 @@ NO_VECTOR = "no_vector"
 DEAD_LETTER = "dead_letter"
 RATINGS_HEADER = ("userId", "movieId", "rating", "timestamp")
 POPULARITY = "popularity"
+HISTORY_STAGE = "watch_history"
+MIN_RATING = 0.5
+MAX_RATING = 5.0
+"""MovieLens ratings run from 0.5 to 5 stars."""
+
+BAD_ROW = "bad_row"
+BAD_USER_ID = "bad_user_id"
+BAD_MOVIE_ID = "bad_movie_id"
+RATING_NOT_FINITE = "rating_not_finite"
+RATING_OUT_OF_RANGE = "rating_out_of_range"
+TIMESTAMP_INVALID = "timestamp_invalid"
+_MAX_ID = 2**63 - 1
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+
+class BadWatchRow(ValueError):
+    """A history row that cannot be a watch event; ``reason`` is its dead-letter reason."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _read_field(reason: str, name: str, convert, value: object):
+    try:
+        return convert(value)
+    except (TypeError, ValueError, OverflowError, OSError) as exc:
+        raise BadWatchRow(reason, f"{name} {value!r} cannot be read: {exc}") from None
+
+
+def _from_unix_seconds(value: object) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(int(value), tz=datetime.UTC)
+
+
+def check_event(event: WatchEvent) -> WatchEvent:
+    """The event, or BadWatchRow when an id, the rating or the time cannot be a real watch's."""
+    c = WatchEvent.c
+    for name, value, reason in (
+        (c.user_id, event.user_id, BAD_USER_ID),
+        (c.movie_id, event.movie_id, BAD_MOVIE_ID),
+    ):
+        if not isinstance(value, int) or not 1 <= value <= _MAX_ID:
+            raise BadWatchRow(reason, f"{name} {value!r} is not a positive 64-bit integer id")
+    rating = event.rating
+    if not isinstance(rating, int | float) or not math.isfinite(rating):
+        raise BadWatchRow(RATING_NOT_FINITE, f"{c.rating} {rating!r} is not a finite number")
+    if not MIN_RATING <= rating <= MAX_RATING:
+        raise BadWatchRow(
+            RATING_OUT_OF_RANGE, f"{c.rating} {rating} is outside {MIN_RATING}..{MAX_RATING}"
+        )
+    when = event.watched_at
+    if not isinstance(when, datetime.datetime) or when < _EPOCH:
+        shown = when.isoformat() if isinstance(when, datetime.datetime) else repr(when)
+        raise BadWatchRow(TIMESTAMP_INVALID, f"{c.watched_at} {shown} is not a time since 1970")
+    return event
+
+
+def movielens_event(user: object, movie: object, rating: object, stamp: object) -> WatchEvent:
+    """A checked event from MovieLens ratings values (timestamp in Unix seconds)."""
+    return check_event(
+        WatchEvent(
+            user_id=_read_field(BAD_USER_ID, "userId", int, user),
+            movie_id=_read_field(BAD_MOVIE_ID, "movieId", int, movie),
+            rating=_read_field(RATING_NOT_FINITE, "rating", float, rating),
+            watched_at=_read_field(TIMESTAMP_INVALID, "timestamp", _from_unix_seconds, stamp),
+        )
+    )
+
+
+def _history_dead_letter(run_id: str, exc: Exception, input_row: str, line: int) -> DeadLetter:
+    return DeadLetter(
+        run_id=run_id, stage=HISTORY_STAGE, reason=getattr(exc, "reason", BAD_ROW),
+        detail=str(exc) if isinstance(exc, BadWatchRow) else repr(exc), input_row=input_row,
+        attempts=0, line_number=line,
+    )  # fmt: skip
 
 
 def parse_ratings_csv(text: str, run_id: str) -> Iterator[WatchEvent | DeadLetter]:
@@ -44,18 +122,11 @@ def parse_ratings_csv(text: str, run_id: str) -> Iterator[WatchEvent | DeadLette
         if not row:
             continue
         try:
-            user, movie, rating, stamp = row
-            yield WatchEvent(
-                user_id=int(user),
-                movie_id=int(movie),
-                rating=float(rating),
-                watched_at=datetime.datetime.fromtimestamp(int(stamp), tz=datetime.UTC),
-            )
-        except (ValueError, OverflowError) as exc:
-            yield DeadLetter(
-                run_id=run_id, stage="watch_history", reason="bad_row", detail=str(exc),
-                input_row=",".join(row), attempts=0, line_number=reader.line_num,
-            )  # fmt: skip
+            if len(row) != len(RATINGS_HEADER):
+                raise BadWatchRow(BAD_ROW, f"{len(row)} fields, expected {len(RATINGS_HEADER)}")
+            yield movielens_event(*row)
+        except BadWatchRow as exc:
+            yield _history_dead_letter(run_id, exc, ",".join(row), reader.line_num)
 
 
 class _JoinNeighborsFn(beam.DoFn):
@@ -172,19 +243,12 @@ def _event_from_mapping(row: Mapping, run_id: str, line: int) -> WatchEvent | De
     c = WatchEvent.c
     try:
         if "userId" in row:
-            when = datetime.datetime.fromtimestamp(int(row["timestamp"]), tz=datetime.UTC)
-            return WatchEvent(
-                user_id=int(row["userId"]), movie_id=int(row["movieId"]),
-                rating=float(row["rating"]), watched_at=when,
-            )  # fmt: skip
-        return WatchEvent.from_dict(
-            {k: row[k] for k in (c.user_id, c.movie_id, c.rating, c.watched_at)}
-        )
+            return movielens_event(row["userId"], row["movieId"], row["rating"], row["timestamp"])
+        fields = {k: row[k] for k in (c.user_id, c.movie_id, c.rating, c.watched_at)}
+        return check_event(WatchEvent.from_dict(fields))
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        return DeadLetter(
-            run_id=run_id, stage="watch_history", reason="bad_row", detail=repr(exc),
-            input_row=json.dumps({k: str(v) for k, v in row.items()}), attempts=0, line_number=line,
-        )  # fmt: skip
+        input_row = json.dumps({k: str(v) for k, v in row.items()})
+        return _history_dead_letter(run_id, exc, input_row, line)
 
 
 def read_history_file(path: str, run_id: str) -> Iterator[WatchEvent | DeadLetter]:
@@ -204,10 +268,24 @@ def read_history_file(path: str, run_id: str) -> Iterator[WatchEvent | DeadLette
         yield from parse_ratings_csv(data.decode("utf-8-sig"), run_id)
 
 
-def _route(item: WatchEvent | DeadLetter):
-    if isinstance(item, DeadLetter):
-        return beam.pvalue.TaggedOutput(DEAD_LETTER, item)
-    return item
+class _RouteRowsFn(beam.DoFn):
+    """Events to the main output, dead letters to DEAD_LETTER; counts rows read, events, and
+    dead letters per reason (``rows_read == events + dead_lettered``)."""
+
+    def __init__(self) -> None:
+        self._rows = beam.metrics.Metrics.counter(HISTORY_STAGE, "rows_read")
+        self._events = beam.metrics.Metrics.counter(HISTORY_STAGE, "events")
+        self._dead = beam.metrics.Metrics.counter(HISTORY_STAGE, "dead_lettered")
+
+    def process(self, item: WatchEvent | DeadLetter) -> Iterator:
+        self._rows.inc()
+        if isinstance(item, DeadLetter):
+            self._dead.inc()
+            beam.metrics.Metrics.counter(HISTORY_STAGE, f"dead_lettered_{item.reason}").inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
+        else:
+            self._events.inc()
+            yield item
 
 
 class ReadWatchHistory(beam.PTransform):
@@ -253,5 +331,7 @@ class ReadWatchHistory(beam.PTransform):
                 | "HistoryPath" >> beam.Create([self._uri])
                 | "ParseHistory" >> beam.FlatMap(read_history_file, run_id)
             )
-        routed = items | "RouteBadRows" >> beam.Map(_route).with_outputs(DEAD_LETTER, main="events")
+        routed = items | "RouteBadRows" >> beam.ParDo(_RouteRowsFn()).with_outputs(
+            DEAD_LETTER, main="events"
+        )
         return WatchHistory(routed.events, routed[DEAD_LETTER])

@@ -30,7 +30,6 @@ from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import EmbeddingRow
-from schemas import PosterRecord
 from transforms.dedupe import POSTER_KINDS
 from transforms.dedupe import recency
 
@@ -224,20 +223,6 @@ class EmbedPosters(beam.PTransform):
             beam.Flatten()
         )
         return rows.rows, dead
-
-
-def read_posters(pattern: str) -> beam.PTransform:
-    """Read poster TFRecords (local or gs://) as PosterRecords."""
-
-    @beam.ptransform_fn
-    def _read(pbegin):
-        return (
-            pbegin
-            | "ReadTFRecords" >> beam.io.ReadFromTFRecord(pattern)
-            | "ParseExamples" >> beam.Map(PosterRecord.from_example)
-        )
-
-    return _read()
 
 
 class CanonicalNotEmbedded(ValueError):

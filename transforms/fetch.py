@@ -4,16 +4,32 @@
 elements, or :class:`schemas.DeadLetter` records on the ``dead_letter`` output. One
 :class:`transforms.http.PoliteFetcher` (and its HTTP session) is created per DoFn instance in
 ``setup()``; within a bundle up to ``concurrency`` films are in flight at once on a thread pool.
+
+Decoding, hashing and re-encoding are CPU work that threads cannot spread over cores (the GIL).
+With ``processes`` > 0 a DoFn instance hands its films to that many worker processes
+(:class:`FetchWorkers`), each with its own session, robots.txt cache and ``concurrency`` threads,
+and the per-host rate split between them so the total stays the same: how a local run uses every
+core while the Beam process only dedupes and writes. On Dataflow each core already runs its own
+SDK process, so there it stays 0 and films are fetched on the DoFn's own threads.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime
 import json
 import logging
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+import traceback
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindow
@@ -233,6 +249,145 @@ def dead_letter_for(entry: CatalogEntry, failure: _Failure, run_id: str) -> Dead
     )
 
 
+def scrape_or_dead_letter(
+    scraper: PosterScraper, entry: CatalogEntry, run_id: str
+) -> FetchedPoster | DeadLetter:
+    """The film's poster, or the dead-letter record of why it has none."""
+    try:
+        return scraper.scrape(entry)
+    except _Failure as failure:
+        return dead_letter_for(entry, failure, run_id)
+
+
+class FetchWorkerDied(RuntimeError):
+    """A fetch worker process raised or exited while films were in flight."""
+
+
+def serve_fetch_worker(stdin: BinaryIO | None = None, stdout: BinaryIO | None = None) -> None:
+    """A fetch worker process (see :class:`FetchWorkers`): pickles in on stdin, out on stdout.
+
+    First ``(policy, resolve_config, image_config, run_id, concurrency)``, then films until
+    ``None``; each film's result (or a :class:`FetchWorkerDied` naming it) is written back as it
+    completes. Anything the libraries print goes to stderr, never into the result stream.
+    """
+    if stdout is None:
+        stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+        os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    stdin = stdin or sys.stdin.buffer
+    policy, resolve_config, image_config, run_id, concurrency = pickle.load(stdin)
+    fetcher = PoliteFetcher(policy)
+    scraper = PosterScraper(fetcher, resolve_config, image_config)
+    slots = threading.BoundedSemaphore(concurrency)
+    write = threading.Lock()
+
+    def one(entry: CatalogEntry) -> None:
+        try:
+            result = scrape_or_dead_letter(scraper, entry, run_id)
+        except Exception:  # handed to the Beam process, which fails the bundle
+            result = FetchWorkerDied(f"film {entry.movie_id}: {traceback.format_exc()}")
+        try:
+            with write:
+                pickle.dump(result, stdout, protocol=pickle.HIGHEST_PROTOCOL)
+                stdout.flush()
+        finally:
+            slots.release()
+
+    with concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix="fetch") as pool:
+        while (entry := pickle.load(stdin)) is not None:
+            slots.acquire()
+            pool.submit(one, entry)
+    fetcher.close()
+    stdout.close()
+
+
+class FetchWorkers:
+    """Worker processes that resolve, fetch and validate films; results come back unordered.
+
+    Each is a fresh ``python`` running :func:`serve_fetch_worker` (no fork of a threaded process,
+    no re-import of the caller's ``__main__``), with its own :class:`PoliteFetcher` and
+    ``concurrency`` threads; the per-host rate is divided between the processes so that together
+    they are as polite as one. Settings, secrets included, travel on the pipe, never in argv.
+    """
+
+    def __init__(
+        self,
+        processes: int,
+        policy: FetchPolicy,
+        resolve_config: ResolveConfig,
+        image_config: ImageConfig,
+        run_id: str,
+        concurrency: int,
+    ) -> None:
+        share = dataclasses.replace(
+            policy, requests_per_second_per_host=policy.requests_per_second_per_host / processes
+        )
+        settings = (share, resolve_config, image_config, run_id, concurrency)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        command = [sys.executable, "-c", _WORKER_COMMAND]
+        self._results: queue.Queue = queue.Queue()
+        self._workers = []
+        for index in range(processes):
+            worker = subprocess.Popen(
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            )
+            pickle.dump(settings, worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            reader = threading.Thread(
+                target=self._read, args=(worker, f"fetch-{index}"), daemon=True
+            )
+            reader.start()
+            self._workers.append(worker)
+        self._next = 0
+        self.in_flight = 0
+
+    def _read(self, worker: subprocess.Popen, name: str) -> None:
+        try:
+            while True:
+                self._results.put(pickle.load(worker.stdout))
+        except (EOFError, OSError, pickle.UnpicklingError):
+            code = worker.wait()
+            self._results.put(FetchWorkerDied(f"fetch worker {name} exited with code {code}"))
+
+    def put(self, entry: CatalogEntry) -> None:
+        """Hand a film to the next worker (round robin)."""
+        worker = self._workers[self._next % len(self._workers)]
+        self._next += 1
+        try:
+            pickle.dump(entry, worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            worker.stdin.flush()
+        except OSError as exc:  # BrokenPipeError: the worker is gone
+            raise FetchWorkerDied(f"fetch worker exited ({exc}); see its error above") from exc
+        self.in_flight += 1
+
+    def get(self, block: bool) -> FetchedPoster | DeadLetter | None:
+        """The next result; None when ``block`` is False and none is ready."""
+        while True:
+            try:
+                result = self._results.get(block=block)
+            except queue.Empty:
+                return None
+            if isinstance(result, FetchWorkerDied):
+                if self.in_flight:
+                    raise FetchWorkerDied(f"{result} with {self.in_flight} films in flight")
+                continue  # a worker that ended after its last film
+            self.in_flight -= 1
+            return result
+
+    def close(self) -> None:
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                pickle.dump(None, worker.stdin)
+                worker.stdin.close()
+        for worker in self._workers:
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+_WORKER_COMMAND = "from transforms.fetch import serve_fetch_worker; serve_fetch_worker()"
+
+
 class _FetchPostersFn(beam.DoFn):
     """Fetches posters with a per-worker session and a bounded pool of threads."""
 
@@ -243,17 +398,30 @@ class _FetchPostersFn(beam.DoFn):
         image_config: ImageConfig,
         run_id: str,
         concurrency: int,
+        processes: int = 0,
     ) -> None:
         self._policy = policy
         self._resolve_config = resolve_config
         self._image_config = image_config
         self._run_id = run_id
         self._concurrency = concurrency
+        self._processes = processes
         self._ok = beam.metrics.Metrics.counter("scrape", "fetched")
         self._failed = beam.metrics.Metrics.counter("scrape", "fetch_failed")
         self._attempts = beam.metrics.Metrics.distribution("scrape", "http_attempts")
 
     def setup(self) -> None:
+        self._workers = None
+        if self._processes > 0:
+            self._workers = FetchWorkers(
+                self._processes,
+                self._policy,
+                self._resolve_config,
+                self._image_config,
+                self._run_id,
+                self._concurrency,
+            )
+            return
         self._fetcher = PoliteFetcher(self._policy)
         self._scraper = PosterScraper(self._fetcher, self._resolve_config, self._image_config)
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -264,7 +432,14 @@ class _FetchPostersFn(beam.DoFn):
         self._pending: list[concurrent.futures.Future] = []
 
     def process(self, entry: CatalogEntry) -> Iterator:
-        self._pending.append(self._pool.submit(self._scrape_one, entry))
+        if self._workers is not None:
+            self._workers.put(entry)
+            limit = 2 * self._concurrency * self._processes
+            while (result := self._workers.get(block=self._workers.in_flight >= limit)) is not None:
+                yield from self._emit(result, windowed=False)
+            return
+        future = self._pool.submit(scrape_or_dead_letter, self._scraper, entry, self._run_id)
+        self._pending.append(future)
         if len(self._pending) >= 2 * self._concurrency:
             done, _ = concurrent.futures.wait(
                 self._pending, return_when=concurrent.futures.FIRST_COMPLETED
@@ -272,42 +447,40 @@ class _FetchPostersFn(beam.DoFn):
             yield from self._drain(done, windowed=False)
 
     def finish_bundle(self) -> Iterator:
+        if self._workers is not None:
+            while self._workers.in_flight:
+                yield from self._emit(self._workers.get(block=True), windowed=True)
+            return
         done, _ = concurrent.futures.wait(self._pending)
         yield from self._drain(done, windowed=True)
 
     def teardown(self) -> None:
+        for name in ("_workers", "_fetcher"):
+            held = getattr(self, name, None)
+            if held is not None:
+                held.close()
         pool = getattr(self, "_pool", None)
         if pool is not None:
             pool.shutdown(wait=True)
-        fetcher = getattr(self, "_fetcher", None)
-        if fetcher is not None:
-            fetcher.close()
-
-    def _scrape_one(self, entry: CatalogEntry) -> FetchedPoster | DeadLetter:
-        try:
-            return self._scraper.scrape(entry)
-        except _Failure as failure:
-            return dead_letter_for(entry, failure, self._run_id)
 
     def _drain(self, done: set, *, windowed: bool) -> Iterator:
         remaining = []
         for future in self._pending:
-            if future not in done:
-                remaining.append(future)
-                continue
-            result = future.result()
-            if isinstance(result, DeadLetter):
-                self._failed.inc()
-                self._attempts.update(result.attempts)
-                value = (
-                    WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()]) if windowed else result
-                )
-                yield beam.pvalue.TaggedOutput(DEAD_LETTER, value)
+            if future in done:
+                yield from self._emit(future.result(), windowed=windowed)
             else:
-                self._ok.inc()
-                self._attempts.update(result.attempts)
-                yield WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()]) if windowed else result
+                remaining.append(future)
         self._pending = remaining
+
+    def _emit(self, result: FetchedPoster | DeadLetter, *, windowed: bool) -> Iterator:
+        self._attempts.update(result.attempts)
+        value = WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()]) if windowed else result
+        if isinstance(result, DeadLetter):
+            self._failed.inc()
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, value)
+        else:
+            self._ok.inc()
+            yield value
 
 
 class FetchPosters(beam.PTransform):
@@ -320,11 +493,16 @@ class FetchPosters(beam.PTransform):
         image_config: ImageConfig,
         run_id: str,
         concurrency: int = 16,
+        processes: int = 0,
     ) -> None:
         super().__init__()
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
-        self._fn = _FetchPostersFn(policy, resolve_config, image_config, run_id, concurrency)
+        if processes < 0:
+            raise ValueError("processes must be >= 0")
+        self._fn = _FetchPostersFn(
+            policy, resolve_config, image_config, run_id, concurrency, processes
+        )
 
     def expand(self, entries: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return entries | "FetchAndValidate" >> beam.ParDo(self._fn).with_outputs(

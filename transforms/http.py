@@ -3,6 +3,9 @@
 One :class:`PoliteFetcher` is created per worker (in ``DoFn.setup``) and shared by the worker's
 fetch threads. Every failure is raised as :class:`FetchError` with a machine-readable reason, the
 last HTTP status and the number of attempts, with secrets removed from its URL and message.
+Network failures are named for what happened (``dns_failure``, ``connection_refused``,
+``timeout``, ``connection_error``) and a host whose robots.txt cannot be read is
+``robots_unreachable``, never ``robots_disallowed``: an outage must not look like a rule.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import email.utils
 import fnmatch
 import logging
 import random
+import socket
 import threading
 import time
 import urllib.parse
@@ -21,6 +25,7 @@ from collections.abc import Mapping
 
 import requests
 import requests.adapters
+import urllib3.exceptions
 
 from transforms.resolve import redact_secrets
 
@@ -38,6 +43,7 @@ DEFAULT_ALLOWED_HOSTS = (
 )
 RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 NOAI_TOKENS = frozenset({"noai", "noimageai"})
+NETWORK_REASONS = ("dns_failure", "connection_refused", "timeout", "connection_error")
 
 _LOG = logging.getLogger(__name__)
 
@@ -90,6 +96,13 @@ class FetchPolicy:
             raise ValueError("max_body_bytes must be > 0")
         if not self.allowed_hosts:
             raise ValueError("allowed_hosts is empty: name at least one host to fetch from")
+
+
+@dataclasses.dataclass(frozen=True)
+class RobotsUnreachable:
+    """Why an origin's robots.txt could not be read (RFC 9309: then nothing there is fetched)."""
+
+    detail: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,6 +170,39 @@ def crawl_delay(robots_lines: list[str], user_agent: str) -> float | None:
         if agent != "*" and agent in token:
             return seconds
     return delays.get("*")
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exception and everything it wraps (causes, contexts, urllib3 reasons, exception args)."""
+    seen: list[BaseException] = []
+    todo = [exc]
+    while todo:
+        current = todo.pop(0)
+        if any(current is s for s in seen):
+            continue
+        seen.append(current)
+        inner = [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        inner += list(current.args)
+        todo += [e for e in inner if isinstance(e, BaseException)]
+    return seen
+
+
+def classify_network_error(exc: BaseException, netloc: str) -> tuple[str, str]:
+    """The reason (one of NETWORK_REASONS) and a one-line detail of a failed connection or read."""
+    causes = _causes(exc)
+    innermost = next((e for e in reversed(causes) if str(e)), exc)
+    cause = " ".join(str(innermost).split())
+    dns_errors = (socket.gaierror, urllib3.exceptions.NameResolutionError)
+    timeouts = (requests.Timeout, TimeoutError, urllib3.exceptions.ReadTimeoutError)
+    if any(isinstance(e, dns_errors) for e in causes):
+        return "dns_failure", f"cannot resolve the host name of {netloc} ({cause})"
+    if any(isinstance(e, ConnectionRefusedError) for e in causes):
+        return "connection_refused", f"{netloc} refused the connection ({cause})"
+    if isinstance(exc, requests.ConnectTimeout):
+        return "timeout", f"no connection to {netloc} within the connect timeout ({cause})"
+    if any(isinstance(e, timeouts) for e in causes):
+        return "timeout", f"no answer from {netloc} within the read timeout ({cause})"
+    return "connection_error", f"the connection to {netloc} failed ({cause})"
 
 
 def _no_auth(request: requests.PreparedRequest) -> requests.PreparedRequest:
@@ -237,7 +283,7 @@ class PoliteFetcher:
         # re-reading ~/.netrc on every request (measurable at hundreds of requests/s).
         self._session.auth = _no_auth
         self._limiter = HostRateLimiter(policy.requests_per_second_per_host)
-        self._robots: dict[str, urllib.robotparser.RobotFileParser | None] = {}
+        self._robots: dict[str, urllib.robotparser.RobotFileParser | RobotsUnreachable] = {}
         self._robots_locks: dict[str, threading.Lock] = {}
         self._robots_guard = threading.Lock()
         self._rng = random.Random()
@@ -273,12 +319,9 @@ class PoliteFetcher:
                     allow_redirects=False,
                     timeout=(self.policy.connect_timeout_s, self.policy.read_timeout_s),
                 )
-            except requests.Timeout as exc:
-                last_reason, last_detail = "timeout", self.redact(str(exc))
-                self._backoff(attempts, None)
-                continue
             except requests.RequestException as exc:
-                last_reason, last_detail = "connection_error", self.redact(str(exc))
+                last_reason, last_detail = classify_network_error(exc, netloc)
+                last_detail = self.redact(last_detail)
                 self._backoff(attempts, None)
                 continue
             with response:
@@ -327,7 +370,7 @@ class PoliteFetcher:
                 try:
                     body = self._read_body(response, shown, attempts)
                 except _TruncatedBody as exc:
-                    last_reason, last_detail = "truncated_body", str(exc)
+                    last_reason, last_detail = exc.reason, str(exc)
                     self._backoff(attempts, None)
                     continue
                 return FetchResponse(
@@ -361,7 +404,17 @@ class PoliteFetcher:
                 f"if it should be fetched: {shown}",
                 url=shown,
             )
-        if self.policy.respect_robots_txt and not self._robots_allows(url):
+        if not self.policy.respect_robots_txt:
+            return
+        robots = self._robots_for(url)
+        if isinstance(robots, RobotsUnreachable):
+            raise FetchError(
+                "robots_unreachable",
+                f"robots.txt of {parts.netloc} could not be read, which RFC 9309 treats as "
+                f"disallowing the whole host: {robots.detail}",
+                url=shown,
+            )
+        if not robots.can_fetch(self.policy.user_agent, url):
             raise FetchError(
                 "robots_disallowed",
                 f"robots.txt of {parts.netloc} disallows {parts.path} for our user agent",
@@ -406,6 +459,10 @@ class PoliteFetcher:
                     )
                 chunks.append(chunk)
         except (requests.exceptions.ChunkedEncodingError, requests.ConnectionError) as exc:
+            netloc = urllib.parse.urlsplit(shown).netloc
+            reason, detail = classify_network_error(exc, netloc)
+            if reason == "timeout":
+                raise _TruncatedBody(f"{detail} while reading {shown}", reason) from exc
             raise _TruncatedBody(f"connection broke while reading {shown}: {exc}") from exc
         body = b"".join(chunks)
         if declared and declared.isdigit() and int(declared) != len(body):
@@ -422,7 +479,8 @@ class PoliteFetcher:
         time.sleep(delay)
 
     # ------------------------------------------------------------------ robots.txt
-    def _robots_allows(self, url: str) -> bool:
+    def _robots_for(self, url: str) -> urllib.robotparser.RobotFileParser | RobotsUnreachable:
+        """The parsed robots.txt of the URL's origin (fetched once per origin), or why not."""
         parts = urllib.parse.urlsplit(url)
         key = f"{parts.scheme}://{parts.netloc.lower()}"
         with self._robots_guard:
@@ -430,15 +488,13 @@ class PoliteFetcher:
         with lock:
             if key not in self._robots:
                 self._robots[key] = self._load_robots(key)
-            parser = self._robots[key]
-        if parser is None:
-            return False
-        return parser.can_fetch(self.policy.user_agent, url)
+            return self._robots[key]
 
-    def _load_robots(self, origin: str) -> urllib.robotparser.RobotFileParser | None:
-        """Parse an origin's robots.txt; None (disallow all) when it cannot be read."""
+    def _load_robots(self, origin: str) -> urllib.robotparser.RobotFileParser | RobotsUnreachable:
+        """Parse an origin's robots.txt; RobotsUnreachable (disallow all) when it cannot be read."""
         parser = urllib.robotparser.RobotFileParser(origin + "/robots.txt")
         netloc = urllib.parse.urlsplit(origin).netloc
+        reason, detail = "", ""
         for attempt in range(1, self.policy.max_attempts + 1):
             self._limiter.wait(netloc)
             try:
@@ -446,10 +502,14 @@ class PoliteFetcher:
                     origin + "/robots.txt",
                     timeout=(self.policy.connect_timeout_s, self.policy.read_timeout_s),
                 )
-            except requests.RequestException:
+            except requests.RequestException as exc:
+                reason, detail = classify_network_error(exc, netloc)
+                detail = self.redact(detail)
                 self._backoff(attempt, None)
                 continue
             if response.status_code >= 500 or response.status_code == 429:
+                reason = f"http_{response.status_code}"
+                detail = f"HTTP {response.status_code} from {origin}/robots.txt"
                 self._backoff(attempt, parse_retry_after(response.headers.get("Retry-After")))
                 continue
             if response.status_code >= 400:
@@ -461,9 +521,20 @@ class PoliteFetcher:
             if delay:
                 self._limiter.slow_down(netloc, float(delay))
             return parser
-        _LOG.warning("robots.txt of %s unreachable; treating the host as disallowed", origin)
-        return None
+        attempts = self.policy.max_attempts
+        plural = "s" if attempts != 1 else ""
+        unreachable = RobotsUnreachable(f"{reason} after {attempts} attempt{plural}: {detail}")
+        _LOG.warning(
+            "robots.txt of %s unreachable (%s); nothing on the host is fetched",
+            origin,
+            unreachable.detail,
+        )
+        return unreachable
 
 
 class _TruncatedBody(Exception):
-    """The connection ended before the declared body was read (retryable)."""
+    """The connection ended or stalled before the declared body was read (retryable)."""
+
+    def __init__(self, message: str, reason: str = "truncated_body") -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -5,8 +5,9 @@ Layout under an output root (local or ``gs://``)::
     {root}/{table}/run-NNNN/{table}-SSSSS-of-NNNNN.{ext}
     {root}/manifests/run-NNNN.json   (and run-NNNN.parquet, the RunManifest row)
 
-A run counts as completed once its manifest exists; later runs read only completed runs, so a
-crashed run is simply redone under the same run id.
+A run is published in one step at the end, when its manifest JSON is written (last, and
+atomically); readers take only published runs, and a killed run's number is reused by the next
+run, which first deletes what the killed one left (the rule lives in ``transforms.runs``).
 """
 
 from __future__ import annotations
@@ -15,17 +16,38 @@ import dataclasses
 import datetime
 import json
 import logging
-import re
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import RunManifest
+from transforms import runs
+from transforms.resolve import REDACTED
+from transforms.resolve import redact_secrets
 from transforms.sinks import parquet_encoder
 from transforms.sinks import write_bytes
 
-_RUN = re.compile(r"run-(\d{4,})\.json$")
 _LOG = logging.getLogger(__name__)
+SECRET_WORDS = ("api_key", "apikey", "access_key", "token", "password", "passwd", "secret")
+"""An option (or flag) whose name holds one of these is a secret: never written or logged."""
+
+
+def is_secret_option(name: str) -> bool:
+    """Whether an option or flag name (``tmdb_api_key``, ``--db-password``) marks a secret."""
+    key = name.lstrip("-").replace("-", "_").lower()
+    return any(word in key for word in SECRET_WORDS)
+
+
+def redact_options(options: dict) -> dict:
+    """Options as a run may record them: secret options' values and api_key URL values redacted."""
+    shown = {}
+    for name, value in options.items():
+        if is_secret_option(name) and value not in (None, ""):
+            value = REDACTED
+        elif isinstance(value, str):
+            value = redact_secrets(value, ())
+        shown[name] = value
+    return shown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,10 +60,7 @@ class OutputLayout:
     @staticmethod
     def completed_runs(root: str) -> list[str]:
         """Run ids under ``root`` that finished (have a manifest), oldest first."""
-        pattern = FileSystems.join(root, "manifests", "run-*.json")
-        matches = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
-        ids = sorted(int(m.group(1)) for p in matches if (m := _RUN.search(p)))
-        return [f"run-{i:04d}" for i in ids]
+        return runs.published_runs(root)
 
     @classmethod
     def next_run(cls, root: str) -> OutputLayout:
@@ -61,8 +80,12 @@ class OutputLayout:
 
     @property
     def manifest_path(self) -> str:
-        """The JSON manifest of this run."""
-        return FileSystems.join(self.root, "manifests", f"{self.run_id}.json")
+        """The JSON manifest of this run; writing it (last) publishes the run."""
+        return runs.manifest_path(self.root, self.run_id)
+
+    def discard_unpublished(self) -> None:
+        """Delete what killed runs left under the root, before this run writes its tables."""
+        runs.discard_unpublished(self.root)
 
 
 ACCOUNTED = ("written", "duplicates", "dead_lettered", "already_present")
@@ -110,7 +133,7 @@ def build_manifest(
         stage=stage,
         started_at=started_at,
         finished_at=datetime.datetime.now(datetime.UTC),
-        input_path=input_path,
+        input_path=redact_secrets(input_path, ()),
         output_path=layout.root,
         input_rows=input_rows,
         written=counts["written"],
@@ -119,7 +142,7 @@ def build_manifest(
         already_present=counts["already_present"],
         accounting_ok=input_rows == accounted,
         counts_json=json.dumps(breakdown, sort_keys=True),
-        options_json=json.dumps(options, sort_keys=True, default=str),
+        options_json=json.dumps(redact_options(options), sort_keys=True, default=str),
     )
 
 

@@ -55,6 +55,7 @@ class ScrapeConfig:
     min_confirmation: float = DEFAULT_MIN_CONFIRMATION
     num_shards: int = 4
     existing_runs: tuple[str, ...] = ()
+    fetch_processes: int = 0
 
 
 class ScrapeOutputs(typing.NamedTuple):
@@ -121,7 +122,12 @@ class ScrapePosters(beam.PTransform):
         ).with_outputs("already_present", main="entries")
         spread = todo.entries | "SpreadFetches" >> beam.Reshuffle()
         fetched = spread | "FetchPosters" >> FetchPosters(
-            config.policy, config.resolve, config.image, run_id, config.concurrency
+            config.policy,
+            config.resolve,
+            config.image,
+            run_id,
+            config.concurrency,
+            config.fetch_processes,
         )
         deduped = fetched.posters | "DedupePosters" >> DedupePosters(
             run_id, config.near_duplicate_threshold, existing, config.min_confirmation

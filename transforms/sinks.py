@@ -15,13 +15,17 @@ from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
 from typing import Any
+from typing import NamedTuple
 
 import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
+from schemas import DeadLetter
 from schemas import Record
+from transforms.runs import TEMPORARY_SUFFIX
+from transforms.runs import published_paths
 
 try:
     import google_crc32c
@@ -100,10 +104,13 @@ def parquet_encoder(
     return encode
 
 
-def read_parquet_records(path_glob: str, table: type[Record]) -> list[Record]:
-    """Every record of the Parquet files matching ``path_glob`` (local or gs://)."""
+def read_parquet_records(
+    path_glob: str, table: type[Record], include_unpublished: bool = False
+) -> list[Record]:
+    """Every record of the Parquet files matching ``path_glob`` (local or gs://) in published
+    runs (``include_unpublished``: a stage reading its own run before publishing it)."""
     rows: list[Record] = []
-    for path in sorted(m.path for r in FileSystems.match([path_glob]) for m in r.metadata_list):
+    for path in published_paths(path_glob, include_unpublished):
         with FileSystems.open(path) as handle:
             arrow = pq.read_table(pa.BufferReader(handle.read()))
         rows.extend(table.from_arrow(arrow))
@@ -111,17 +118,26 @@ def read_parquet_records(path_glob: str, table: type[Record]) -> list[Record]:
 
 
 def read_tfrecord_records(path_glob: str, table: type[Record]) -> list[Record]:
-    """Every record of the TFRecord files matching ``path_glob`` (local or gs://)."""
+    """Every record of the TFRecord files matching ``path_glob`` (local or gs://) in published
+    runs.
+
+    A corrupt file raises a ValueError that names it; pipelines read with
+    :class:`ReadTFRecordFiles`, which dead-letters it instead.
+    """
     rows: list[Record] = []
-    for path in sorted(m.path for r in FileSystems.match([path_glob]) for m in r.metadata_list):
+    for path in published_paths(path_glob):
         with FileSystems.open(path) as handle:
-            rows.extend(table.from_example(record) for record in read_tfrecords(handle.read()))
+            data = handle.read()
+        try:
+            rows.extend(table.from_example(record) for record in read_tfrecords(data))
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from exc
     return rows
 
 
 def write_bytes(path: str, data: bytes) -> None:
     """Write a file atomically through FileSystems (temporary name, then rename)."""
-    temp = f"{path}.tmp-writing"
+    temp = f"{path}{TEMPORARY_SUFFIX}"
     with FileSystems.create(temp) as handle:
         handle.write(data)
     if FileSystems.exists(path):
@@ -183,3 +199,109 @@ class WriteShards(beam.PTransform):
                 _WriteShardFn(self._prefix, self._suffix, num_shards, self._encode, sort_key)
             )
         )
+
+
+DEAD_LETTER_TAG = "dead_letter"
+CORRUPT_FILE = "corrupt_tfrecord"
+BAD_RECORD = "bad_record"
+
+
+class TFRecordOutputs(NamedTuple):
+    """The outputs of :class:`ReadTFRecordFiles`."""
+
+    records: beam.PCollection
+    dead_letter: beam.PCollection
+
+
+def matched_paths(path_glob: str) -> list[str]:
+    """The files matching a glob (local or gs://) in published runs, sorted."""
+    return published_paths(path_glob)
+
+
+class _ReadTFRecordFileFn(beam.DoFn):
+    """One TFRecord file's records; corruption becomes a DeadLetter naming the file."""
+
+    def __init__(self, table: type[Record], run_id: str, stage: str, namespace: str) -> None:
+        self._table = table
+        self._run_id = run_id
+        self._stage = stage
+        self._records = beam.metrics.Metrics.counter(namespace, "records_read")
+        self._dead = beam.metrics.Metrics.counter(namespace, "unreadable_records")
+
+    def process(self, path: str) -> Iterator[Record | beam.pvalue.TaggedOutput]:
+        with FileSystems.open(path) as handle:
+            data = handle.read()
+        frames = read_tfrecords(data)
+        index = 0
+        while True:
+            try:
+                raw = next(frames)
+            except StopIteration:
+                return
+            except ValueError as exc:  # framing or CRC: the rest of the file cannot be trusted
+                detail = (
+                    f"{path}: {exc}; the {index} records before it were read, the rest of the "
+                    "file is skipped (re-run the stage that wrote it)"
+                )
+                yield self._dead_letter(CORRUPT_FILE, detail, f"file={path} record={index}")
+                return
+            try:
+                record = self._table.from_example(raw)
+            except Exception as exc:  # any unparseable record is dead-lettered, with the reason
+                detail = f"{path}: record {index} is not a {self._table.TABLE} example: {exc}"
+                yield self._dead_letter(BAD_RECORD, detail, f"file={path} record={index}")
+            else:
+                self._records.inc()
+                yield record
+            index += 1
+
+    def _dead_letter(self, reason: str, detail: str, input_row: str) -> beam.pvalue.TaggedOutput:
+        self._dead.inc()
+        return beam.pvalue.TaggedOutput(
+            DEAD_LETTER_TAG,
+            DeadLetter(
+                run_id=self._run_id,
+                stage=self._stage,
+                reason=reason,
+                detail=" ".join(detail.split())[:2000],
+                input_row=input_row,
+                attempts=0,
+            ),
+        )
+
+
+class ReadTFRecordFiles(beam.PTransform):
+    """The records of the TFRecord files matching a glob, read file by file (spread over workers).
+
+    A file whose framing or CRC is corrupt becomes one DeadLetter (stage ``stage``, reason
+    ``corrupt_tfrecord``) naming the file and the record where the corruption starts; the
+    records before it are kept and the job goes on. A record that is not an example of ``table``
+    becomes a DeadLetter too (reason ``bad_record``).
+    """
+
+    def __init__(
+        self, path_glob: str, table: type[Record], run_id: str, stage: str = "read",
+        namespace: str = "sinks",
+    ) -> None:  # fmt: skip
+        super().__init__()
+        if not path_glob:
+            raise ValueError("ReadTFRecordFiles needs a file glob")
+        self._glob = path_glob
+        self._table = table
+        self._run_id = run_id
+        self._stage = stage
+        self._namespace = namespace
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> TFRecordOutputs:
+        """Wire matching, spreading and reading of the files."""
+        outputs = (
+            pbegin
+            | "Glob" >> beam.Create([self._glob])
+            | "MatchFiles" >> beam.FlatMap(matched_paths)
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadFiles"
+            >> beam.ParDo(
+                _ReadTFRecordFileFn(self._table, self._run_id, self._stage, self._namespace)
+            ).with_outputs(DEAD_LETTER_TAG, main="records")
+        )
+        return TFRecordOutputs(outputs.records, outputs[DEAD_LETTER_TAG])

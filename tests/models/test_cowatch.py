@@ -109,10 +109,17 @@ def test_the_stage_dead_letters_bad_history_rows_and_counts_them(tmp_path):
     lines = ["userId,movieId,rating,timestamp"]
     lines += [f"{e.user_id},{e.movie_id},{e.rating},{int(e.watched_at.timestamp())}"
               for e in two_audiences()]  # fmt: skip
-    lines.append("7,not-a-film,4.0,1700000000")
+    bad = ["7,not-a-film,4.0,1700000000", "7,3,nan,1700000000", "7,3,6.0,1700000000",
+           "7,3,4.0,-1700000000", "-7,3,4.0,1700000000"]  # fmt: skip
     history = tmp_path / "ratings.csv"
-    history.write_text("\n".join(lines) + "\n")
+    history.write_text("\n".join(lines + bad) + "\n")
     report = cowatch_stage.run([f"--watch_history={history}", f"--output={tmp_path / 'v'}",
                                 "--cowatch_dim=4"])  # fmt: skip
-    assert report["dead_lettered"] == 1
-    assert report["events"] == len(lines) - 2 and report["films_with_vector"] == 20
+    assert report["dead_lettered"] == len(bad) and report["input_rows"] == len(lines) - 1 + len(bad)
+    assert report["events"] == len(lines) - 1 and report["films_with_vector"] == 20
+    assert report["accounting_ok"]
+    assert report["dead_letter_reasons"] == {
+        "watch_history/bad_movie_id": 1, "watch_history/rating_not_finite": 1,
+        "watch_history/rating_out_of_range": 1, "watch_history/timestamp_invalid": 1,
+        "watch_history/bad_user_id": 1,
+    }  # fmt: skip

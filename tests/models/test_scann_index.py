@@ -218,6 +218,33 @@ def test_index_loads_after_its_directory_moves(tmp_path: pathlib.Path, mode: str
     np.testing.assert_array_equal(found_scores, expected_scores)
 
 
+def test_a_save_killed_half_way_leaves_no_loadable_mix(tmp_path, monkeypatch):
+    """The manifest goes first and comes back last: a killed rebuild is refused, not mixed."""
+    from transforms import sinks
+
+    vectors = _clustered_unit(2_000, 16, clusters=20, spread=1.0, seed=3)
+    out = str(tmp_path / "index")
+    PosterIndex.build(np.arange(2_000), vectors, "old", choose_params(2_000)).save(out)
+    new = PosterIndex.build(np.arange(2_000) + 5, vectors, "new", choose_params(2_000, mode="ah"))
+    write_bytes, written = sinks.write_bytes, []
+
+    def killed_after_two(path: str, data: bytes) -> None:
+        if len(written) == 2:
+            raise KeyboardInterrupt  # stands for SIGKILL: nothing after it runs
+        written.append(path)
+        write_bytes(path, data)
+
+    monkeypatch.setattr(sinks, "write_bytes", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        new.save(out)
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="index_manifest.json missing"):
+        PosterIndex.load(out)
+    new.save(out)
+    loaded = PosterIndex.load(out)
+    assert loaded.model_version == "new" and loaded.ids[0] == 5
+
+
 def test_serialised_files_hold_no_absolute_paths(tmp_path: pathlib.Path):
     vectors = _clustered_unit(3_000, 32, clusters=50, spread=1.0, seed=8)
     index = PosterIndex.build(

@@ -23,6 +23,7 @@ from schemas import PosterRecord
 from synthetic.catalog import make_catalog
 from transforms.images import normalise_image
 from transforms.images import phash_hex
+from transforms.runs import publish_run
 from transforms.sinks import tfrecord_frame
 
 WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
@@ -57,6 +58,7 @@ def poster_files(tmp_path_factory):
         (folder / f"posters-0000{shard}-of-00002.tfrecord").write_bytes(
             b"".join(tfrecord_frame(r.to_example()) for r in part)
         )
+    publish_run(str(folder.parent.parent), "run-0001", "test")
     return folder.parent.parent, {r.movie_id: r for r in records}
 
 

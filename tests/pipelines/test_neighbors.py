@@ -21,6 +21,7 @@ from schemas import NeighborRow
 from synthetic.catalog import make_catalog
 from synthetic.catalog import make_watch_history
 from synthetic.catalog import write_ratings_csv
+from transforms.runs import publish_run
 
 VERSION = "test_model-0123456789ab"
 N_FILMS = 300
@@ -48,6 +49,7 @@ def write_vectors(root: pathlib.Path, ids, vectors, poster_of=None) -> None:
     ]  # fmt: skip
     pq.write_table(EmbeddingRow.to_arrow(rows, list_size=vectors.shape[1]),
                    folder / "embeddings-00000-of-00001.parquet")  # fmt: skip
+    publish_run(str(root / VERSION), "run-0001", "test")
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +241,24 @@ def test_hybrid_neighbours_record_sources_and_cover_films_nobody_watched(world, 
     backfilled = [c for c in candidates if c[4] == 0]
     assert backfilled, "popularity must fill the lists the neighbours leave short"
     assert report["candidates"].get("popularity_only_rows", 0) == len(backfilled)
+
+
+def test_bad_history_rows_are_dead_lettered_and_counted_not_scored(world, tmp_path):
+    tmp, ids, _, ratings, _ = world
+    bad = ["1,5,nan,1700000000", "1,5,11,1700000000", "1,5,4.0,-3", "x,5,4.0,1700000000"]
+    history = tmp_path / "ratings.csv"
+    history.write_text((tmp / "ratings.csv").read_text() + "\n".join(bad) + "\n")
+    report = neighbors.run([
+        "--run_date=2024-05-17", f"--vectors={tmp / 'vectors'}", f"--output={tmp_path / 'out'}",
+        f"--watch_history={history}",
+    ])  # fmt: skip
+    counts = report["watch_history"]
+    assert counts["rows_read"] == len(ratings) + len(bad)
+    assert counts["rows_read"] == counts["events"] + counts["dead_lettered"]
+    assert counts["dead_lettered"] == len(bad) and report["candidates"]["events"] == len(ratings)
+    assert report["warehouse_refused"] == {}
+    files = sorted((tmp_path / "out" / "dead_letter").rglob("*.parquet"))
+    dead = [row for path in files for row in pq.read_table(path).to_pylist()]
+    assert sorted(d["reason"] for d in dead) == [
+        "bad_user_id", "rating_not_finite", "rating_out_of_range", "timestamp_invalid"
+    ]

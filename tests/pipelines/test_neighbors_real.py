@@ -18,6 +18,7 @@ from pipelines import index as index_stage
 from pipelines import neighbors
 from schemas import CandidateRow
 from schemas import EmbeddingRow
+from transforms.runs import publish_run
 
 WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
 WHEN = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -33,6 +34,7 @@ def write_table(root, em, ids, vectors):
         for m, v in zip(ids, vectors, strict=True)
     ]  # fmt: skip
     pq.write_table(EmbeddingRow.to_arrow(rows, list_size=em.dim), folder / "part.parquet")
+    publish_run(str(root / em.version), "run-0001", "test")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from synthetic.catalog import write_links_csv
 from synthetic.catalog import write_plain_csv
 from synthetic.web import FaultPlan
 from synthetic.web import PosterWeb
+from tests.faulty_host import FaultyHost
+from tests.faulty_host import closed_port
 from transforms.resolve import TMDB_GENRE_IDS
 
 KEY = "pipeline-test-key-4711"
@@ -244,6 +246,30 @@ def test_robots_disallow_is_respected(tmp_path):
         assert not [r for r in web.request_log if r.path.startswith("/posters/")]
     assert manifest["dead_lettered"] == 12 and manifest["accounting_ok"]
     assert {d.reason for d in table(tmp_path / "out", DeadLetter)} == {"robots_disallowed"}
+
+
+def test_outages_are_dead_lettered_by_cause_never_as_robots_disallowed(tmp_path):
+    films = CATALOG.films[:6]
+    down = f"127.0.0.1:{closed_port()}"
+    with FaultyHost(robots="503") as broken, FaultyHost(robots="allow", page="hang") as slow:
+        host_of = {f.movie_id: (down, broken.host, slow.host)[i % 3] for i, f in enumerate(films)}
+        path = tmp_path / "plain.csv"
+        write_plain_csv(path, films, lambda f: f"http://{host_of[f.movie_id]}/{f.movie_id}.jpg")
+        manifest = scrape.run([
+            f"--catalog={path}", f"--output={tmp_path / 'out'}",
+            f"--allowed_hosts={down},{broken.host},{slow.host}",
+            "--requests_per_second_per_host=1000", "--backoff_base_s=0.01",
+            "--read_timeout_s=0.3", "--max_attempts=2", "--num_shards=1",
+        ])  # fmt: skip
+        expected = {down: ("robots_unreachable", "connection_refused"),
+                    broken.host: ("robots_unreachable", "http_503"),
+                    slow.host: ("timeout", "within the read timeout")}  # fmt: skip
+    assert manifest["dead_lettered"] == 6 and manifest["accounting_ok"]
+    dead = dead_by_movie(tmp_path / "out")
+    for movie_id, host in host_of.items():
+        reason, cause = expected[host]
+        assert (dead[movie_id].stage, dead[movie_id].reason) == ("fetch", reason)
+        assert cause in dead[movie_id].detail
 
 
 def test_imdb_title_pages_resolve_without_a_tmdb_key(clean_web, tmp_path):

@@ -30,7 +30,11 @@ from synthetic.catalog import write_ratings_csv
 from synthetic.web import FaultPlan
 from synthetic.web import PosterWeb
 from tests.conftest import REPO_ROOT
+from tests.faulty_host import FaultyHost
+from tests.faulty_host import closed_port
 from transforms.http import DEFAULT_USER_AGENT
+from transforms.http import FetchPolicy
+from transforms.http import PoliteFetcher
 
 N_FILMS = 40
 RUN_DATE = "2024-05-17"
@@ -143,6 +147,30 @@ def test_queries_are_classified():
     assert similar.parse_query("https://image.tmdb.org/t/p/w500/a.jpg", base).kind == "url"
     assert similar.parse_query("posters/tt0076759.jpg", base).kind == "file"
     assert similar.split_queries(["a.jpg,tt0076759", " b.png "]) == ["a.jpg", "tt0076759", "b.png"]
+
+
+def test_a_fetch_failure_is_named_in_the_one_line_error():
+    down = f"127.0.0.1:{closed_port()}"
+    with FaultyHost(robots="503") as broken, FaultyHost(robots="allow", page="hang") as slow:
+        hosts = (down, broken.host, slow.host)
+        policy = FetchPolicy(allowed_hosts=hosts, max_attempts=1, read_timeout_s=0.3)
+        fetcher = PoliteFetcher(policy)
+        messages = {}
+        for host in hosts:
+            url = f"http://{host}/poster.jpg"
+            with pytest.raises(similar.QueryError) as info:
+                similar.load_query_poster(similar.parse_query(url, "https://www.imdb.com"),
+                                          fetcher, None)  # fmt: skip
+            messages[host] = str(info.value)
+    for host, reason, cause in [
+        (down, "robots_unreachable", "connection_refused"),
+        (broken.host, "robots_unreachable", "http_503"),
+        (slow.host, "timeout", "within the read timeout"),
+    ]:
+        message = messages[host]
+        assert message.startswith(f"could not fetch http://{host}/poster.jpg: {reason}: "), message
+        assert cause in message and "\n" not in message and "robots_disallowed" not in message
+    assert messages[slow.host].endswith("raise --connect_timeout_s / --read_timeout_s")
 
 
 @pytest.mark.parametrize("version", ["pixels", "small_cnn"])

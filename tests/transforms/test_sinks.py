@@ -13,8 +13,12 @@ from apache_beam.testing.util import equal_to
 
 from schemas import DeadLetter
 from tests.conftest import local_pipeline
+from transforms.sinks import BAD_RECORD
+from transforms.sinks import CORRUPT_FILE
+from transforms.sinks import ReadTFRecordFiles
 from transforms.sinks import WriteShards
 from transforms.sinks import parquet_encoder
+from transforms.sinks import read_tfrecord_records
 from transforms.sinks import read_tfrecords
 from transforms.sinks import shard_of
 from transforms.sinks import tfrecord_frame
@@ -97,3 +101,53 @@ def test_empty_input_still_writes_every_shard(tmp_path):
     files = _write(tmp_path, [])
     assert len(files) == 3 and all(n == 0 for _, n in files)
     assert all(pq.read_table(p).num_rows == 0 for p, _ in files)
+
+
+def _frames(rows) -> bytes:
+    return b"".join(tfrecord_frame(r.to_example()) for r in rows)
+
+
+def _check_read(pattern: str, lines: list[int], dead: list[tuple[str, str, str]]) -> None:
+    """ReadTFRecordFiles reads records with these line numbers and dead-letters (stage, reason,
+    input_row) these."""
+    with local_pipeline() as p:
+        out = p | ReadTFRecordFiles(pattern, DeadLetter, "run-0007", stage="read")
+        read = out.records | "Lines" >> beam.Map(lambda r: r.line_number)
+        assert_that(read, equal_to(lines), label="CheckRecords")
+        letters = out.dead_letter | "Keys" >> beam.Map(lambda d: (d.stage, d.reason, d.input_row))
+        assert_that(letters, equal_to(dead), label="CheckDeadLetters")
+        named = out.dead_letter | "NamesFile" >> beam.Map(
+            lambda d: d.run_id == "run-0007" and d.detail.startswith(f"{_file_of(d)}: ")
+        )
+        assert_that(named, equal_to([True] * len(dead)), label="CheckDetailsNameTheFile")
+
+
+def _file_of(letter: DeadLetter) -> str:
+    return letter.input_row.split(" ")[0].removeprefix("file=")
+
+
+def test_a_corrupt_tfrecord_file_is_one_dead_letter_naming_it(tmp_path):
+    (tmp_path / "a.tfrecord").write_bytes(_frames(_dead(i) for i in range(1, 6)))
+    data = bytearray(_frames(_dead(i) for i in range(6, 11)))
+    third = len(_frames(_dead(i) for i in range(6, 8)))  # where record 8 starts
+    data[third + 20] ^= 0xFF  # inside record 8's payload: its data CRC fails
+    bad = tmp_path / "b.tfrecord"
+    bad.write_bytes(bytes(data))
+    # the good file, and b's records before the corruption
+    _check_read(str(tmp_path / "*.tfrecord"), [1, 2, 3, 4, 5, 6, 7],
+                [("read", CORRUPT_FILE, f"file={bad} record=2")])  # fmt: skip
+
+
+def test_a_record_that_is_not_an_example_is_dead_lettered_and_the_file_goes_on(tmp_path):
+    data = _frames([_dead(1)]) + tfrecord_frame(b"not an example") + _frames([_dead(3)])
+    path = tmp_path / "c.tfrecord"
+    path.write_bytes(data)
+    _check_read(str(path), [1, 3], [("read", BAD_RECORD, f"file={path} record=1")])
+
+
+def test_reading_a_corrupt_file_outside_a_pipeline_names_it(tmp_path):
+    data = bytearray(_frames([_dead(1)]))
+    data[-1] ^= 0xFF
+    (tmp_path / "d.tfrecord").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=f"{tmp_path / 'd.tfrecord'}: corrupt TFRecord data CRC"):
+        read_tfrecord_records(str(tmp_path / "*.tfrecord"), DeadLetter)
