@@ -45,7 +45,6 @@ from transforms.dedupe import plan_hash_candidates
 from transforms.dedupe import plan_image_duplicates
 from transforms.image_match import DEFAULT_MIN_CONFIRMATION
 from transforms.image_match import confirmation_score
-from transforms.image_match import signature
 from transforms.images import ImageRejected
 from transforms.images import normalise_image
 from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
@@ -138,7 +137,7 @@ def _prepare(job: tuple[bytes, str | None]) -> Prepared | str:
         image.content_sha256,
         image.phash,
         image.original_width * image.original_height,
-        signature(image.jpeg),
+        image.signature,  # as the scrape stage has it: from the pixels, when fetched
     )
 
 

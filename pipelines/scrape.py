@@ -301,9 +301,6 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         started_at = datetime.datetime.now(datetime.UTC)
         config = build_config(scrape_options, common, is_local(options))
         _LOG.info("scrape %s -> %s (%s)", config.catalog, config.layout.root, config.layout.run_id)
-        # The key now lives in config (redacted from its repr); a runner that lists the job's
-        # options (Dataflow's console) must not show it.
-        scrape_options.tmdb_api_key = None
         pipeline = make_pipeline(options, test_pipeline)
         outputs = pipeline | "Scrape" >> ScrapePosters(config)
         _ = outputs.counts | "Manifest" >> WriteRunManifest(
@@ -311,6 +308,9 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         )
         if not options.view_as(TestOptions).dry_run:
             config.layout.discard_unpublished()  # a killed run's leftovers, before reusing its id
+        # The key now lives in config (redacted from its repr) and the manifest has recorded the
+        # options: a runner that lists the job's options (Dataflow's console) must not show it.
+        scrape_options.tmdb_api_key = None
         result = pipeline.run()
         result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:

@@ -19,6 +19,7 @@ film shares.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -36,6 +37,7 @@ from transforms.image_match import signature
 from transforms.images import phash_from_hex
 from transforms.images import phash_hex
 from transforms.phash_index import candidate_pairs
+from transforms.sinks import GroupByShard
 
 DUPLICATES = "duplicates"
 FILM_ID, EXACT, NEAR = "film_id", "exact", "near"
@@ -155,7 +157,7 @@ class HashPlan:
     survivors: tuple[ImageKey, ...]
     pairs: tuple[tuple[int, int, int], ...]
 
-    @property
+    @functools.cached_property
     def involved(self) -> frozenset[int]:
         """Movie ids whose thumbnails the confirmation needs."""
         return frozenset(m for a, b, _ in self.pairs for m in (a, b))
@@ -274,20 +276,33 @@ def poster_record(poster: FetchedPoster) -> PosterRecord:
 
 
 class _ApplyImageDuplicatesFn(beam.DoFn):
+    """One shard's posters: (shard, kept PosterRecords), and a DuplicateRecord per dropped one."""
+
     def __init__(self, run_id: str) -> None:
         self._run_id = run_id
         self._exact = beam.metrics.Metrics.counter("scrape", "duplicates_exact")
         self._near = beam.metrics.Metrics.counter("scrape", "duplicates_near")
         self._kept = beam.metrics.Metrics.counter("scrape", "posters_kept")
 
-    def process(self, poster: FetchedPoster, decisions: dict[int, Decision]) -> Iterator:
-        decision = decisions.get(poster.entry.movie_id)
-        if decision is None:
-            self._kept.inc()
-            yield poster_record(poster)
-            return
+    def process(
+        self, shard: tuple[int, Iterable[FetchedPoster | None]], decisions: dict[int, Decision]
+    ) -> Iterator:
+        index, posters = shard
+        kept = []
+        for poster in posters:
+            if poster is None:
+                continue
+            decision = decisions.get(poster.entry.movie_id)
+            if decision is None:
+                kept.append(poster_record(poster))
+            else:
+                yield self._duplicate(poster, decision)
+        self._kept.inc(len(kept))
+        yield index, kept
+
+    def _duplicate(self, poster: FetchedPoster, decision: Decision) -> beam.pvalue.TaggedOutput:
         (self._exact if decision.kind == EXACT else self._near).inc()
-        yield beam.pvalue.TaggedOutput(
+        return beam.pvalue.TaggedOutput(
             DUPLICATES,
             DuplicateRecord(
                 run_id=self._run_id,
@@ -307,12 +322,18 @@ class _ApplyImageDuplicatesFn(beam.DoFn):
 
 
 class _SignatureFn(beam.DoFn):
-    """(movie id, thumbnail signature) of the posters that are in a candidate pair."""
+    """(movie id, thumbnail signature) of the posters that are in a candidate pair.
 
-    def process(self, element: tuple[int, bytes], plan: HashPlan) -> Iterator[tuple[int, bytes]]:
-        movie_id, jpeg = element
+    New posters carry the signature computed when they were fetched (from their pixels, in the
+    fetching process); posters of earlier runs are decoded from their stored JPEG.
+    """
+
+    def process(
+        self, element: tuple[int, tuple[bytes, bool]], plan: HashPlan
+    ) -> Iterator[tuple[int, bytes]]:
+        movie_id, (data, is_jpeg) = element
         if movie_id in plan.involved:
-            yield movie_id, signature(jpeg)
+            yield movie_id, signature(data) if is_jpeg else data
 
 
 def _first_side(joined: tuple[int, dict]) -> Iterator[tuple[int, tuple[int, int, bytes]]]:
@@ -352,10 +373,14 @@ class ConfirmPairs(beam.PTransform):
         # unexecuted when two steps reading the same side input are flattened.
         signatures = (
             (
-                posters | "NewJpegs" >> beam.Map(lambda p: (p.entry.movie_id, p.image.jpeg)),
-                self._existing | "OldJpegs" >> beam.Map(lambda r: (r.movie_id, r.image_jpeg)),
+                posters
+                | "NewSignatures" >> beam.Map(
+                    lambda p: (p.entry.movie_id, (p.image.signature, False))
+                ),
+                self._existing
+                | "OldJpegs" >> beam.Map(lambda r: (r.movie_id, (r.image_jpeg, True))),
             )
-            | "AllJpegs" >> beam.Flatten()
+            | "AllThumbnails" >> beam.Flatten()
             | "Signatures" >> beam.ParDo(_SignatureFn(), beam.pvalue.AsSingleton(self._plan))
         )
         pairs = self._plan | "CandidatePairs" >> beam.FlatMap(
@@ -407,9 +432,11 @@ def rejected_pairs(scored: Iterable[tuple], min_confirmation: float, limit: int 
 
 
 class DedupeOutputs(typing.NamedTuple):
-    """Kept PosterRecords, DuplicateRecords, and every scored near candidate pair."""
+    """Kept PosterRecords (also as (shard, records) groups for WriteGroupedShards),
+    DuplicateRecords, and every scored near candidate pair."""
 
     posters: beam.PCollection
+    shards: beam.PCollection
     duplicates: beam.PCollection
     scored: beam.PCollection
 
@@ -429,6 +456,7 @@ class DedupePosters(beam.PTransform):
         threshold: int,
         existing: beam.PCollection,
         min_confirmation: float = DEFAULT_MIN_CONFIRMATION,
+        num_shards: int = 1,
     ) -> None:
         super().__init__()
         if not 0 <= threshold <= 32:
@@ -441,6 +469,7 @@ class DedupePosters(beam.PTransform):
         self._threshold = threshold
         self._existing = existing
         self._min_confirmation = min_confirmation
+        self._num_shards = num_shards
 
     def expand(self, posters: beam.PCollection) -> DedupeOutputs:
         new_keys = posters | "NewImageKeys" >> beam.Map(image_key)
@@ -462,7 +491,13 @@ class DedupePosters(beam.PTransform):
                 self._min_confirmation,
             )
         )
-        outputs = posters | "DropImageDuplicates" >> beam.ParDo(
+        # Grouped by output shard while the posters are still arriving, so the only wait for the
+        # decisions is this one grouping, and each shard's kept posters go straight to its file.
+        grouped = posters | "ByShard" >> GroupByShard(
+            self._num_shards, lambda p: p.entry.movie_id
+        )
+        outputs = grouped | "DropImageDuplicates" >> beam.ParDo(
             _ApplyImageDuplicatesFn(self._run_id), beam.pvalue.AsSingleton(decisions)
-        ).with_outputs(DUPLICATES, main="posters")
-        return DedupeOutputs(outputs.posters, outputs[DUPLICATES], scored)
+        ).with_outputs(DUPLICATES, main="shards")
+        kept = outputs.shards | "KeptPosters" >> beam.FlatMap(lambda shard: shard[1])
+        return DedupeOutputs(kept, outputs.shards, outputs[DUPLICATES], scored)

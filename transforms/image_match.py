@@ -28,11 +28,16 @@ _MARGINS = (0.015, 0.03, 0.045, 0.06)
 _ANCHORS = ((0, 0), (-1, -1), (1, 1), (-1, 1), (1, -1))
 
 
-def signature(jpeg: bytes) -> bytes:
+def thumbnail_signature(img: Image.Image) -> bytes:
     """The 48x48 grayscale thumbnail (row-major uint8) that :func:`confirmation_score` compares."""
-    with Image.open(io.BytesIO(jpeg)) as img:
-        gray = img.convert("L").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.LANCZOS)
+    gray = img.convert("L").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.LANCZOS)
     return gray.tobytes()
+
+
+def signature(jpeg: bytes) -> bytes:
+    """:func:`thumbnail_signature` of an encoded image (a stored poster's JPEG)."""
+    with Image.open(io.BytesIO(jpeg)) as img:
+        return thumbnail_signature(img)
 
 
 def _image(sig: bytes) -> Image.Image:

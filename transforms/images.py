@@ -19,6 +19,8 @@ from PIL import ImageFile
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
+from transforms.image_match import thumbnail_signature
+
 REASON_EMPTY_BODY = "empty_body"
 REASON_NOT_AN_IMAGE = "not_an_image"
 REASON_IMAGE_TRUNCATED = "image_truncated"
@@ -81,6 +83,7 @@ class NormalisedImage:
     original_format: str
     content_sha256: str
     phash: int
+    signature: bytes  # transforms.image_match.thumbnail_signature of the stored pixels
 
 
 class _StrictTruncation:
@@ -246,6 +249,7 @@ def normalise_image(
         if size != rgb.size:
             rgb = rgb.resize(size, Image.Resampling.LANCZOS)
         jpeg = data if keep_bytes and size == decoded.size else _encode_jpeg(rgb, jpeg_quality)
+        thumbnail = thumbnail_signature(rgb)
     except Exception as exc:
         raise ImageRejected(
             REASON_BAD_IMAGE, f"cannot convert {decoded.mode} pixels to a JPEG: {exc!r}"
@@ -259,6 +263,7 @@ def normalise_image(
         original_format=original_format,
         content_sha256=content_sha256,
         phash=phash,
+        signature=thumbnail,
     )
 
 

@@ -30,6 +30,7 @@ from transforms.http import FetchPolicy
 from transforms.image_match import DEFAULT_MIN_CONFIRMATION
 from transforms.manifest import OutputLayout
 from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from transforms.sinks import WriteGroupedShards
 from transforms.sinks import WriteShards
 from transforms.sinks import encode_tfrecord_file
 from transforms.sinks import parquet_encoder
@@ -130,7 +131,11 @@ class ScrapePosters(beam.PTransform):
             config.fetch_processes,
         )
         deduped = fetched.posters | "DedupePosters" >> DedupePosters(
-            run_id, config.near_duplicate_threshold, existing, config.min_confirmation
+            run_id,
+            config.near_duplicate_threshold,
+            existing,
+            config.min_confirmation,
+            config.num_shards,
         )
         dead_letter = (
             catalog.dead_letter,
@@ -139,7 +144,7 @@ class ScrapePosters(beam.PTransform):
         duplicates = (unique.duplicates, deduped.duplicates) | "AllDuplicates" >> beam.Flatten()
 
         layout = config.layout
-        written_posters = deduped.posters | "WritePosters" >> WriteShards(
+        written_posters = deduped.shards | "WritePosters" >> WriteGroupedShards(
             layout.table_prefix(POSTERS_TABLE),
             TFRECORD_SUFFIX,
             config.num_shards,

@@ -163,8 +163,37 @@ class _WriteShardFn(beam.DoFn):
         yield path, len(records)
 
 
-class WriteShards(beam.PTransform):
-    """Writes records to ``num_shards`` deterministic files; outputs (path, record count)."""
+class GroupByShard(beam.PTransform):
+    """records -> (shard index, records) for every one of ``num_shards`` shards.
+
+    A record's shard is ``shard_of(shard_key(record), num_shards)``; every shard is present, an
+    empty one holding only ``None`` (so that each still gets its file).
+    """
+
+    def __init__(self, num_shards: int, shard_key: Callable[[Any], Any]) -> None:
+        super().__init__()
+        if num_shards < 1:
+            raise ValueError("num_shards must be >= 1")
+        self._num_shards = num_shards
+        self._shard_key = shard_key
+
+    def expand(self, records: beam.PCollection) -> beam.PCollection:
+        shard_key = self._shard_key
+        num_shards = self._num_shards
+        keyed = records | "KeyByShard" >> beam.Map(
+            lambda r: (shard_of(shard_key(r), num_shards), r)
+        )
+        every_shard = records.pipeline | "AllShards" >> beam.Create(
+            [(i, None) for i in range(num_shards)]
+        )
+        return (keyed, every_shard) | "WithEmptyShards" >> beam.Flatten() | beam.GroupByKey()
+
+
+class WriteGroupedShards(beam.PTransform):
+    """(shard index, records) -> one deterministic file per shard; outputs (path, record count).
+
+    Records are sorted by ``sort_key`` within a file; ``None`` values are skipped.
+    """
 
     def __init__(
         self,
@@ -177,28 +206,29 @@ class WriteShards(beam.PTransform):
         super().__init__()
         if num_shards < 1:
             raise ValueError("num_shards must be >= 1")
-        self._prefix = prefix
-        self._suffix = suffix
-        self._num_shards = num_shards
-        self._encode = encode
-        self._sort_key = sort_key
+        self._fn = _WriteShardFn(prefix, suffix, num_shards, encode, sort_key)
+
+    def expand(self, groups: beam.PCollection) -> beam.PCollection:
+        return groups | "WriteShard" >> beam.ParDo(self._fn)
+
+
+class WriteShards(beam.PTransform):
+    """Writes records to ``num_shards`` deterministic files; outputs (path, record count)."""
+
+    def __init__(
+        self,
+        prefix: str,
+        suffix: str,
+        num_shards: int,
+        encode: Callable[[Iterable[Any]], bytes],
+        sort_key: Callable[[Any], Any],
+    ) -> None:
+        super().__init__()
+        self._group = GroupByShard(num_shards, sort_key)
+        self._write = WriteGroupedShards(prefix, suffix, num_shards, encode, sort_key)
 
     def expand(self, records: beam.PCollection) -> beam.PCollection:
-        sort_key = self._sort_key
-        num_shards = self._num_shards
-        keyed = records | "KeyByShard" >> beam.Map(lambda r: (shard_of(sort_key(r), num_shards), r))
-        every_shard = records.pipeline | "AllShards" >> beam.Create(
-            [(i, None) for i in range(num_shards)]
-        )
-        return (
-            (keyed, every_shard)
-            | "WithEmptyShards" >> beam.Flatten()
-            | "GroupByShard" >> beam.GroupByKey()
-            | "WriteShard"
-            >> beam.ParDo(
-                _WriteShardFn(self._prefix, self._suffix, num_shards, self._encode, sort_key)
-            )
-        )
+        return records | "GroupByShard" >> self._group | "WriteShards" >> self._write
 
 
 DEAD_LETTER_TAG = "dead_letter"

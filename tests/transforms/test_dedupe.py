@@ -95,9 +95,15 @@ def test_real_near_pairs_only_the_true_one_is_joined(shared_data):
                 for i, (m, im) in enumerate(zip(ids, images, strict=True))]  # fmt: skip
         plan = plan_hash_candidates(keys, DEFAULT_NEAR_DUPLICATE_THRESHOLD)
         assert len(plan.pairs) == 1, row  # the hash alone would merge every pair
-        score = confirmation_score(*(signature(im.jpeg) for im in images))
+        score = confirmation_score(*(im.signature for im in images))
         decisions = plan_image_duplicates(plan, [(*plan.pairs[0], score)])
         assert bool(decisions) == (row["same_film"] == "true"), (row["title_a"], score)
+
+
+def test_the_signature_taken_when_fetched_matches_the_stored_jpeg(posters):
+    image = normalise_image(edited_copy(posters[0], "resize60"))
+    assert len(image.signature) == SIGNATURE_BYTES
+    assert confirmation_score(image.signature, signature(image.jpeg)) > 0.999
 
 
 def test_signature_is_deterministic(posters):
