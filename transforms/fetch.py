@@ -321,6 +321,7 @@ class FetchWorkers:
         share = dataclasses.replace(
             policy, requests_per_second_per_host=policy.requests_per_second_per_host / processes
         )
+        self.shared_policy = share
         settings = (share, resolve_config, image_config, run_id, concurrency)
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         command = [sys.executable, "-c", _WORKER_COMMAND]
@@ -338,6 +339,11 @@ class FetchWorkers:
             self._workers.append(worker)
         self._next = 0
         self.in_flight = 0
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """Process ids of the workers."""
+        return tuple(worker.pid for worker in self._workers)
 
     def _read(self, worker: subprocess.Popen, name: str) -> None:
         try:

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import pathlib
+import signal
 
 import pyarrow.parquet as pq
 import pytest
@@ -16,6 +17,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipelines import scrape
+from schemas import CatalogEntry
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import PosterRecord
@@ -27,6 +29,11 @@ from synthetic.web import FaultPlan
 from synthetic.web import PosterWeb
 from tests.faulty_host import FaultyHost
 from tests.faulty_host import closed_port
+from transforms.fetch import FetchWorkerDied
+from transforms.fetch import FetchWorkers
+from transforms.fetch import ImageConfig
+from transforms.fetch import ResolveConfig
+from transforms.http import FetchPolicy
 from transforms.resolve import TMDB_GENRE_IDS
 
 KEY = "pipeline-test-key-4711"
@@ -140,9 +147,11 @@ def test_requests_are_polite_and_the_key_is_never_kept(happy_run, clean_web):
 
 
 def test_rerun_gives_the_same_rows(clean_web, happy_run, tmp_path):
+    """The rerun fetches on the DoFn's own threads (Dataflow's default), the first run in worker
+    processes (the local default): the same rows either way."""
     _, out, _ = happy_run
     scrape.run(scrape_args(clean_web, links_catalog(tmp_path), tmp_path / "again",
-                           f"--tmdb_api_key={KEY}"))  # fmt: skip
+                           f"--tmdb_api_key={KEY}", "--fetch_processes=0"))  # fmt: skip
 
     def stable(records):
         return [dataclasses.replace(r, fetched_at=None) for r in records]
@@ -384,3 +393,46 @@ def test_metrics_count_every_stage(happy_run):
     exact = sum(d.kind == "exact" for d in planted)
     assert counters.get("duplicates_exact", 0) == exact
     assert counters.get("duplicates_near", 0) == len(planted) - exact
+
+
+def test_fetch_processes_default_to_every_core_locally_and_none_on_dataflow():
+    options = scrape.PipelineOptions([]).view_as(scrape.ScrapeOptions)
+    assert scrape.fetch_processes(options, local=True) == (os.cpu_count() or 1)
+    assert scrape.fetch_processes(options, local=False) == 0
+    options.fetch_processes = 3
+    assert scrape.fetch_processes(options, local=False) == 3
+
+
+def test_fetch_workers_split_the_host_rate_and_report_results(clean_web):
+    policy = FetchPolicy(requests_per_second_per_host=1000.0, allowed_hosts=(clean_web.host,),
+                         backoff_base_s=0.01, max_attempts=2)  # fmt: skip
+    resolve_config = ResolveConfig(resolver="imdb", imdb_base=clean_web.imdb_base)
+    films = CATALOG.films[:6]
+    workers = FetchWorkers(2, policy, resolve_config, ImageConfig(), "run-0001", concurrency=2)
+    try:
+        for film in films:
+            workers.put(CatalogEntry(line_number=2, movie_id=film.movie_id, imdb_id=film.imdb_id,
+                                     tmdb_id=None, title=None, year=None, poster_url=None,
+                                     genres=()))  # fmt: skip
+        results = [workers.get(block=True) for _ in films]
+        assert workers.get(block=False) is None and workers.in_flight == 0
+    finally:
+        workers.close()
+    assert sorted(r.entry.movie_id for r in results) == sorted(f.movie_id for f in films)
+    assert all(len(r.image.signature) == 48 * 48 for r in results)
+    assert workers.shared_policy.requests_per_second_per_host == 500.0
+
+
+def test_a_dead_fetch_worker_fails_the_bundle_instead_of_hanging(clean_web):
+    policy = FetchPolicy(allowed_hosts=(clean_web.host,))
+    workers = FetchWorkers(1, policy, ResolveConfig(), ImageConfig(), "run-0001", concurrency=1)
+    try:
+        (pid,) = workers.pids
+        os.kill(pid, signal.SIGKILL)
+        entry = CatalogEntry(line_number=2, movie_id=1, imdb_id=None, tmdb_id=None, title=None,
+                             year=None, poster_url=clean_web.base_url, genres=())  # fmt: skip
+        with pytest.raises(FetchWorkerDied, match="exited"):
+            workers.put(entry)  # the pipe may already be broken, or the result never comes
+            workers.get(block=True)
+    finally:
+        workers.close()
