@@ -1,6 +1,7 @@
 # Two commands for a fresh machine (both create and use the project's own .venv):
 #   make demo   run the whole nightly job locally on the built-in synthetic poster web
-#   make test   lint and run the test suite
+#   make test   lint and run the test suite (tests/cloud: the nightly job on emulated GCS and
+#               BigQuery, from the emulators extra)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -13,7 +14,7 @@ venv: $(STAMP)
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip "setuptools<81" wheel
-	$(PY) -m pip install --quiet --no-build-isolation -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet --no-build-isolation -c constraints.txt -e ".[test,emulators]"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -25,10 +25,15 @@ setuptools.setup(
     description="Beam pipelines that turn movie posters into recommendation candidates",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(
-        include=["pipelines*", "transforms*", "models*", "schemas*", "synthetic*"]
+        include=[
+            "pipelines*", "transforms*", "reporting*", "models*", "fetching*", "imaging*",
+            "storage*", "schemas*", "monitoring*", "synthetic*",
+        ]
     ),
     install_requires=REQUIRED,
     extras_require={
         "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "scikit-learn>=1.5"],
+        # Local stand-ins for Cloud Storage and BigQuery, started by tests/cloud on 127.0.0.1.
+        "emulators": ["gcp-storage-emulator>=2026.7", "bqemulator>=1.4"],
     },
 )

@@ -2,9 +2,9 @@
 
 With ``../shared/data`` (or ``$POSTERS_SHARED_DATA``): every poster of ``posters/set_a`` and
 ``posters/set_b`` plus the ten of ``posters/near_pairs``, each normalised by
-:func:`transforms.images.normalise_image`, then deduplicated by the project's own plan
+:func:`imaging.images.normalise_image`, then deduplicated by the project's own plan
 (:func:`transforms.dedupe.plan_hash_candidates`, each candidate pair scored by
-:func:`transforms.image_match.confirmation_score`, then
+:func:`imaging.image_match.confirmation_score`, then
 :func:`transforms.dedupe.plan_image_duplicates`). A film is its IMDb id; the near pair that
 ``pairs.csv`` marks ``same_film`` (two MovieLens ids of one film) counts as one film.
 
@@ -35,6 +35,11 @@ import sys
 import time
 from collections.abc import Sequence
 
+from imaging.image_match import DEFAULT_MIN_CONFIRMATION
+from imaging.image_match import confirmation_score
+from imaging.images import ImageRejected
+from imaging.images import normalise_image
+from imaging.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from synthetic.posters import COPY_TRANSFORMS
 from synthetic.posters import edited_copy
 from transforms.dedupe import EXACT
@@ -43,11 +48,6 @@ from transforms.dedupe import HashPlan
 from transforms.dedupe import ImageKey
 from transforms.dedupe import plan_hash_candidates
 from transforms.dedupe import plan_image_duplicates
-from transforms.image_match import DEFAULT_MIN_CONFIRMATION
-from transforms.image_match import confirmation_score
-from transforms.images import ImageRejected
-from transforms.images import normalise_image
-from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 
 DATA_ENV = "POSTERS_SHARED_DATA"
 POSTER_SETS = ("set_a", "set_b")

@@ -21,15 +21,15 @@ import time
 
 import numpy as np
 
+from imaging.images import normalise_image
+from imaging.images import phash_hex
 from models.registry import load_embedding_model
 from pipelines import embed
 from schemas import PosterRecord
+from storage.files import tfrecord_frame
+from storage.runs import publish_run
 from synthetic.catalog import make_catalog
 from transforms.embed import prepare_image
-from transforms.images import normalise_image
-from transforms.images import phash_hex
-from transforms.runs import publish_run
-from transforms.sinks import tfrecord_frame
 
 
 def write_posters(folder: str, n: int) -> list[bytes]:

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
-from transforms.phash_index import candidate_pairs
-from transforms.phash_index import choose_bands
-from transforms.phash_index import group_near_duplicates
+from imaging.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from imaging.phash_index import candidate_pairs
+from imaging.phash_index import choose_bands
+from imaging.phash_index import group_near_duplicates
 
 DEFAULT_SIZES = (25_000, 50_000, 100_000, 200_000)
 BASELINE_SIZE = 25_000

@@ -38,11 +38,11 @@ import requests
 from PIL import Image
 
 from benchmarks import peers
+from imaging.images import normalise_image
 from synthetic.catalog import Film
 from synthetic.catalog import make_catalog
 from synthetic.catalog import write_plain_csv
 from synthetic.web import PosterWeb
-from transforms.images import normalise_image
 
 DATA_ENV = "POSTERS_SHARED_DATA"
 TARGET_RATIO = 1.2

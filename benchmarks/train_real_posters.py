@@ -28,11 +28,11 @@ import resource
 import tempfile
 import time
 
+from imaging.images import normalise_image
+from imaging.images import phash_hex
 from schemas import PosterRecord
-from transforms.images import normalise_image
-from transforms.images import phash_hex
-from transforms.runs import publish_run
-from transforms.sinks import tfrecord_frame
+from storage.files import tfrecord_frame
+from storage.runs import publish_run
 
 WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
 POSTER_SETS = ("set_a", "set_b")

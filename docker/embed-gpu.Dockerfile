@@ -9,8 +9,13 @@ WORKDIR /opt/poster-recs
 COPY constraints.txt setup.py README.md ./
 COPY pipelines ./pipelines
 COPY transforms ./transforms
+COPY reporting ./reporting
 COPY models ./models
+COPY fetching ./fetching
+COPY imaging ./imaging
+COPY storage ./storage
 COPY schemas ./schemas
+COPY monitoring ./monitoring
 COPY synthetic ./synthetic
 
 # The constraints pin every shared dependency to the versions tested here; tensorflow[and-cuda]

@@ -25,6 +25,7 @@ from models.scoring import CandidateConfig
 from models.scoring import Popularity
 from models.scoring import merge_neighbors
 from models.scoring import poster_similarity
+from monitoring import progress
 from schemas import WatchEvent
 
 _LOG = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def tune_blend(
         metrics = ev.hit_metrics(validation, hybrid_recommender(inputs, candidate, base, k))
         trials.append({"blend": dataclasses.asdict(candidate), "validation": metrics})
         _LOG.info("blend trial %s: %s", candidate, metrics)
+        progress.advance("blend trials")
         return tuple(metrics[name] for name in TUNE_METRIC)
 
     best = score(blend)

@@ -230,20 +230,24 @@ def cold_recall(
 
 def format_cold_table(results: Mapping[str, float], users: int, hidden: int, k: int) -> str:
     """The cold-start evaluation as a printed table."""
+    width = max([46, *(len(name) + 2 for name in results)])
     lines = [
         f"cold start: {hidden} hidden films, {users} users, Recall@{k} over hidden films",
-        f"{'method':<46}{'Recall@' + str(k):>10}",
+        f"{'method':<{width}}{'Recall@' + str(k):>10}",
     ]
-    lines += [f"{name:<46}{value:>10.4f}" for name, value in results.items()]
+    lines += [f"{name:<{width}}{value:>10.4f}" for name, value in results.items()]
     return "\n".join(lines)
 
 
 def format_table(results: Mapping[str, Mapping[str, float]], users: int) -> str:
     """The evaluation as a printed table."""
+    width = max([46, *(len(name) + 2 for name in results)])
     lines = [
         f"leave-last-out over {users} users",
-        f"{'method':<46}{'HR@10':>8}{'HR@100':>8}{'NDCG@10':>9}",
+        f"{'method':<{width}}{'HR@10':>8}{'HR@100':>8}{'NDCG@10':>9}",
     ]
     for name, m in results.items():
-        lines.append(f"{name:<46}{m['HR@10']:>8.4f}{m['HR@100']:>8.4f}{m['NDCG@10']:>9.4f}")
+        lines.append(
+            f"{name:<{width}}{m['HR@10']:>8.4f}{m['HR@100']:>8.4f}{m['NDCG@10']:>9.4f}"
+        )
     return "\n".join(lines)

@@ -53,6 +53,12 @@ SPLIT_BUCKETS = 10
 TRAIN_BUCKETS = 8
 VALIDATION_BUCKETS = 1
 
+OBJECTIVES: tuple[str, ...] = ("genres", "audience", "both")
+"""What the poster embedding learns (``--objective``; see :mod:`models.training`)."""
+DEFAULT_OBJECTIVE = "audience"
+"""Chosen on real data (benchmarks/candidates_real.py): audience-trained poster neighbours find
+about twice the watches of genre-trained ones, warm and cold."""
+
 SIX_GENRES: tuple[str, ...] = ("Action", "Comedy", "Drama", "Horror", "Romance", "Thriller")
 """The six genres of the published poster-only genre classifiers."""
 

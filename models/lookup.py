@@ -1,8 +1,9 @@
 """Lookups shared by the query tool and the run reports: films, staged models, vectors, ratings.
 
-Everything reads what the stages wrote: the scrape stage's poster TFRecords (titles, years,
-images), the embed stage's staged ``{version}/model/{version}.keras`` files and vector tables,
-the index stage's ScaNN folders, and a MovieLens-style watch history. Images are embedded with
+Everything reads what the stages wrote: film labels from the scrape stage's poster records
+(:func:`storage.posters.read_posters`), the embed stage's staged
+``{version}/model/{version}.keras`` files and vector tables, the index stage's ScaNN folders,
+and a MovieLens-style watch history. Images are embedded with
 :func:`models.image_ops.decode_and_resize_numpy` and ``predict_on_batch``, exactly as the embed
 stage does, so a query poster lands where the same poster in the index is.
 """
@@ -20,8 +21,14 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 
+from models.scann_index import PosterIndex
+from models.vectors import read_vector_table
+from models.vectors import vectors_glob
 from schemas import PosterRecord
+from schemas import WatchEvent
+from storage.history import read_history_file
 
 MODEL_FOLDER = "model"
 INDEX_FOLDER = "index"
@@ -41,15 +48,11 @@ class QueryModel:
 
 def staged_model_uri(vectors_root: str, model_version: str) -> str:
     """The ``.keras`` file the embed stage saved for a model version."""
-    from apache_beam.io.filesystems import FileSystems
-
     return FileSystems.join(vectors_root, model_version, MODEL_FOLDER, f"{model_version}.keras")
 
 
 def index_uri(vectors_root: str, model_version: str) -> str:
     """The default index folder of a model version (where ``pipelines.index`` writes it)."""
-    from apache_beam.io.filesystems import FileSystems
-
     return FileSystems.join(vectors_root, model_version, INDEX_FOLDER)
 
 
@@ -77,8 +80,6 @@ def _local_file(uri: str) -> Iterator[str]:
     if "://" not in uri:
         yield uri
         return
-    from apache_beam.io.filesystems import FileSystems
-
     with tempfile.TemporaryDirectory(prefix="query-model-") as folder:
         local = os.path.join(folder, posixpath.basename(uri))
         with FileSystems.open(uri) as source, open(local, "wb") as target:
@@ -92,6 +93,7 @@ def load_query_model(model: str, weights: str | None = None) -> QueryModel:
     A staged file keeps the version it was saved under; anything else gets the version the
     embed stage would give it (``models.registry.load_embedding_model``).
     """
+    # Keras and TensorFlow load in seconds: only when a model is asked for.
     import keras
 
     import models.layers  # noqa: F401 - registers the custom layers for deserialisation
@@ -118,7 +120,7 @@ def embed_image_bytes(model: QueryModel, images: Sequence[bytes]) -> np.ndarray:
 
     Raises ``tf.errors.InvalidArgumentError`` for bytes TensorFlow cannot decode.
     """
-    from models.image_ops import decode_and_resize_numpy
+    from models.image_ops import decode_and_resize_numpy  # TensorFlow: only when embedding
 
     if not images:
         return np.zeros((0, model.dim), dtype=np.float32)
@@ -127,44 +129,11 @@ def embed_image_bytes(model: QueryModel, images: Sequence[bytes]) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def read_posters(posters: str) -> dict[int, PosterRecord]:
-    """The scrape stage's posters by movie id (``posters``: its output root or a glob).
-
-    Given an output root, films whose poster duplicates another film's (duplicates of kind
-    exact or near, the latest record per film) are included too: the canonical film's image
-    under their own id, title and year, as the embed stage gives them the canonical's vector.
-    """
-    from pipelines.embed import duplicates_glob
-    from pipelines.embed import posters_glob
-    from schemas import DuplicateRecord
-    from transforms.dedupe import POSTER_KINDS
-    from transforms.dedupe import recency
-    from transforms.sinks import read_parquet_records
-    from transforms.sinks import read_tfrecord_records
-
-    films = {r.movie_id: r for r in read_tfrecord_records(posters_glob(posters), PosterRecord)}
-    pattern = duplicates_glob(posters, None)
-    if pattern is None:
-        return films
-    latest: dict[int, DuplicateRecord] = {}
-    for record in read_parquet_records(pattern, DuplicateRecord):
-        held = latest.get(record.movie_id)
-        if held is None or recency(record) > recency(held):
-            latest[record.movie_id] = record
-    for movie_id, record in sorted(latest.items()):
-        canonical = films.get(record.canonical_movie_id)
-        if record.kind in POSTER_KINDS and canonical is not None and movie_id not in films:
-            films[movie_id] = dataclasses.replace(
-                canonical,
-                movie_id=movie_id,
-                title=record.title,
-                year=record.year,
-                catalog_line=record.line_number,
-                imdb_id=None,
-                tmdb_id=None,
-                genres=(),
-            )
-    return films
+def title_with_year(title: str, year: int | None) -> str:
+    """'Title (year)', the year written once: MovieLens titles already end with it."""
+    if not year or title.rstrip().endswith(f"({year})"):
+        return title
+    return f"{title} ({year})"
 
 
 def film_label(movie_id: int, films: dict[int, PosterRecord]) -> str:
@@ -172,14 +141,11 @@ def film_label(movie_id: int, films: dict[int, PosterRecord]) -> str:
     record = films.get(movie_id)
     if record is None or not record.title:
         return f"film {movie_id}"
-    return f"{record.title} ({record.year})" if record.year else record.title
+    return title_with_year(record.title, record.year)
 
 
 def mean_ratings(watch_history: str) -> tuple[dict[int, float], int]:
     """Mean rating per film of a ratings CSV or Parquet file, and the number of users."""
-    from schemas import WatchEvent
-    from transforms.candidates import read_history_file
-
     totals: dict[int, list[float]] = {}
     users: set[int] = set()
     for event in read_history_file(watch_history, "report"):
@@ -193,10 +159,6 @@ def index_neighbours(
     vectors_root: str, model_version: str, movie_ids: Sequence[int] | None, k: int
 ) -> dict[int, list[tuple[int, float]]]:
     """Each film's top-k (neighbour id, score) from the version's index, the film excluded."""
-    from models.scann_index import PosterIndex
-    from models.vectors import read_vector_table
-    from models.vectors import vectors_glob
-
     index = PosterIndex.load(index_uri(vectors_root, model_version))
     table = read_vector_table(vectors_glob(vectors_root, model_version))
     row_of = {m: i for i, m in enumerate(table.ids.tolist())}

@@ -32,6 +32,8 @@ from collections.abc import Iterator
 import keras
 import numpy as np
 import tensorflow as tf
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from PIL import Image
 
 from models import pixels
@@ -248,9 +250,6 @@ def _local_file(path: str) -> Iterator[str]:
             raise FileNotFoundError(f"weights file {path} does not exist")
         yield path
         return
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
     with tempfile.TemporaryDirectory(prefix="poster_recs_weights_") as folder:
         local = os.path.join(folder, posixpath.basename(path))
         with (

@@ -19,6 +19,10 @@ import time
 from typing import Any
 
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
+
+from storage.files import write_bytes
+from storage.runs import TEMPORARY_SUFFIX
 
 BRUTE_FORCE_MAX = 20_000
 TREE_MIN = 50_000
@@ -38,13 +42,13 @@ def import_scann() -> Any:
             saved = sys.modules.get("tensorflow", _ABSENT)
             sys.modules["tensorflow"] = None  # makes `import tensorflow` raise ImportError
             try:
-                import scann  # noqa: F401
+                import scann  # noqa: F401 - here only, with TensorFlow hidden (see above)
             finally:
                 if saved is _ABSENT:
                     del sys.modules["tensorflow"]
                 else:
                     sys.modules["tensorflow"] = saved
-        from scann.scann_ops.py import scann_ops_pybind
+        from scann.scann_ops.py import scann_ops_pybind  # after the guarded import above
 
         return scann_ops_pybind
 
@@ -223,11 +227,6 @@ class PosterIndex:
         The manifest is removed first and written last, so a save killed half-way leaves a
         folder that :meth:`load` refuses, never a mix of two indexes.
         """
-        from apache_beam.io.filesystems import FileSystems
-
-        from transforms.runs import TEMPORARY_SUFFIX
-        from transforms.sinks import write_bytes
-
         manifest = FileSystems.join(uri, MANIFEST_FILE)
         stale = FileSystems.match([FileSystems.join(uri, f"*{TEMPORARY_SUFFIX}")])[0]
         old = [manifest] if FileSystems.exists(manifest) else []
@@ -247,8 +246,6 @@ class PosterIndex:
     @classmethod
     def load(cls, uri: str) -> PosterIndex:
         """Copy an index from ``uri`` (local or gs://) to a local temp dir and load it."""
-        from apache_beam.io.filesystems import FileSystems
-
         pattern = FileSystems.join(uri, "*")
         matches = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
         if not any(p.endswith(MANIFEST_FILE) for p in matches):

@@ -32,16 +32,20 @@ TensorFlow places the work on a GPU when one is visible.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+import tensorflow_transform as tft
 
+from models import evaluation
 from models import features
 from models import pixels
 from models.image_ops import decode_and_resize
@@ -52,6 +56,7 @@ from models.losses import SemiHardTripletLoss
 from models.losses import balanced_class_weights
 from models.registry import get_spec
 from models.registry import load_embedding_model
+from monitoring import progress
 
 EXPORT_PREFIX = "poster_embedding"
 EMBEDDING_OUTPUT = "embedding"
@@ -59,13 +64,11 @@ LOGITS_OUTPUT = "genre_logits"
 _LOG = logging.getLogger(__name__)
 _BN_TYPES = (keras.layers.BatchNormalization,)
 VARIANCE_FLOOR = 1e-3
-OBJECTIVES = ("genres", "audience", "both")
+OBJECTIVES = features.OBJECTIVES
 DEFAULT_L2 = {"genres": 1e-3, "audience": 0.1, "both": 0.1}
 """L2 on the head's kernels by objective, chosen on real data (benchmarks/candidates_real.py):
 the co-watch targets are noisy, and a strongly regularised map finds more cold-start watches."""
-DEFAULT_OBJECTIVE = "audience"
-"""Chosen on real data (benchmarks/candidates_real.py): audience-trained poster neighbours find
-about twice the watches of genre-trained ones, warm and cold."""
+DEFAULT_OBJECTIVE = features.DEFAULT_OBJECTIVE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,6 +264,10 @@ class EpochLog(keras.callbacks.Callback):
         self._epochs = epochs
         self._start = 0.0
 
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        """Show the phase's epochs on the console."""
+        progress.set_total(f"{self._phase} epochs", self._epochs)
+
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         """Start the epoch's clock."""
         self._start = time.perf_counter()
@@ -276,6 +283,7 @@ class EpochLog(keras.callbacks.Callback):
             figures,
             time.perf_counter() - self._start,
         )
+        progress.advance(f"{self._phase} epochs")
 
 
 def _batched_predict(fn, arrays: np.ndarray, batch_size: int) -> np.ndarray:
@@ -747,6 +755,118 @@ def score_spread(vectors: np.ndarray, k: int = 10, seed: int = 0) -> dict[str, d
     return {"random_pairs": percentiles(pairs), "top_neighbours": percentiles(top.ravel())}
 
 
+PROBES = (("untrained_backbone", "pooled"), ("pixels", "pixels"))
+"""The baselines: (report name, cached feature of a SplitData) probed with balanced logistic
+regression."""
+
+
+@contextlib.contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - started
+
+
+def extract_features(
+    trainer: PosterTrainer,
+    examples: str | list[str],
+    transform_output: tft.TFTransformOutput,
+    targets: dict[int, np.ndarray] | None,
+) -> PosterData:
+    """Every split's cached backbone features from the transformed examples (the test split's
+    images kept, the training split's flipped posters too when the config asks)."""
+    config = trainer.config
+    batches = transformed_batches(
+        examples, transform_output.transformed_feature_spec(), config.batch_size, config.input_size
+    )
+    flips = {features.TRAIN} if config.flip_augment else set()
+    return trainer.extract(
+        batches, keep_images={features.TEST}, flip_splits=flips,
+        targets=targets if config.uses_audience else None,
+    )  # fmt: skip
+
+
+def fit(trainer: PosterTrainer, train: SplitData, validation: SplitData, timings: dict) -> None:
+    """Build the model, warm it up on genres, then metric learning (timed into ``timings``)."""
+    with _timed(timings, "warm_up"):
+        trainer.build(train)
+        trainer.warm_up(train, validation)
+    with _timed(timings, "metric_learning"):
+        trainer.metric_learning(train, validation)
+        if trainer.config.objective == "genres":
+            trainer.centre(train)
+
+
+def export_and_check(
+    trainer: PosterTrainer, model_path: str, test: SplitData
+) -> tuple[np.ndarray, dict]:
+    """Save the embedding model to ``model_path`` and reload it; returns the reloaded model's
+    test vectors and what the export report says of it (how far its vectors are from the
+    model's before the save and from the cached-feature path)."""
+    batch_size = trainer.config.batch_size
+    exported = trainer.export_model()
+    exported.save(model_path)
+    reloaded = keras.saving.load_model(model_path, compile=False, safe_mode=True)
+    vectors = embed_images(reloaded, test.images, batch_size)
+    before_save = embed_images(exported, test.images, batch_size)
+    return vectors, {
+        "model_name": reloaded.name,
+        "input_size": list(trainer.input_size),
+        "dim": int(reloaded.output_shape[-1]),
+        "reload_max_abs_difference": _max_abs_difference(vectors, before_save),
+        "cached_path_max_abs_difference": _max_abs_difference(
+            vectors, trainer.cached_embeddings(test.trunk)
+        ),
+    }
+
+
+def trained_report(
+    trainer: PosterTrainer,
+    validation: SplitData,
+    test: SplitData,
+    classes: list[str],
+    vectors: np.ndarray,
+    k: int,
+) -> tuple[dict, Any]:
+    """The trained model's test figures (thresholds chosen on validation, neighbour genre
+    agreement and score spread of its ``vectors``) and its test predictions."""
+    test_scores = trainer.genre_scores(test.trunk)
+    report = evaluation.thresholded_report(
+        (validation.labels, trainer.genre_scores(validation.trunk)),
+        (test.labels, test_scores),
+        classes,
+    )
+    test_genres = evaluation.label_genres(test.labels, classes)
+    report["neighbour_genre_jaccard"] = evaluation.mean_neighbour_genre_jaccard(
+        vectors, test_genres, k
+    )
+    report["score_spread"] = score_spread(vectors, k)
+    return report, evaluation.report_predictions(report, test_scores, classes)
+
+
+def probe_report(
+    attribute: str, splits: tuple[SplitData, SplitData, SplitData], classes: list[str], k: int
+) -> tuple[dict, Any]:
+    """A baseline's test figures and predictions: the best balanced logistic probe on one
+    cached feature (``pooled``: the untrained backbone's, or ``pixels``)."""
+    train, validation, test = splits
+    probe, l2 = evaluation.fit_best_probe(
+        (getattr(train, attribute), train.labels),
+        (getattr(validation, attribute), validation.labels),
+    )
+    scores = probe.scores(getattr(test, attribute))
+    report = evaluation.thresholded_report(
+        (validation.labels, probe.scores(getattr(validation, attribute))),
+        (test.labels, scores),
+        classes,
+    )
+    report["probe_l2"] = l2
+    report["neighbour_genre_jaccard"] = evaluation.mean_neighbour_genre_jaccard(
+        getattr(test, attribute), evaluation.label_genres(test.labels, classes), k
+    )
+    return report, evaluation.report_predictions(report, scores, classes)
+
+
 def train_and_evaluate(
     config: TrainConfig,
     examples: str | list[str],
@@ -764,85 +884,34 @@ def train_and_evaluate(
     untrained backbone's features and on raw pixels, and for the audience objectives the test
     cosine to the co-watch vectors beside a ridge probe on the untrained backbone's features.
     """
-    import tensorflow_transform as tft
-
-    from models import evaluation
-
     timings: dict[str, float] = {}
-    started = time.perf_counter()
-    transform_output = tft.TFTransformOutput(transform_dir)
-    classes = genre_classes(transform_output, config.genre_set)
-    config = audience_config(config, targets)
-    trainer = PosterTrainer(config, len(classes))
-    batches = transformed_batches(
-        examples, transform_output.transformed_feature_spec(), config.batch_size, config.input_size
-    )
-    flips = {features.TRAIN} if config.flip_augment else set()
-    data = trainer.extract(
-        batches, keep_images={features.TEST}, flip_splits=flips,
-        targets=targets if config.uses_audience else None,
-    )  # fmt: skip
-    train, validation, test = (data.split(i) for i in range(len(features.SPLITS)))
-    k = neighbour_count(len(test), neighbours)
-    timings["features"] = time.perf_counter() - started
+    with _timed(timings, "features"):
+        transform_output = tft.TFTransformOutput(transform_dir)
+        classes = genre_classes(transform_output, config.genre_set)
+        config = audience_config(config, targets)
+        trainer = PosterTrainer(config, len(classes))
+        data = extract_features(trainer, examples, transform_output, targets)
+        train, validation, test = (data.split(i) for i in range(len(features.SPLITS)))
+        k = neighbour_count(len(test), neighbours)
     _LOG.info(
         "cached features of %d train, %d validation, %d test posters (%d without a class of %r)",
         len(train), len(validation), len(test), sum(data.unlabelled.values()), config.genre_set,
     )  # fmt: skip
-
-    started = time.perf_counter()
-    trainer.build(train)
-    trainer.warm_up(train, validation)
-    timings["warm_up"] = time.perf_counter() - started
-    started = time.perf_counter()
-    trainer.metric_learning(train, validation)
-    if config.objective == "genres":
-        trainer.centre(train)
-    timings["metric_learning"] = time.perf_counter() - started
-
-    started = time.perf_counter()
-    test_genres = evaluation.label_genres(test.labels, classes)
-    test_scores = trainer.genre_scores(test.trunk)
-    trained = evaluation.thresholded_report(
-        (validation.labels, trainer.genre_scores(validation.trunk)),
-        (test.labels, test_scores),
-        classes,
-    )
-    exported = trainer.export_model()
-    exported.save(model_path)
-    reloaded = keras.saving.load_model(model_path, compile=False, safe_mode=True)
-    vectors = embed_images(reloaded, test.images, config.batch_size)
-    before_save = embed_images(exported, test.images, config.batch_size)
-    trained["neighbour_genre_jaccard"] = evaluation.mean_neighbour_genre_jaccard(
-        vectors, test_genres, k
-    )
-    trained["score_spread"] = score_spread(vectors, k)
-    models = {"trained": trained}
-    predictions = {"trained": evaluation.report_predictions(trained, test_scores, classes)}
-    for name, attribute in (("untrained_backbone", "pooled"), ("pixels", "pixels")):
-        probe, l2 = evaluation.fit_best_probe(
-            (getattr(train, attribute), train.labels),
-            (getattr(validation, attribute), validation.labels),
-        )
-        scores = probe.scores(getattr(test, attribute))
-        row = evaluation.thresholded_report(
-            (validation.labels, probe.scores(getattr(validation, attribute))),
-            (test.labels, scores),
-            classes,
-        )
-        row["probe_l2"] = l2
-        row["neighbour_genre_jaccard"] = evaluation.mean_neighbour_genre_jaccard(
-            getattr(test, attribute), test_genres, k
-        )
-        predictions[name] = evaluation.report_predictions(row, scores, classes)
-        models[name] = row
-    trained["micro_f1_minus"] = {
-        name: evaluation.paired_bootstrap_micro_f1(
-            test.labels, predictions["trained"], predictions[name], seed=config.seed
-        )
-        for name in ("untrained_backbone", "pixels")
-    }
-    timings["evaluation"] = time.perf_counter() - started
+    fit(trainer, train, validation, timings)
+    with _timed(timings, "evaluation"):
+        vectors, export = export_and_check(trainer, model_path, test)
+        trained, predicted = trained_report(trainer, validation, test, classes, vectors, k)
+        models, predictions = {"trained": trained}, {"trained": predicted}
+        for name, attribute in PROBES:
+            models[name], predictions[name] = probe_report(
+                attribute, (train, validation, test), classes, k
+            )
+        trained["micro_f1_minus"] = {
+            name: evaluation.paired_bootstrap_micro_f1(
+                test.labels, predictions["trained"], predictions[name], seed=config.seed
+            )
+            for name, _ in PROBES
+        }
     audience = audience_report(trainer, train, validation, test) if config.uses_audience else None
     return {
         "objective": config.objective,
@@ -855,14 +924,6 @@ def train_and_evaluate(
         "neighbours": k,
         "models": models,
         "history": trainer.history,
-        "export": {
-            "model_name": reloaded.name,
-            "input_size": list(trainer.input_size),
-            "dim": int(reloaded.output_shape[-1]),
-            "reload_max_abs_difference": _max_abs_difference(vectors, before_save),
-            "cached_path_max_abs_difference": _max_abs_difference(
-                vectors, trainer.cached_embeddings(test.trunk)
-            ),
-        },
+        "export": export,
         "seconds": timings,
     }

@@ -8,8 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 from schemas import EmbeddingRow
+from storage.runs import published_paths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,17 +30,11 @@ class VectorTable:
 
 def vectors_glob(root: str, model_version: str) -> str:
     """The glob of every vector shard of one model version under an embed --output root."""
-    from apache_beam.io.filesystems import FileSystems
-
     return FileSystems.join(root, model_version, EmbeddingRow.TABLE, "*", "*.parquet")
 
 
 def model_versions(root: str) -> list[str]:
     """Model versions that have vector tables under an embed --output root."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from transforms.runs import published_paths
-
     pattern = FileSystems.join(root, "*", EmbeddingRow.TABLE, "*", "*.parquet")
     paths = published_paths(pattern)
     suffix_parts = 3  # {version}/embeddings/run-NNNN/file
@@ -47,10 +43,6 @@ def model_versions(root: str) -> list[str]:
 
 def vector_dim(path_glob: str) -> int:
     """The vector length of a vector table, from the first row of its first file."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from transforms.runs import published_paths
-
     paths = published_paths(path_glob)
     if not paths:
         raise FileNotFoundError(f"no vector files match {path_glob}")
@@ -62,10 +54,6 @@ def vector_dim(path_glob: str) -> int:
 def read_vector_table(path_glob: str) -> VectorTable:
     """All vectors matching ``path_glob`` (local or gs://, published runs) as arrays; one model
     version only."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from transforms.runs import published_paths
-
     paths = published_paths(path_glob)
     if not paths:
         raise FileNotFoundError(f"no vector files match {path_glob}")
@@ -99,10 +87,6 @@ def shared_poster_groups(path_glob: str) -> dict[int, int]:
 
     Films missing from the answer have a poster of their own. Read from two columns only.
     """
-    from apache_beam.io.filesystems import FileSystems
-
-    from transforms.runs import published_paths
-
     c = EmbeddingRow.c
     poster_of: dict[int, int] = {}
     for path in published_paths(path_glob):

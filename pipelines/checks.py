@@ -9,16 +9,27 @@ what to do. Nothing here imports TensorFlow, so a bad command line fails in abou
 from __future__ import annotations
 
 import datetime
+import functools
 import os
 import re
 
+import google.auth
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
+from google.api_core import exceptions as api_exceptions
+from google.auth import exceptions as auth_exceptions
+from google.cloud import storage as gcs
 
 from pipelines.common import InputError
 from pipelines.common import UsageError
 from pipelines.common import one_line
-from transforms.runs import published_paths
+from storage import bigquery
+from storage.runs import published_paths
+from transforms.catalog import ACCEPTED_HEADERS
+from transforms.catalog import decode_catalog_bytes
+from transforms.catalog import detect_format
+from transforms.catalog import read_catalog_header
+from transforms.warehouse import Warehouse
 
 # Cloud Storage bucket names: 3-222 characters of lower-case letters, digits, '-', '_' and '.'.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]")
@@ -32,6 +43,10 @@ _MODEL_ADVICE = (
 _WEIGHTS_ADVICE = (
     "give a local or gs:// .h5, .weights.h5 or .keras file, 'imagenet', or leave --weights unset "
     "for random weights"
+)
+_CREDENTIALS_ADVICE = (
+    "run 'gcloud auth application-default login', or set GOOGLE_APPLICATION_CREDENTIALS to a "
+    "service-account key file (Dataflow workers use their service account)"
 )
 
 
@@ -58,18 +73,13 @@ def writable_output(path: str, flag: str = "--output") -> None:
     """Fail early when an output root cannot be written.
 
     A local folder is created and a probe file written into it and removed; a gs:// path must
-    name a well-formed bucket (its permissions are known only when the job writes); another
-    scheme must be one Beam's FileSystems knows.
+    name a well-formed bucket that exists, with credentials to reach it (write permission is
+    known only when the job writes); another scheme must be one Beam's FileSystems knows.
     """
     if "://" in path:
-        scheme, rest = path.split("://", 1)
+        scheme = path.split("://", 1)[0]
         if scheme == "gs":
-            bucket = rest.split("/", 1)[0]
-            if not _BUCKET.fullmatch(bucket):
-                raise UsageError(
-                    f"{flag}={path}: {bucket!r} is not a Cloud Storage bucket name — give "
-                    "gs://BUCKET/folder (3-222 lower-case letters, digits, '-', '_' or '.')"
-                )
+            cloud_storage_path(path, flag)
             return
         try:
             FileSystems.get_filesystem(path)
@@ -92,6 +102,104 @@ def writable_output(path: str, flag: str = "--output") -> None:
         ) from None
 
 
+@functools.cache
+def _credentials() -> tuple[object, str | None] | str:
+    """(credentials, project) of Application Default Credentials, or why none were found."""
+    try:
+        return google.auth.default()
+    except auth_exceptions.DefaultCredentialsError as exc:
+        return one_line(exc)
+
+
+def gcp_credentials(flag: str, value: str) -> object:
+    """The Application Default Credentials a gs:// or bq:// flag needs; InputError without."""
+    found = _credentials()
+    if isinstance(found, str):
+        raise InputError(
+            f"{flag}={value} needs Google Cloud credentials and none were found — "
+            f"{_CREDENTIALS_ADVICE}"
+        )
+    return found[0]
+
+
+@functools.cache
+def _bucket_problem(bucket: str, prefix: str) -> str | None:
+    """None when the bucket exists and its objects under ``prefix`` can be listed (what
+    roles/storage.objectViewer grants; reading the bucket itself needs more); 'missing', or why
+    they cannot be listed."""
+    client = gcs.Client(project=None, credentials=_credentials()[0])
+    try:
+        list(client.list_blobs(bucket, prefix=prefix, max_results=1))
+    except api_exceptions.NotFound:
+        return "missing"
+    except (api_exceptions.GoogleAPICallError, auth_exceptions.GoogleAuthError) as exc:
+        return f"{type(exc).__name__}: {one_line(exc)[:200]}"
+    return None
+
+
+def cloud_storage_path(path: str, flag: str) -> None:
+    """A gs:// flag value: a well-formed bucket name, credentials, and a bucket that exists."""
+    bucket, _, name = path[len("gs://") :].partition("/")
+    if not _BUCKET.fullmatch(bucket):
+        raise UsageError(
+            f"{flag}={path}: {bucket!r} is not a Cloud Storage bucket name — give "
+            "gs://BUCKET/folder (3-222 lower-case letters, digits, '-', '_' or '.')"
+        )
+    gcp_credentials(flag, path)
+    problem = _bucket_problem(bucket, name.split("*", 1)[0])
+    if problem == "missing":
+        raise UsageError(
+            f"{flag}={path}: bucket gs://{bucket} does not exist — create it (gcloud storage "
+            f"buckets create gs://{bucket}) or give a bucket that exists"
+        )
+    if problem:
+        raise InputError(
+            f"{flag}={path}: the objects of gs://{bucket} cannot be listed with these "
+            f"credentials ({problem}) — grant them roles/storage.objectViewer on it (and "
+            "roles/storage.objectAdmin where the job writes), or use other credentials"
+        )
+
+
+def warehouse(uri: str | None, output: str, remote: bool = True) -> Warehouse:
+    """The --warehouse (default {output}/warehouse.duckdb): a local DuckDB file, or a BigQuery
+    dataset that exists, with credentials to reach it (``remote=False``, for a --dry_run that
+    only translates the pipeline: the form alone)."""
+    default = uri is None
+    try:
+        found = Warehouse.parse(
+            uri or "duckdb://" + FileSystems.join(output, "warehouse.duckdb"),
+            staging_root=FileSystems.join(output, "bigquery"),
+        )
+    except ValueError as exc:
+        raise UsageError(one_line(exc)) from None
+    if found.kind == "duckdb" and "://" in found.target:
+        what = f"its default {found.target}" if default else found.target
+        raise UsageError(
+            f"--warehouse{'' if default else '=' + uri}: {what} is not a local file, and a "
+            "DuckDB warehouse must be one — give --warehouse=bq://PROJECT.DATASET or "
+            "--warehouse=duckdb:///local/path/warehouse.duckdb"
+        )
+    if found.kind == "bq" and remote:
+        project, dataset = found.project_dataset
+        credentials = gcp_credentials("--warehouse", uri)
+        try:
+            client = bigquery.client(project, credentials)
+            exists = bigquery.dataset_exists(client, project, dataset)
+        except (api_exceptions.GoogleAPICallError, auth_exceptions.GoogleAuthError) as exc:
+            raise InputError(
+                f"--warehouse={uri}: dataset {project}.{dataset} cannot be read with these "
+                f"credentials ({type(exc).__name__}: {one_line(exc)[:200]}) — grant them "
+                "roles/bigquery.dataEditor on it and roles/bigquery.jobUser on the project"
+            ) from None
+        if not exists:
+            raise UsageError(
+                f"--warehouse={uri}: dataset {project}.{dataset} does not exist — create it "
+                f"(bq mk --dataset {project}:{dataset}) or give another with "
+                "--warehouse=bq://PROJECT.DATASET"
+            )
+    return found
+
+
 def _head(path: str, size: int) -> bytes:
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return handle.read(size)
@@ -99,6 +207,8 @@ def _head(path: str, size: int) -> bytes:
 
 def existing_file(path: str, flag: str, advice: str) -> None:
     """UsageError when ``path`` names no file (local or gs://)."""
+    if path.startswith("gs://"):
+        cloud_storage_path(path, flag)
     if not FileSystems.exists(path) or ("://" not in path and os.path.isdir(path)):
         raise UsageError(f"{flag}={path}: no such file — {advice}")
 
@@ -154,11 +264,6 @@ def model_load_error(model: str, weights: str | None, exc: Exception) -> UsageEr
 
 def catalog_file(path: str, catalog_format: str | None) -> None:
     """The catalog exists, holds a header and at least one film, and its header is known."""
-    from transforms.catalog import ACCEPTED_HEADERS
-    from transforms.catalog import decode_catalog_bytes
-    from transforms.catalog import detect_format
-    from transforms.catalog import read_catalog_header
-
     existing_file(
         path,
         "--catalog",
@@ -184,6 +289,8 @@ def catalog_file(path: str, catalog_format: str | None) -> None:
 def matching_files(pattern: str, flag: str, value: str, advice: str) -> None:
     """UsageError when a glob derived from a flag matches no file; InputError when every file
     it matches belongs to an unpublished run (one killed or still running)."""
+    if pattern.startswith("gs://"):
+        cloud_storage_path(value if value.startswith("gs://") else pattern, flag)
     found = [m for r in FileSystems.match([pattern]) for m in r.metadata_list]
     if not found:
         raise UsageError(f"{flag}={value}: nothing matches {pattern} — {advice}")
@@ -195,8 +302,11 @@ def matching_files(pattern: str, flag: str, value: str, advice: str) -> None:
 
 
 def watch_history(uri: str | None) -> None:
-    """--watch_history, when given, names a file (a bq:// table is checked when it is read)."""
-    if uri and not uri.startswith("bq://"):
+    """--watch_history, when given, names a file (a bq:// table is checked when it is read,
+    after its credentials here)."""
+    if uri and uri.startswith("bq://"):
+        gcp_credentials("--watch_history", uri)
+    elif uri:
         existing_file(
             uri,
             "--watch_history",

@@ -4,24 +4,30 @@ errors that end a command with one line on stderr."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 import traceback
 from collections.abc import Callable
+from collections.abc import Mapping
 from collections.abc import Sequence
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import SetupOptions
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.direct.direct_runner import DirectRunner
 
+from pipelines import console
 from transforms.manifest import is_secret_option
 from transforms.manifest import redact_options
 
 _LOCAL_RUNNERS = (None, "DirectRunner", "direct", "directrunner")
 _LOG = logging.getLogger(__name__)
 DEBUG_FLAG = "--debug"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 class UsageError(ValueError):
@@ -62,11 +68,192 @@ class CommonOptions(PipelineOptions):
         group.add_argument(
             "--num_shards", type=int, default=4, help="Shards of the stage's main output table."
         )
-        group.add_argument(
+        console = parser.add_argument_group("console")
+        console.add_argument(
+            "--log_level",
+            choices=LOG_LEVELS,
+            default=None,
+            help="Log every library at this level, TensorFlow's and Beam's start-up lines "
+            "included. Default: this project's INFO lines, other libraries' warnings only.",
+        )
+        console.add_argument(
+            "-v", "--verbose", action="store_true", help="The same as --log_level=INFO."
+        )
+        console.add_argument(
             DEBUG_FLAG,
             action="store_true",
-            help="DEBUG logging, and an error's traceback before its one-line message.",
+            help="--log_level=DEBUG, and an error's traceback before its one-line message.",
         )
+
+
+BEAM_EPILOG = (
+    "Any other Beam pipeline option (--project, --region, --temp_location, --setup_file, "
+    "--direct_running_mode, --direct_num_workers, ...) is passed to the runner."
+)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines that end with [required] and (default: ...) where they apply."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=34, width=100)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        note = getattr(action, "required_note", None)
+        if note:
+            text += f" [{note}]"
+        if shows_default(action):
+            text += " (default: %(default)s)"
+        return text
+
+
+def shows_default(action: argparse.Action) -> bool:
+    """Whether a flag's help shows its default (not for switches and unset values)."""
+    if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+        return False
+    if not action.option_strings:
+        return False
+    return action.nargs != 0 and not isinstance(action.default, list)
+
+
+class _OnlyFlags:
+    """What an options class's ``_add_argparse_args`` sees when a command reads only some of
+    its flags: a parser that keeps those (all when ``names`` is None) in groups of their own."""
+
+    def __init__(self, parser, names, title: str, description: str | None = None,
+                 shared_from: str | None = None) -> None:  # fmt: skip
+        self._parser = parser
+        self._names = names
+        self._title = title
+        self._description = description
+        self._shared_from = shared_from
+        self._group = None
+
+    def add_argument_group(self, title=None, description=None, **_) -> _OnlyFlags:
+        title = title or self._title
+        if self._shared_from:
+            title = f"{title} (shared)"
+            description = f"Flags of {self._shared_from} that this command reads too."
+        return _OnlyFlags(self._parser, self._names, title, description)
+
+    def add_argument(self, *flags, **kwargs):
+        longs = [f for f in flags if f.startswith("--")] or list(flags)
+        dest = kwargs.get("dest") or longs[0].lstrip("-").replace("-", "_")
+        if self._names is not None and dest not in self._names:
+            return None
+        if self._group is None:
+            self._group = self._parser.add_argument_group(self._title, self._description)
+        return self._group.add_argument(*flags, **kwargs)
+
+    add_value_provider_argument = add_argument
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """An entry point's command line: what ``--help`` lists, and how argv is parsed.
+
+    ``reads`` names the other stages' flags this command reads too, as (options class, flag
+    names) pairs, None for all of a class's flags; ``required`` the flags it cannot run without
+    (``"--catalog|--synthetic_films"``: one of them); ``hides`` the shared flags it ignores;
+    ``beam`` whether it runs a Beam pipeline (and reads --runner and --dry_run);
+    ``overrides`` replaces the help or default of flags whose meaning here differs.
+    """
+
+    name: str
+    options_class: type[PipelineOptions]
+    doc: str
+    reads: tuple[tuple[type[PipelineOptions], tuple[str, ...] | None], ...] = ()
+    required: tuple[str, ...] = ()
+    hides: tuple[str, ...] = ()
+    beam: bool = True
+    overrides: Mapping[str, Mapping[str, object]] = dataclasses.field(default_factory=dict)
+
+    @property
+    def description(self) -> str:
+        """The first line of the entry point's docstring."""
+        return self.doc.strip().splitlines()[0]
+
+    def parser(self) -> argparse.ArgumentParser:
+        """The argparse parser behind ``--help``: every flag the command reads, grouped."""
+        parser = argparse.ArgumentParser(
+            prog=f"python -m {self.name}",
+            description=self.description,
+            epilog=BEAM_EPILOG if self.beam else None,
+            formatter_class=_HelpFormatter,
+            allow_abbrev=False,  # one stage's flag must never read as the prefix of another's
+        )
+        self.options_class._add_argparse_args(parser)
+        for options_class, names in self.reads:
+            shared_from = options_class.__module__ if names is not None else None
+            options_class._add_argparse_args(
+                _OnlyFlags(parser, names, options_class.__name__, shared_from=shared_from)
+            )
+        shared = tuple(
+            a.dest for a in _actions_of(CommonOptions) if a.option_strings[-1] not in self.hides
+        )
+        CommonOptions._add_argparse_args(_OnlyFlags(parser, shared, "shared"))
+        if self.beam:
+            group = parser.add_argument_group("Beam runner")
+            group.add_argument(
+                "--runner",
+                default="DirectRunner",
+                help="DirectRunner runs the pipeline on this machine (every core); "
+                "DataflowRunner on Google Cloud Dataflow.",
+            )
+            group.add_argument(
+                "--dry_run",
+                default=False,
+                metavar="BOOL",
+                help="True: build the pipeline (for Dataflow: translate it) without running it.",
+            )
+        by_flag = {a.option_strings[-1]: a for a in parser._actions if a.option_strings}
+        for action in by_flag.values():
+            if action.metavar is None and action.type in (int, float):
+                action.metavar = "N"
+        for flag, changes in self.overrides.items():
+            for key, value in changes.items():
+                setattr(by_flag[flag], key, value)
+        for entry in self.required:
+            alternatives = entry.split("|")
+            for flag in alternatives:
+                others = [f for f in alternatives if f != flag]
+                by_flag[flag].required_note = "required" + "".join(f", or {f}" for f in others)
+        needed = [self._usage_of(entry, by_flag) for entry in self.required]
+        parser.usage = " ".join([parser.prog, *needed, "[OPTION ...]"])
+        return parser
+
+    @staticmethod
+    def _usage_of(entry: str, by_flag: dict[str, argparse.Action]) -> str:
+        forms = [f"{f}={by_flag[f].metavar or by_flag[f].dest.upper()}" for f in entry.split("|")]
+        return forms[0] if len(forms) == 1 else "(" + " | ".join(forms) + ")"
+
+    def flags(self) -> set[str]:
+        """Every flag ``--help`` lists (``--help`` itself left out)."""
+        return {
+            flag
+            for action in self.parser()._actions
+            for flag in action.option_strings
+            if flag.startswith("--") and flag != "--help"
+        }
+
+    def parse(self, argv: Sequence[str] | None) -> PipelineOptions:
+        """Parse argv into PipelineOptions; ``--help`` prints the help and exits, a bad value
+        exits with argparse's message (status 2)."""
+        argv = list(sys.argv[1:] if argv is None else argv)
+        self.parser().parse_known_args(argv)
+        return PipelineOptions(without_foreign_secrets(argv, self.options_class))
+
+
+def flag_names(options_class: type[PipelineOptions]) -> tuple[str, ...]:
+    """The option names (argparse dests) an options class declares."""
+    return tuple(action.dest for action in _actions_of(options_class))
+
+
+def _actions_of(options_class: type[PipelineOptions]) -> list[argparse.Action]:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    options_class._add_argparse_args(parser)
+    return [a for a in parser._actions if a.option_strings]
 
 
 def parse_options(
@@ -74,18 +261,8 @@ def parse_options(
     options_class: type[PipelineOptions],
     description: str,
 ) -> PipelineOptions:
-    """Parse argv into PipelineOptions; ``--help`` lists the stage's own options."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(
-        description=description,
-        allow_abbrev=False,  # one stage's flag must never read as the prefix of another's
-        epilog="Beam runner options (--runner, --project, --region, --temp_location, "
-        "--direct_running_mode, --direct_num_workers, --setup_file, ...) are accepted too.",
-    )
-    CommonOptions._add_argparse_args(parser)
-    options_class._add_argparse_args(parser)
-    parser.parse_known_args(argv)  # exits with the help text on --help, or on a bad value
-    return PipelineOptions(without_foreign_secrets(argv, options_class))
+    """Parse argv into PipelineOptions of one options class (and the shared ones)."""
+    return Command(options_class.__module__, options_class, description).parse(argv)
 
 
 def _declared_options(options_class: type[PipelineOptions]) -> set[str]:
@@ -147,27 +324,44 @@ def debug_requested(argv: Sequence[str] | None = None) -> bool:
     return DEBUG_FLAG in (sys.argv[1:] if argv is None else argv)
 
 
-def configure_logging() -> None:
-    """INFO logging for command-line runs (DEBUG with --debug), quiet for chatty libraries."""
-    logging.basicConfig(
-        level=logging.DEBUG if debug_requested() else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("urllib3", "absl", "tensorflow", "apache_beam.runners.portability"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def requested_log_level(argv: Sequence[str] | None = None) -> int | None:
+    """The level --debug, --log_level or -v / --verbose asks for (in that order), or None for
+    the default console."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if DEBUG_FLAG in args:
+        return logging.DEBUG
+    level = None
+    for i, arg in enumerate(args):
+        name = ""
+        if arg.startswith("--log_level="):
+            name = arg.split("=", 1)[1].upper()
+        elif arg == "--log_level" and i + 1 < len(args):
+            name = args[i + 1].upper()
+        if name in LOG_LEVELS:
+            level = getattr(logging, name)
+    if level is None and any(arg in ("-v", "--verbose") for arg in args):
+        level = logging.INFO
+    return level
+
+
+def configure_logging(argv: Sequence[str] | None = None, quiet_stages: bool = False) -> None:
+    """The console of a command-line run (see :mod:`pipelines.console`): the project's INFO
+    lines and other libraries' warnings, or every logger at the level the command line asks
+    for; ``quiet_stages`` keeps the stages' INFO lines off the nightly job's console."""
+    console.setup(requested_log_level(argv), quiet_stages=quiet_stages)
 
 
 def log_counters(result, namespace: str) -> dict[str, int]:
-    """Log and return the Beam Metrics counters of a finished run in one namespace."""
-    from apache_beam.metrics.metric import MetricsFilter
-
+    """Log (on one line) and return the Beam Metrics counters of a finished run in one
+    namespace."""
     counters = result.metrics().query(MetricsFilter().with_namespace(namespace))["counters"]
     totals: dict[str, int] = {}
     for counter in counters:
         name = counter.key.metric.name
         totals[name] = totals.get(name, 0) + (counter.committed or counter.attempted or 0)
-    for name in sorted(totals):
-        logging.getLogger(__name__).info("counter %s/%s = %d", namespace, name, totals[name])
+    if totals:
+        _LOG.info("counters %s: %s", namespace,
+                  ", ".join(f"{name} {totals[name]:,}" for name in sorted(totals)))  # fmt: skip
     return totals
 
 
@@ -189,15 +383,51 @@ def cli(entry: Callable[[], object], argv: Sequence[str] | None = None) -> None:
         raise SystemExit(exc.exit_status) from None
 
 
-def main(run) -> None:
-    """Command-line entry: INFO logging, run the stage, print its accounting, exit non-zero
-    when the accounting identity does not hold; bad input ends with one line (see ``cli``)."""
+def accounting_text(summary: Mapping) -> str:
+    """Where a run wrote its outputs, and its accounting identity (a manifest's summary)."""
+    return (
+        f"outputs under {summary.get('output_path', '?')} (run {summary.get('run_id', '?')})\n"
+        f"{summary['identity']}"
+    )
+
+
+def json_text(summary: Mapping) -> str:
+    """A summary as indented JSON, keys sorted."""
+    return json.dumps(summary, indent=2, sort_keys=True)
+
+
+def main(
+    run: Callable[[Sequence[str] | None], Mapping],
+    argv: Sequence[str] | None = None,
+    *,
+    show: Callable[[Mapping], str] = accounting_text,
+    label: str | None = None,
+    quiet: bool = False,
+) -> None:
+    """The command-line entry of every stage: the console, ``run(argv)`` under a progress line
+    (``label``, the stage's name by default), then what ``show`` makes of its summary on stdout.
+
+    The exit status is 1 when the summary's accounting identity does not hold
+    (``accounting_ok`` false), 2 or 1 with one line on stderr for a usage or input error (see
+    ``cli``), else 0. ``quiet``: the stages' INFO lines stay off the console and no progress
+    line is drawn (the nightly job prints a line per stage, the query tool only its answers).
+    """
 
     def entry() -> None:
-        configure_logging()
-        summary = run()
-        print(f"outputs under {summary.get('output_path', '?')} (run {summary.get('run_id', '?')})")
-        print(summary["identity"])
-        raise SystemExit(0 if summary["accounting_ok"] else 1)
+        configure_logging(argv, quiet_stages=quiet)
+        if quiet:
+            summary = run(argv)
+        else:
+            with console.progress(label or stage_label(run)):
+                summary = run(argv)
+        print(show(summary))
+        raise SystemExit(1 if summary.get("accounting_ok") is False else 0)
 
-    cli(entry)
+    cli(entry, argv)
+
+
+def stage_label(function: Callable) -> str:
+    """The stage a module-level function belongs to (``embed`` for pipelines.embed.run), also
+    when its module runs as ``python -m``."""
+    spec = getattr(function, "__globals__", {}).get("__spec__")
+    return (spec.name if spec is not None else function.__module__).rsplit(".", 1)[-1]

@@ -28,7 +28,10 @@ import dataclasses
 import datetime
 import json
 import logging
+from collections.abc import Mapping
+from collections.abc import Sequence
 
+import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
@@ -37,26 +40,27 @@ from models import cowatch
 from models.cold_start import Holdout
 from models.scoring import SOURCE_COWATCH
 from pipelines import checks
+from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import InputError
-from pipelines.common import cli
-from pipelines.common import configure_logging
+from pipelines.common import json_text
 from pipelines.common import log_counters
+from pipelines.common import main
 from pipelines.common import make_pipeline
-from pipelines.common import parse_options
+from pipelines.neighbors import WATCH_HISTORY_HELP
 from pipelines.neighbors import NeighborsOptions
 from schemas import DeadLetter
 from schemas import EmbeddingRow
 from schemas import NeighborRow
 from schemas import WatchEvent
-from transforms.candidates import HISTORY_STAGE
+from storage.files import parquet_encoder
+from storage.files import read_parquet_records
+from storage.files import shard_path
+from storage.files import write_bytes
+from storage.history import HISTORY_STAGE
 from transforms.candidates import ReadWatchHistory
 from transforms.manifest import OutputLayout
 from transforms.sinks import WriteShards
-from transforms.sinks import parquet_encoder
-from transforms.sinks import read_parquet_records
-from transforms.sinks import shard_path
-from transforms.sinks import write_bytes
 
 NEIGHBORS_TABLE = "cowatch_neighbors"
 HISTORY_TABLE = "history"
@@ -70,9 +74,7 @@ class CowatchOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        group = parser.add_argument_group(
-            "co-watch stage", "Also read: --watch_history, --neighbors_k (neighbours kept)."
-        )
+        group = parser.add_argument_group("co-watch stage")
         group.add_argument("--cowatch_dim", type=int, default=64, help="Length of the vectors.")
         group.add_argument(
             "--cowatch_min_watches",
@@ -89,6 +91,21 @@ class CowatchOptions(PipelineOptions):
         group.add_argument(
             "--holdout_seed", type=int, default=0, help="Seed of the cold-start hidden films."
         )
+
+
+COMMAND = Command(
+    "pipelines.cowatch",
+    CowatchOptions,
+    __doc__,
+    reads=((NeighborsOptions, ("watch_history", "neighbors_k")),),
+    required=("--watch_history", "--output"),
+    hides=("--num_shards",),
+    overrides={
+        "--output": {"help": "The vectors root (as the embed stage's): a folder per version."},
+        "--neighbors_k": {"help": "Co-watch neighbours kept per film."},
+        "--watch_history": {"help": WATCH_HISTORY_HELP},
+    },
+)
 
 
 def holdout_of(options: PipelineOptions) -> Holdout:
@@ -183,9 +200,9 @@ def compute_and_write(
     return report
 
 
-def run(argv=None, test_pipeline=None) -> dict:
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the co-watch stage; returns its report (with ``model_version``)."""
-    options = parse_options(argv, CowatchOptions, __doc__.splitlines()[0])
+    options = COMMAND.parse(argv)
     root = options.view_as(CommonOptions).output
     uri = options.view_as(NeighborsOptions).watch_history
     checks.required(
@@ -229,13 +246,10 @@ def run(argv=None, test_pipeline=None) -> dict:
     return report
 
 
-def main() -> None:
-    """Command-line entry: INFO logging, learn the co-watch vectors, print the report."""
-    configure_logging()
-    summary = run()
-    summary.pop("hidden_films", None)
-    print(json.dumps(summary, indent=2, sort_keys=True))
+def report_text(report: Mapping) -> str:
+    """The report as JSON, less the hidden films (one id per line would drown it)."""
+    return json_text({k: v for k, v in report.items() if k != "hidden_films"})
 
 
 if __name__ == "__main__":
-    cli(main)
+    main(run, show=report_text, label="co-watch")

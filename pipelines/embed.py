@@ -22,6 +22,7 @@ import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import apache_beam as beam
@@ -29,26 +30,29 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from monitoring import progress
 from pipelines import checks
+from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import log_counters
 from pipelines.common import main
 from pipelines.common import make_pipeline
-from pipelines.common import parse_options
 from pipelines.common import recorded_options
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import EmbeddingRow
 from schemas import PosterRecord
+from storage.files import parquet_encoder
+from storage.files import read_parquet_records
+from storage.files import write_bytes
+from storage.posters import duplicates_glob
+from storage.posters import posters_glob
 from transforms import manifest
 from transforms.manifest import OutputLayout
 from transforms.manifest import WriteRunManifest
 from transforms.manifest import read_manifest
 from transforms.sinks import ReadTFRecordFiles
 from transforms.sinks import WriteShards
-from transforms.sinks import parquet_encoder
-from transforms.sinks import read_parquet_records
-from transforms.sinks import write_bytes
 
 if TYPE_CHECKING:  # transforms.embed imports TensorFlow: only when the stage runs
     from transforms.embed import EmbedConfig
@@ -103,21 +107,32 @@ class EmbedOptions(PipelineOptions):
         )
 
 
-def posters_glob(posters: str) -> str:
-    """The TFRecord glob for --posters: a glob as given, or a scrape output root."""
-    if any(ch in posters for ch in "*?[") or posters.endswith(".tfrecord"):
-        return posters
-    return FileSystems.join(posters, PosterRecord.TABLE, "*", f"{PosterRecord.TABLE}-*.tfrecord")
+COMMAND = Command(
+    "pipelines.embed",
+    EmbedOptions,
+    __doc__,
+    required=("--posters", "--output"),
+    overrides={"--output": {"help": "The vectors root: one folder per model version under it."}},
+)
 
 
-def duplicates_glob(posters: str, duplicates: str | None) -> str | None:
-    """The DuplicateRecord glob: as given, else beside a scrape output root, else None."""
-    if duplicates:
-        return duplicates
+def expected_posters(posters: str) -> int | None:
+    """How many posters the published runs of a scrape output root hold, as their manifests
+    say (None for a glob, or when a manifest does not say)."""
     if posters_glob(posters) == posters:
         return None
-    table = DuplicateRecord.TABLE
-    return FileSystems.join(posters, table, "*", f"{table}-*.parquet")
+    runs = OutputLayout.completed_runs(posters)
+    written = [read_manifest(OutputLayout(posters, r).manifest_path).get("written") for r in runs]
+    return None if None in written else sum(written)
+
+
+def _already_embedded(record: PosterRecord, _: int, done: set, task: str) -> int:
+    """1 (and counted as done under ``task`` on the console) for a poster whose vector is in
+    the table, else 0."""
+    present = (record.movie_id, record.content_sha256) in done
+    if present:
+        progress.advance(task)
+    return int(present)
 
 
 def stage_model(model: str, weights: str | None, output: str) -> tuple[EmbedConfig, OutputLayout]:
@@ -125,6 +140,7 @@ def stage_model(model: str, weights: str | None, output: str) -> tuple[EmbedConf
 
     A model or weights file that cannot be loaded is an InputError naming the flag.
     """
+    # Keras and TensorFlow take seconds to import: not for --help or a bad flag.
     from models.registry import load_embedding_model
     from models.registry import save_embedding_model
     from transforms.embed import EmbedConfig
@@ -153,12 +169,12 @@ def stage_model(model: str, weights: str | None, output: str) -> tuple[EmbedConf
     return config, layout
 
 
-def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the embed stage; returns the run's manifest (as written).
 
     Bad flags fail before any work with a UsageError or InputError (pipelines.checks).
     """
-    options = parse_options(argv, EmbedOptions, __doc__.splitlines()[0])
+    options = COMMAND.parse(argv)
     opts = options.view_as(EmbedOptions)
     common = options.view_as(CommonOptions)
     checks.required(
@@ -171,6 +187,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         "give the scrape stage's --output root or a glob of its .tfrecord files",
     )  # fmt: skip
     checks.writable_output(common.output)
+    from transforms.embed import PROGRESS_TASK
     from transforms.embed import EmbedConfig  # TensorFlow: imported once the flags are good
     from transforms.embed import EmbedPosters
     from transforms.embed import ShareCanonicalVectors
@@ -207,9 +224,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         | "ExistingKeySet" >> beam.combiners.ToSet()
     )
     split = posters | "SkipEmbedded" >> beam.Partition(
-        lambda r, n, done: int((r.movie_id, r.content_sha256) in done),
-        2,
-        done=beam.pvalue.AsSingleton(embedded),
+        _already_embedded, 2, done=beam.pvalue.AsSingleton(embedded), task=PROGRESS_TASK
     )
     todo, present = split[0], split[1]
     own_rows, own_dead = todo | "Embed" >> EmbedPosters(config)
@@ -264,6 +279,7 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     _ = counts | "Manifest" >> WriteRunManifest(layout, "embed", started_at, pattern, public)
     if not options.view_as(TestOptions).dry_run:
         layout.discard_unpublished()  # what a killed run left, before its run number is reused
+    progress.set_total(PROGRESS_TASK, expected_posters(opts.posters))
     result = pipeline.run()
     result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:

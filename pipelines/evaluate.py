@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -28,18 +30,20 @@ from models.scoring import CandidateConfig
 from models.vectors import read_vector_table
 from models.vectors import vectors_glob
 from pipelines import checks
+from pipelines.common import Command
 from pipelines.common import CommonOptions
-from pipelines.common import cli
-from pipelines.common import configure_logging
-from pipelines.common import parse_options
+from pipelines.common import main
+from pipelines.cowatch import CowatchOptions
 from pipelines.cowatch import holdout_of
 from pipelines.embed import EmbedOptions
-from pipelines.embed import posters_glob
 from pipelines.index import IndexOptions
 from pipelines.index import resolve_version
+from pipelines.neighbors import WATCH_HISTORY_HELP
 from pipelines.neighbors import NeighborsOptions
 from pipelines.neighbors import film_genres
 from schemas import WatchEvent
+from storage.history import read_history_file
+from storage.posters import posters_glob
 from transforms.manifest import write_json_report
 
 
@@ -48,11 +52,7 @@ class EvaluateOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        group = parser.add_argument_group(
-            "evaluation",
-            "Also read: --vectors, --model_version, --watch_history, --posters, "
-            "--cowatch_version, --holdout_fraction, --holdout_seed.",
-        )
+        group = parser.add_argument_group("evaluation")
         group.add_argument(
             "--baseline_model_version",
             default=None,
@@ -74,10 +74,33 @@ class EvaluateOptions(PipelineOptions):
         group.add_argument("--eval_seed", type=int, default=0, help="Seed of the random baseline.")
 
 
+COMMAND = Command(
+    "pipelines.evaluate",
+    EvaluateOptions,
+    __doc__,
+    reads=(
+        (IndexOptions, ("vectors", "model_version")),
+        (NeighborsOptions, ("watch_history", "cowatch_version", "neighbors_k", "candidates_k",
+                            "half_life_days", "min_rating")),
+        (EmbedOptions, ("posters",)),
+        (CowatchOptions, ("holdout_fraction", "holdout_seed")),
+    ),
+    required=("--vectors", "--watch_history", "--output"),
+    hides=("--num_shards",),
+    beam=False,
+    overrides={
+        "--output": {"help": "Where the JSON report goes ({output}/reports/)."},
+        "--watch_history": {"help": WATCH_HISTORY_HELP},
+        "--posters": {"help": "The scrape stage's --output root: its genres make the genre "
+                      "profile baseline."},
+        "--cowatch_version": {"help": "A co-watch version under --vectors: adds co-watch kNN "
+                              "and the hybrid, whose blend is tuned here."},
+    },
+)  # fmt: skip
+
+
 def read_events(uri: str) -> list[WatchEvent]:
     """Watch events of a local or gs:// CSV or Parquet file (bad rows are skipped and counted)."""
-    from transforms.candidates import read_history_file
-
     return [e for e in read_history_file(uri, "evaluate") if isinstance(e, WatchEvent)]
 
 
@@ -99,9 +122,9 @@ def _queries(root: str, version: str | None) -> dict | None:
     return {int(m): v for m, v in zip(ids.tolist(), vectors, strict=True)}
 
 
-def run(argv=None) -> dict:
+def run(argv: Sequence[str] | None = None) -> dict:
     """Run the evaluation; returns the report."""
-    options = parse_options(argv, EvaluateOptions, __doc__.splitlines()[0])
+    options = COMMAND.parse(argv)
     index_opts = options.view_as(IndexOptions)
     nightly = options.view_as(NeighborsOptions)
     opts = options.view_as(EvaluateOptions)
@@ -142,14 +165,15 @@ def run(argv=None) -> dict:
             _queries(root, opts.cold_cowatch_version), nightly.neighbors_k, seed,
         )  # fmt: skip
     found = offline_eval.intervals(warm, cold, cold_label if cold else None, seed)
-    table = ev.format_table(warm.means(), warm.users)
+    tables = [ev.format_table(warm.means(), warm.users)]
     if cold is not None:
-        table += "\n\n" + ev.format_cold_table(cold.means(), len(next(iter(cold.recall.values()))),
-                                                 cold.hidden_films, cold.k)  # fmt: skip
-    if found:
-        table += "\n\n" + offline_eval.format_intervals(found)
+        tables.append(ev.format_cold_table(cold.means(), len(next(iter(cold.recall.values()))),
+                                           cold.hidden_films, cold.k))  # fmt: skip
+    chosen = []
     if warm.blend is not None:
-        table += f"\n\nblend chosen on the validation split: {warm.blend.to_json()}"
+        chosen.append(f"blend chosen on the validation split: {warm.blend.to_json()}")
+    intervals = [offline_eval.format_intervals(found)] if found else []
+    table = "\n\n".join(tables + intervals + chosen)
     report = {
         "model_version": version,
         "baseline_model_versions": baselines,
@@ -169,19 +193,17 @@ def run(argv=None) -> dict:
         "blend": None if warm.blend is None else json.loads(warm.blend.to_json()),
         "blend_trials": warm.trials,
         "table": table,
+        "short_table": "\n\n".join(tables) + "".join(f"\n{line}" for line in chosen),
     }  # fmt: skip
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     report["report_path"] = write_json_report(output, f"evaluation-{version}-{stamp}", report)
     return report
 
 
-def main() -> None:
-    """Command-line entry: INFO logging, evaluate, print the table and where the report is."""
-    configure_logging()
-    summary = run()
-    print(summary["table"])
-    print(f"report: {summary['report_path']}")
+def report_text(report: Mapping) -> str:
+    """The evaluation table and where the report is."""
+    return f"{report['table']}\nreport: {report['report_path']}"
 
 
 if __name__ == "__main__":
-    cli(main)
+    main(run, show=report_text)

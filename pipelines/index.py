@@ -15,17 +15,23 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from models.scann_index import PosterIndex
+from models.scann_index import choose_params
+from models.vectors import model_versions
+from models.vectors import read_vector_table
+from models.vectors import vectors_glob
 from pipelines import checks
+from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import InputError
 from pipelines.common import UsageError
-from pipelines.common import cli
-from pipelines.common import configure_logging
-from pipelines.common import parse_options
+from pipelines.common import main
 
 _LOG = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ class IndexOptions(PipelineOptions):
         group.add_argument(
             "--model_version",
             default=None,
-            help="Which model version to index (required when the root holds several).",
+            help="Which model version under --vectors (required when it holds several).",
         )
         group.add_argument(
             "--index_mode",
@@ -89,6 +95,17 @@ class IndexOptions(PipelineOptions):
         )
 
 
+COMMAND = Command(
+    "pipelines.index",
+    IndexOptions,
+    __doc__,
+    required=("--vectors",),
+    hides=("--num_shards",),
+    beam=False,
+    overrides={"--output": {"help": "Index folder (default {vectors}/{model_version}/index)."}},
+)
+
+
 class RecallTooLow(RuntimeError):
     """The built index misses too many exact neighbours."""
 
@@ -96,8 +113,6 @@ class RecallTooLow(RuntimeError):
 def resolve_version(vectors_root: str, requested: str | None) -> str:
     """The model version to index; a UsageError or InputError that says what to do when the
     root is missing, empty or ambiguous, or lacks the requested version."""
-    from models.vectors import model_versions
-
     if "://" not in vectors_root and not os.path.isdir(vectors_root):
         raise UsageError(
             f"--vectors={vectors_root}: no such folder — give the embed stage's --output root"
@@ -123,14 +138,9 @@ def resolve_version(vectors_root: str, requested: str | None) -> str:
     return versions[0]
 
 
-def run(argv=None) -> dict:
+def run(argv: Sequence[str] | None = None) -> dict:
     """Build, check and save the index; returns its manifest."""
-    from models.scann_index import PosterIndex
-    from models.scann_index import choose_params
-    from models.vectors import read_vector_table
-    from models.vectors import vectors_glob
-
-    options = parse_options(argv, IndexOptions, __doc__.splitlines()[0])
+    options = COMMAND.parse(argv)
     opts = options.view_as(IndexOptions)
     checks.required({"--vectors": opts.vectors}, "the embed stage's --output root")
     version = resolve_version(opts.vectors, opts.model_version)
@@ -171,13 +181,13 @@ def run(argv=None) -> dict:
     return index.info
 
 
-def main() -> None:
-    """Command-line entry: INFO logging, build the index, print where it is and its recall."""
-    configure_logging()
-    info = run()
-    print(f"index {info['index_uri']}: {info['n']} vectors, {info['params']['mode']}, "
-          f"recall@10 {info['recall_at_10']}")  # fmt: skip
+def index_text(info: Mapping) -> str:
+    """Where the index is, its size, mode and recall."""
+    return (
+        f"index {info['index_uri']}: {info['n']} vectors, {info['params']['mode']}, "
+        f"recall@10 {info['recall_at_10']}"
+    )
 
 
 if __name__ == "__main__":
-    cli(main)
+    main(run, show=index_text)

@@ -13,8 +13,11 @@ rerunning a date replaces that date's rows. A JSON report of the run goes under 
 
 from __future__ import annotations
 
+import dataclasses
+import datetime
 import json
 import logging
+from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -22,26 +25,33 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from models.blend import Blend
 from models.scoring import CandidateConfig
+from models.vectors import read_vector_table
+from models.vectors import shared_poster_groups
+from models.vectors import vector_dim
+from models.vectors import vectors_glob
 from pipelines import checks
+from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import InputError
 from pipelines.common import UsageError
-from pipelines.common import cli
-from pipelines.common import configure_logging
+from pipelines.common import json_text
 from pipelines.common import log_counters
+from pipelines.common import main
 from pipelines.common import make_pipeline
 from pipelines.common import one_line
-from pipelines.common import parse_options
 from pipelines.embed import EmbedOptions
-from pipelines.embed import posters_glob
 from pipelines.index import IndexOptions
 from pipelines.index import resolve_version
 from schemas import CandidateRow
 from schemas import DeadLetter
 from schemas import NeighborRow
 from schemas import PosterRecord
-from transforms.candidates import HISTORY_STAGE
+from storage.files import parquet_encoder
+from storage.files import read_tfrecord_records
+from storage.history import HISTORY_STAGE
+from storage.posters import posters_glob
 from transforms.candidates import BuildCandidates
 from transforms.candidates import ReadWatchHistory
 from transforms.manifest import write_json_report
@@ -53,16 +63,19 @@ from transforms.neighbors import drop_shared_posters
 from transforms.neighbors import neighbor_rows
 from transforms.neighbors import read_lists
 from transforms.sinks import WriteShards
-from transforms.sinks import parquet_encoder
-from transforms.sinks import read_tfrecord_records
 from transforms.warehouse import WAREHOUSE_STAGE
 from transforms.warehouse import Warehouse
 from transforms.warehouse import WriteWarehouseTable
 from transforms.warehouse import clear_staging
 from transforms.warehouse import finish_publishing
+from transforms.warehouse import publish_bigquery
 from transforms.warehouse import publish_partitions
 
 _LOG = logging.getLogger(__name__)
+WATCH_HISTORY_HELP = (
+    "The users' watch history: userId,movieId,rating,timestamp as CSV or Parquet (local or "
+    "gs://), or bq://PROJECT.DATASET.TABLE."
+)
 
 
 class NeighborsOptions(PipelineOptions):
@@ -95,8 +108,7 @@ class NeighborsOptions(PipelineOptions):
         group.add_argument(
             "--watch_history",
             default=None,
-            help="userId,movieId,rating,timestamp as CSV or Parquet (local or gs://), or "
-            "bq://PROJECT.DATASET.TABLE. Without it only neighbours are built.",
+            help=WATCH_HISTORY_HELP + " Without it only neighbours are built.",
         )
         group.add_argument(
             "--candidates_k", type=int, default=100, help="Candidates kept per user."
@@ -132,10 +144,19 @@ class NeighborsOptions(PipelineOptions):
                            "or bq://PROJECT.DATASET.")  # fmt: skip
 
 
+COMMAND = Command(
+    "pipelines.neighbors",
+    NeighborsOptions,
+    __doc__,
+    reads=((IndexOptions, ("vectors", "model_version")), (EmbedOptions, ("posters",))),
+    required=("--run_date", "--vectors", "--output"),
+    hides=("--num_shards",),
+    overrides={"--output": {"help": "Where the run report and dead letters go."}},
+)
+
+
 def read_vector_rows(path_glob: str):
     """(movie id, vector) rows of the vector files matching a glob."""
-    from models.vectors import read_vector_table
-
     table = read_vector_table(path_glob)
     for movie_id, vector in zip(table.ids.tolist(), table.vectors, strict=True):
         yield movie_id, np.asarray(vector, dtype=np.float32)
@@ -149,8 +170,6 @@ def film_genres(path_glob: str):
 
 def load_blend(value: str):
     """The Blend of --blend: inline JSON, or a local / gs:// JSON file (a report holding one)."""
-    from models.blend import Blend
-
     text = value
     if not value.lstrip().startswith("{"):
         with FileSystems.open(value) as handle:
@@ -169,9 +188,6 @@ def audience_query(joined: tuple[int, dict]):
 
 def _same_space(root: str, version: str, cowatch_version: str) -> bool:
     """Whether the poster model embeds into the co-watch space (same length: an audience model)."""
-    from models.vectors import vector_dim
-    from models.vectors import vectors_glob
-
     poster = vector_dim(vectors_glob(root, version))
     cowatch = vector_dim(vectors_glob(root, cowatch_version))
     if poster != cowatch:
@@ -180,12 +196,33 @@ def _same_space(root: str, version: str, cowatch_version: str) -> bool:
     return poster == cowatch
 
 
-def run(argv=None, test_pipeline=None) -> dict:
-    """Build the neighbour (and candidate) tables for one run date; returns the run report."""
-    from models.vectors import shared_poster_groups
-    from models.vectors import vectors_glob
+@dataclasses.dataclass(frozen=True)
+class NeighborsJob:
+    """One run of the stage, from its checked flags: what to read, how to rank, where to write."""
 
-    options = parse_options(argv, NeighborsOptions, __doc__.splitlines()[0])
+    run_date: datetime.date
+    warehouse: Warehouse
+    warehouse_uri: str
+    vectors_root: str
+    version: str
+    index_uri: str
+    output: str
+    posters: str | None
+    cowatch_version: str | None
+    blend: Blend | None
+    watch_history: str | None
+    neighbors_k: int
+    candidates: CandidateConfig | None
+    config: NeighborConfig
+
+    @property
+    def run_id(self) -> str:
+        """The run id of the warehouse rows and dead letters: one per run date."""
+        return f"nightly-{self.run_date.isoformat()}"
+
+
+def build_job(options: PipelineOptions) -> NeighborsJob:
+    """The run's job, once every flag is checked (UsageError or InputError naming the flag)."""
     opts = options.view_as(NeighborsOptions)
     index_opts = options.view_as(IndexOptions)
     output = options.view_as(CommonOptions).output
@@ -194,15 +231,13 @@ def run(argv=None, test_pipeline=None) -> dict:
         "the warehouse partition's date, the embed stage's --output root and a report folder",
     )
     run_date = checks.run_date(opts.run_date)
-    try:
-        warehouse = Warehouse.parse(
-            opts.warehouse or "duckdb://" + FileSystems.join(output, "warehouse.duckdb")
-        )
-    except ValueError as exc:
-        raise UsageError(one_line(exc)) from None
+    warehouse = checks.warehouse(
+        opts.warehouse, output, remote=not options.view_as(TestOptions).dry_run
+    )
     if opts.cowatch_version and not opts.blend:
         raise UsageError("--cowatch_version needs --blend (python -m pipelines.evaluate tunes it)")
-    if opts.same_genre and not options.view_as(EmbedOptions).posters:
+    posters = options.view_as(EmbedOptions).posters
+    if opts.same_genre and not posters:
         raise UsageError("--same_genre needs --posters (the scrape output root) for the genres")
     checks.watch_history(opts.watch_history)
     version = resolve_version(index_opts.vectors, index_opts.model_version)
@@ -210,36 +245,50 @@ def run(argv=None, test_pipeline=None) -> dict:
     blend = _blend(opts.blend) if opts.blend else None
     checks.writable_output(output)
     shared_posters = shared_poster_groups(vectors_glob(index_opts.vectors, version))
-    config = NeighborConfig(
-        index_uri=index_uri, k=opts.neighbors_k,
-        similarity="cosine" if opts.cowatch_version else opts.similarity,
-        same_genre=opts.same_genre, shared_posters=shared_posters,
+    candidates = None
+    if opts.watch_history:
+        candidates = CandidateConfig(
+            top_k=opts.candidates_k, half_life_days=opts.half_life_days,
+            min_rating=opts.min_rating, model_version=version,
+        )  # fmt: skip
+        if blend is not None:
+            candidates = blend.candidate_config(candidates)
+    return NeighborsJob(
+        run_date=run_date, warehouse=warehouse,
+        warehouse_uri=opts.warehouse or f"duckdb://{warehouse.target}",
+        vectors_root=index_opts.vectors, version=version, index_uri=index_uri, output=output,
+        posters=posters, cowatch_version=opts.cowatch_version, blend=blend,
+        watch_history=opts.watch_history, neighbors_k=opts.neighbors_k, candidates=candidates,
+        config=NeighborConfig(
+            index_uri=index_uri, k=opts.neighbors_k,
+            similarity="cosine" if opts.cowatch_version else opts.similarity,
+            same_genre=opts.same_genre, shared_posters=shared_posters,
+        ),
     )  # fmt: skip
-    posters = options.view_as(EmbedOptions).posters
-    if warehouse.kind == "duckdb":
-        finish_publishing(warehouse)  # a publish a killed job committed but did not swap in
-        for table in (NeighborRow, CandidateRow):
-            clear_staging(warehouse, table, run_date)
 
-    pipeline = make_pipeline(options, test_pipeline)
+
+def neighbour_lists(pipeline: beam.Pipeline, job: NeighborsJob) -> beam.PCollection:
+    """Every film's neighbour list: from the poster index (films with a co-watch vector in the
+    same space search with it), merged with the co-watch neighbours by the blend when given."""
     vectors = (
         pipeline
-        | "VectorGlob" >> beam.Create([vectors_glob(index_opts.vectors, version)])
+        | "VectorGlob" >> beam.Create([vectors_glob(job.vectors_root, job.version)])
         | "ReadVectors" >> beam.FlatMap(read_vector_rows)
     )
     genres = None
-    if opts.same_genre:
+    if job.config.same_genre:
         genres = (
             pipeline
-            | "PosterGlob" >> beam.Create([posters_glob(posters)])
+            | "PosterGlob" >> beam.Create([posters_glob(job.posters)])
             | "ReadGenres" >> beam.FlatMap(film_genres)
         )
     queries = vectors
-    if opts.cowatch_version and _same_space(index_opts.vectors, version, opts.cowatch_version):
+    cowatch_version = job.cowatch_version
+    if cowatch_version and _same_space(job.vectors_root, job.version, cowatch_version):
         cowatch_vectors = (
             pipeline
             | "CowatchVectorGlob"
-            >> beam.Create([vectors_glob(index_opts.vectors, opts.cowatch_version)])
+            >> beam.Create([vectors_glob(job.vectors_root, cowatch_version)])
             | "ReadCowatchVectors" >> beam.FlatMap(read_vector_rows)
         )
         queries = (
@@ -247,70 +296,91 @@ def run(argv=None, test_pipeline=None) -> dict:
             | "JoinQueries" >> beam.CoGroupByKey()
             | "AudienceQuery" >> beam.FlatMap(audience_query)
         )
-    lists = queries | "FindNeighbors" >> FindNeighbors(config, genres)
-    if opts.cowatch_version:
-        pattern = FileSystems.join(index_opts.vectors, opts.cowatch_version, "cowatch_neighbors",
-                                   "*.parquet")  # fmt: skip
-        cowatch = (
-            pipeline
-            | "CowatchGlob" >> beam.Create([pattern])
-            | "ReadCowatch" >> beam.FlatMap(read_lists)
-        )
-        lists = (cowatch, lists) | "Hybrid" >> MergeNeighbors(
-            blend.poster_weight, blend.similarity, opts.neighbors_k
-        )
-        if shared_posters:
-            lists = lists | "DropSharedPosters" >> beam.Map(drop_shared_posters, shared_posters)
-    run_id = f"nightly-{run_date.isoformat()}"
+    lists = queries | "FindNeighbors" >> FindNeighbors(job.config, genres)
+    if not cowatch_version:
+        return lists
+    pattern = FileSystems.join(job.vectors_root, cowatch_version, "cowatch_neighbors", "*.parquet")
+    cowatch = (
+        pipeline
+        | "CowatchGlob" >> beam.Create([pattern])
+        | "ReadCowatch" >> beam.FlatMap(read_lists)
+    )
+    lists = (cowatch, lists) | "Hybrid" >> MergeNeighbors(
+        job.blend.poster_weight, job.blend.similarity, job.neighbors_k
+    )
+    shared_posters = job.config.shared_posters
+    if shared_posters:
+        lists = lists | "DropSharedPosters" >> beam.Map(drop_shared_posters, shared_posters)
+    return lists
+
+
+def write_tables(pipeline: beam.Pipeline, lists: beam.PCollection, job: NeighborsJob) -> None:
+    """The neighbours table, the candidates table (with a watch history) and every dead
+    letter (refused rows, unreadable history rows) as one Parquet file under ``--output``."""
+    run_date, run_id, warehouse = job.run_date, job.run_id, job.warehouse
     dead = [
         lists
-        | "NeighborRows" >> beam.FlatMap(neighbor_rows, version, run_date)
+        | "NeighborRows" >> beam.FlatMap(neighbor_rows, job.version, run_date)
         | "WriteNeighbors"
         >> WriteWarehouseTable(
             warehouse, NeighborRow, run_date, lambda r: (r.movie_id, r.rank), run_id=run_id
         )
     ]
-    if opts.watch_history:
-        history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(opts.watch_history, run_id)
-        candidate_config = CandidateConfig(
-            top_k=opts.candidates_k, half_life_days=opts.half_life_days,
-            min_rating=opts.min_rating, model_version=version,
-        )  # fmt: skip
-        if blend is not None:
-            candidate_config = blend.candidate_config(candidate_config)
+    if job.watch_history:
+        history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(job.watch_history, run_id)
         rows, _ = (history.events, lists) | "BuildCandidates" >> BuildCandidates(
-            candidate_config, run_date, use_popularity=blend is not None
+            job.candidates, run_date, use_popularity=job.blend is not None
         )
         dead.append(rows | "WriteCandidates" >> WriteWarehouseTable(
             warehouse, CandidateRow, run_date, lambda r: (r.user_id, r.rank), run_id=run_id
         ))  # fmt: skip
         dead.append(history.dead_letter)
     _ = dead | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteShards(
-        FileSystems.join(output, DeadLetter.TABLE, run_id, DeadLetter.TABLE), ".parquet", 1,
+        FileSystems.join(job.output, DeadLetter.TABLE, run_id, DeadLetter.TABLE), ".parquet", 1,
         parquet_encoder(DeadLetter), lambda d: (d.line_number or 0, d.input_row),
     )  # fmt: skip
 
-    result = pipeline.run()
-    result.wait_until_finish()
-    if options.view_as(TestOptions).dry_run:
-        return {}
+
+def publish_and_report(result, job: NeighborsJob) -> dict:
+    """After the pipeline: the run's counters, the DuckDB date published, the report written."""
+    blend = job.blend
     report = {
-        "run_date": run_date.isoformat(),
-        "model_version": version,
-        "cowatch_version": opts.cowatch_version,
+        "run_date": job.run_date.isoformat(),
+        "model_version": job.version,
+        "cowatch_version": job.cowatch_version,
         "blend": None if blend is None else json.loads(blend.to_json()),
-        "index": index_uri,
-        "warehouse": opts.warehouse or f"duckdb://{warehouse.target}",
+        "index": job.index_uri,
+        "warehouse": job.warehouse_uri,
         "neighbors": log_counters(result, "neighbors"),
         "candidates": log_counters(result, "candidates"),
         "watch_history": log_counters(result, HISTORY_STAGE),
         "warehouse_refused": log_counters(result, WAREHOUSE_STAGE),
     }
-    if warehouse.kind == "duckdb":
-        tables = (NeighborRow, CandidateRow) if opts.watch_history else (NeighborRow,)
-        report["rows_loaded"] = publish_partitions(warehouse, tables, run_date)
-    report["report_path"] = write_json_report(output, f"nightly-{run_date.isoformat()}", report)
+    tables = (NeighborRow, CandidateRow) if job.watch_history else (NeighborRow,)
+    if job.warehouse.kind == "duckdb":
+        report["rows_loaded"] = publish_partitions(job.warehouse, tables, job.run_date)
+    else:
+        report["rows_loaded"] = publish_bigquery(job.warehouse, tables, job.run_date)
+    name = f"nightly-{job.run_date.isoformat()}"
+    report["report_path"] = write_json_report(job.output, name, report)
     return report
+
+
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
+    """Build the neighbour (and candidate) tables for one run date; returns the run report."""
+    options = COMMAND.parse(argv)
+    job = build_job(options)
+    if job.warehouse.kind == "duckdb":
+        finish_publishing(job.warehouse)  # a publish a killed job committed but did not swap in
+    for table in (NeighborRow, CandidateRow):
+        clear_staging(job.warehouse, table, job.run_date)
+    pipeline = make_pipeline(options, test_pipeline)
+    write_tables(pipeline, neighbour_lists(pipeline, job), job)
+    result = pipeline.run()
+    result.wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        return {}
+    return publish_and_report(result, job)
 
 
 def _blend(value: str):
@@ -325,12 +395,5 @@ def _blend(value: str):
                          "report python -m pipelines.evaluate wrote, or inline JSON") from None
 
 
-def main() -> None:
-    """Command-line entry: INFO logging, build the tables, print the run report."""
-    configure_logging()
-    summary = run()
-    print(json.dumps(summary, indent=2, sort_keys=True))
-
-
 if __name__ == "__main__":
-    cli(main)
+    main(run, show=json_text)

@@ -23,16 +23,31 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Mapping
+from collections.abc import Sequence
 
+import duckdb
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
 from pipelines import checks
+from pipelines import console
+from pipelines import cowatch
+from pipelines import embed
+from pipelines import evaluate
+from pipelines import index
+from pipelines import neighbors
+from pipelines import scrape
+from pipelines import train
+from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import UsageError
-from pipelines.common import cli
-from pipelines.common import configure_logging
-from pipelines.common import parse_options
+from pipelines.common import flag_names
+from pipelines.common import main
+from pipelines.demo import write_synthetic_history
+from reporting import reports
+from schemas import CandidateRow
+from schemas import NeighborRow
 
 _LOG = logging.getLogger(__name__)
 
@@ -62,35 +77,61 @@ class NightlyOptions(PipelineOptions):
         )
 
 
+def _all_but(options_class: type[PipelineOptions], *set_here: str) -> tuple[str, ...]:
+    """The flags of a stage's options class, less those this job sets for each stage."""
+    return tuple(name for name in flag_names(options_class) if name not in set_here)
+
+
+COMMAND = Command(
+    "pipelines.nightly",
+    NightlyOptions,
+    __doc__,
+    reads=(
+        (scrape.ScrapeOptions, None),
+        (cowatch.CowatchOptions, None),
+        (train.TrainOptions, _all_but(train.TrainOptions, "cowatch_vectors")),
+        (embed.EmbedOptions, _all_but(embed.EmbedOptions, "posters", "duplicates")),
+        (index.IndexOptions, _all_but(index.IndexOptions, "vectors", "model_version")),
+        (neighbors.NeighborsOptions,
+         _all_but(neighbors.NeighborsOptions, "index", "cowatch_version", "blend")),
+        (evaluate.EvaluateOptions, ("eval_seed",)),
+    ),
+    required=("--catalog|--synthetic_films", "--output"),
+    overrides={
+        "--output": {"help": "The root every stage writes under (scrape/, train/, vectors/, "
+                     "nightly/)."},
+        "--run_date": {"help": "Run date, YYYY-MM-DD (the warehouse partition; default: today)."},
+        "--model": {"help": "The model to embed with (default inception_v3), or with --train "
+                    "the backbone to train from (default squeezenet_v1_1).", "default": None},
+        "--dry_run": {"help": "Refused: each stage reads what the one before wrote; dry-run the "
+                      "stages one by one."},
+    },
+)  # fmt: skip
+
+
 class StageClock:
-    """Logs each stage's start, end and elapsed time, and keeps the timings."""
+    """Times each stage, shows its progress while it runs and one line when it is done."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
-        self._start = time.perf_counter()
 
     @contextlib.contextmanager
     def stage(self, name: str):
-        """Time one stage and report it on the console."""
-        print(f"[nightly] {name}: started (elapsed {time.perf_counter() - self._start:.0f}s)",
-              flush=True)  # fmt: skip
+        """Time one stage; the block may add short notes (counts, a version) to the yielded
+        list for its line."""
+        notes: list[str] = []
         began = time.perf_counter()
-        yield
+        with console.progress(f"[nightly] {name}"):
+            yield notes
         self.timings[name] = round(time.perf_counter() - began, 2)
-        print(f"[nightly] {name}: done in {self.timings[name]:.1f}s", flush=True)
+        done = f"[nightly] {name}: done in {self.timings[name]:.1f}s"
+        console.say(done + (f" ({'; '.join(notes)})" if notes else ""))
 
 
-def run(argv=None) -> dict:
+def run(argv: Sequence[str] | None = None) -> dict:
     """Run every stage for one run date; returns where everything went and the timings."""
-    from pipelines import cowatch
-    from pipelines import embed
-    from pipelines import evaluate
-    from pipelines import index
-    from pipelines import neighbors
-    from pipelines import scrape
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = parse_options(argv, NightlyOptions, __doc__.splitlines()[0])
+    options = COMMAND.parse(argv)
     nightly = options.view_as(NightlyOptions)
     root = options.view_as(CommonOptions).output
     if options.view_as(TestOptions).dry_run:
@@ -111,8 +152,9 @@ def run(argv=None) -> dict:
     }
     clock = StageClock()
     summary: dict = {"run_date": run_date, "paths": paths}
-    with clock.stage("scrape"):
+    with clock.stage("scrape") as notes:
         summary["scrape"] = scrape.run(argv + [f"--output={paths['scrape']}"])
+        notes.append(scrape_note(summary["scrape"]))
     watch_history = run_options.watch_history
     if synthetic and not watch_history:
         watch_history = write_synthetic_history(
@@ -125,22 +167,26 @@ def run(argv=None) -> dict:
     train_argv = list(stage_argv)
     cowatch_version = None
     if watch_history:
-        with clock.stage("co-watch"):
+        with clock.stage("co-watch") as notes:
             found = cowatch.run(_history_argv(argv, paths, watch_history, 0.0))
+            notes.append(f"{found['films_with_vector']:,} films with vectors")
         cowatch_version = found["model_version"]
         summary["cowatch"] = {k: found[k] for k in ("model_version", "films_with_vector")}
     if nightly.train:
-        with clock.stage("train"):
+        with clock.stage("train") as notes:
             report = _train(stage_argv, paths, cowatch_version, 0.0)
+            notes.append(f"objective {report['objective']}")
         summary["train"] = {k: report[k] for k in ("model_path", "run_id", "objective")}
         stage_argv += [f"--model={report['model_path']}"]
-    with clock.stage("embed"):
+    with clock.stage("embed") as notes:
         embedded = embed.run(stage_argv + [f"--output={paths['vectors']}"])
+        notes.append(f"{embedded['written']:,} vectors of {embedded['model_version']}")
     version = embedded["model_version"]
     summary["embed"] = {"model_version": version, "identity": embedded["identity"]}
     version_argv = stage_argv + [f"--vectors={paths['vectors']}", f"--model_version={version}"]
-    with clock.stage("index"):
+    with clock.stage("index") as notes:
         summary["index"] = index.run(version_argv + [f"--output={_index_dir(paths, version)}"])
+        notes.append(f"recall@10 {summary['index']['recall_at_10']}")
     baseline = None
     if nightly.baseline_model:
         with clock.stage(f"baseline {nightly.baseline_model}"):
@@ -156,8 +202,9 @@ def run(argv=None) -> dict:
         if holdout and nightly.train:
             with clock.stage("cold-start model"):
                 extra += _cold_start_model(argv, train_argv, paths, watch_history, holdout)
-        with clock.stage("evaluation"):
+        with clock.stage("evaluation") as notes:
             summary["evaluation"] = evaluate.run(nightly_argv + extra)
+            notes.append(f"{summary['evaluation']['users_evaluated']} users")
         nightly_argv.append(f"--blend={summary['evaluation']['report_path']}")
     with clock.stage("neighbors and candidates"):
         summary["neighbors"] = neighbors.run(nightly_argv)
@@ -171,13 +218,9 @@ def run(argv=None) -> dict:
 
 def check_options(options: PipelineOptions, argv: list[str]) -> None:
     """Every stage's flags that can be checked before the scrape starts (pipelines.checks)."""
-    from pipelines import scrape
-    from pipelines.embed import EmbedOptions
-    from pipelines.neighbors import NeighborsOptions
-
     common = options.view_as(CommonOptions)
     checks.required({"--output": common.output}, "the root every stage writes under")
-    embed_opts = options.view_as(EmbedOptions)
+    embed_opts = options.view_as(embed.EmbedOptions)
     model_given = any(a == "--model" or a.startswith("--model=") for a in argv)
     trains = options.view_as(NightlyOptions).train
     if trains and model_given and embed_opts.model.endswith(".keras"):
@@ -186,8 +229,10 @@ def check_options(options: PipelineOptions, argv: list[str]) -> None:
             "from (such as squeezenet_v1_1), not a .keras file"
         )
     checks.model_flags(embed_opts.model, embed_opts.weights)
-    checks.watch_history(options.view_as(NeighborsOptions).watch_history)
+    checks.watch_history(options.view_as(neighbors.NeighborsOptions).watch_history)
     scrape.check_options(options.view_as(scrape.ScrapeOptions), common)
+    warehouse = options.view_as(neighbors.NeighborsOptions).warehouse
+    checks.warehouse(warehouse, os.path.join(common.output, "nightly"))
 
 
 def _history_argv(argv: list[str], paths: dict, history: str, holdout: float) -> list[str]:
@@ -199,8 +244,6 @@ def _history_argv(argv: list[str], paths: dict, history: str, holdout: float) ->
 def _train(stage_argv: list[str], paths: dict, cowatch_version: str | None, holdout: float,
            folder: str | None = None) -> dict:  # fmt: skip
     """Run the train stage with the co-watch vectors (when there is a history)."""
-    from pipelines import train
-
     output = os.path.join(paths["train"], folder) if folder else paths["train"]
     extra = [f"--output={output}", f"--holdout_fraction={holdout}"]
     if cowatch_version:
@@ -216,9 +259,6 @@ def _cold_start_model(
 ) -> list[str]:
     """Co-watch and a poster model that never saw the hidden films' watches, embedded; the
     evaluation's cold-start flags."""
-    from pipelines import cowatch
-    from pipelines import embed
-
     hidden = cowatch.run(_history_argv(argv, paths, history, holdout))["model_version"]
     report = _train(stage_argv, paths, hidden, holdout, folder="cold_start")
     model_argv = stage_argv + [f"--model={report['model_path']}", f"--output={paths['vectors']}"]
@@ -240,8 +280,6 @@ def write_run_report(
     timings: dict[str, float],
 ) -> str:
     """Contact sheets (PNG) for a sample of films and the HTML run report; returns its path."""
-    from transforms import reports
-
     sheets = reports.contact_sheets_for(
         paths["vectors"], version, paths["scrape"], sample=4, baseline_model_version=baseline
     )
@@ -255,25 +293,16 @@ def write_run_report(
     return reports.write_report(run, os.path.join(folder, f"run-{run_date}.html"))
 
 
-def write_synthetic_history(films: int, seed: int, users: int, folder: str) -> str:
-    """The synthetic catalog's watch history (MovieLens ratings CSV) under ``folder``."""
-    from synthetic.catalog import make_catalog
-    from synthetic.catalog import make_watch_history
-    from synthetic.catalog import write_ratings_csv
-
-    path = os.path.join(folder, "synthetic_input", f"ratings-{films}-seed{seed}.csv")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    write_ratings_csv(path, make_watch_history(make_catalog(films, seed=seed), users, seed=seed))
-    return path
+def scrape_note(manifest: dict) -> str:
+    """What a scrape run did, in a few words."""
+    return (
+        f"{manifest['written']:,} posters, {manifest['duplicates']:,} duplicates, "
+        f"{manifest['dead_lettered']:,} dead-lettered of {manifest['input_rows']:,} films"
+    )
 
 
-def sample_query(summary: dict) -> str:
+def sample_query(summary: dict, limit: int = 5) -> str:
     """One consumer query against the local warehouse, printed as a table."""
-    import duckdb
-
-    from schemas import CandidateRow
-    from schemas import NeighborRow
-
     warehouse = summary["neighbors"]["warehouse"].removeprefix("duckdb://")
     c = NeighborRow.c
     with duckdb.connect(warehouse, read_only=True) as con:
@@ -282,7 +311,7 @@ def sample_query(summary: dict) -> str:
             f"SELECT {c.rank}, {c.neighbor_id}, round({c.score}, 4) AS score"
             f" FROM {NeighborRow.TABLE} WHERE {c.movie_id} = {film}"
             f" AND {c.run_date} = DATE '{summary['run_date']}'"
-            f" ORDER BY {c.rank}"
+            f" ORDER BY {c.rank} LIMIT {limit}"
         )
         table = con.execute(sql).fetchall()
         users = con.execute(
@@ -294,20 +323,20 @@ def sample_query(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> None:
-    """Command-line entry: run the job, then print where the outputs are and one SQL query."""
-    configure_logging()
-    summary = run(argv)
-    print("\noutputs:")
-    for stage, path in summary["paths"].items():
-        print(f"  {stage:<8} {path}")
+def results_text(summary: Mapping) -> str:
+    """What the job prints when it is done: the evaluation tables (the bootstrap intervals are
+    in the run report), where the outputs are, and one SQL query against the warehouse."""
+    lines = [""]
     if "evaluation" in summary:
-        print(summary["evaluation"]["table"])
-    print(f"run report: {summary['report']}")
+        lines += [summary["evaluation"]["short_table"], ""]
+    root = os.path.dirname(summary["paths"]["scrape"])
+    folders = " ".join(f"{os.path.basename(p)}/" for p in summary["paths"].values())
+    lines += [f"outputs under {root}: {folders}", f"run report: {summary['report']}"]
     if summary["neighbors"]["warehouse"].startswith("duckdb://"):
-        print(sample_query(summary))
-    print("timings: " + ", ".join(f"{k} {v:.0f}s" for k, v in summary["timings"].items()))
+        lines += ["", sample_query(summary)]
+    lines.append(f"done in {sum(summary['timings'].values()):.0f}s")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    cli(main)
+    main(run, show=results_text, quiet=True)

@@ -1,4 +1,4 @@
-"""Print the configuration reference: every stage's options, as Markdown (kept in the README).
+"""Print the configuration reference: every entry point's flags, as Markdown (kept in the README).
 
 python -m pipelines.reference
 """
@@ -8,50 +8,86 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipelines import cowatch
+from pipelines import embed
+from pipelines import evaluate
+from pipelines import index
+from pipelines import neighbors
+from pipelines import nightly
+from pipelines import scrape
+from pipelines import similar
+from pipelines import train
+from pipelines.common import CommonOptions
+from pipelines.common import flag_names
 
-def stage_option_classes() -> list[tuple[str, type]]:
-    """(entry point, options class) of every stage, CommonOptions first."""
-    from pipelines.common import CommonOptions
-    from pipelines.cowatch import CowatchOptions
-    from pipelines.embed import EmbedOptions
-    from pipelines.evaluate import EvaluateOptions
-    from pipelines.index import IndexOptions
-    from pipelines.neighbors import NeighborsOptions
-    from pipelines.nightly import NightlyOptions
-    from pipelines.scrape import ScrapeOptions
-    from pipelines.similar import SimilarOptions
-    from pipelines.train import TrainOptions
 
-    return [
-        ("every stage", CommonOptions),
-        ("pipelines.scrape", ScrapeOptions),
-        ("pipelines.cowatch", CowatchOptions),
-        ("pipelines.train", TrainOptions),
-        ("pipelines.embed", EmbedOptions),
-        ("pipelines.index", IndexOptions),
-        ("pipelines.neighbors", NeighborsOptions),
-        ("pipelines.evaluate", EvaluateOptions),
-        ("pipelines.similar", SimilarOptions),
-        ("pipelines.nightly", NightlyOptions),
-    ]
+def commands() -> list:
+    """The Command of every entry point, in the order the README presents the stages."""
+    modules = (scrape, cowatch, train, embed, index, neighbors, evaluate, similar, nightly)
+    return [module.COMMAND for module in modules]
+
+
+def _table(rows: list[tuple[argparse.Action, str]]) -> str:
+    """Markdown rows of (flag, where it is declared when not here)."""
+    lines = ["| flag | default | meaning |", "|---|---|---|"]
+    for action, source in rows:
+        flag = ", ".join(f"`{f}`" for f in action.option_strings)
+        default = (
+            "" if action.default is None or action.default is False else f"`{action.default}`"
+        )
+        meaning = " ".join((action.help or "").split()).replace("|", "\\|")
+        if source:
+            meaning = f"({source}) {meaning}"
+        note = getattr(action, "required_note", None)
+        if note:
+            head, _, other = note.partition(", or ")
+            meaning += f" **{head}, or `{other}`**" if other else f" **{head}**"
+        lines.append(f"| {flag} | {default} | {meaning} |")
+    return "\n".join(lines)
+
+
+def _flags(names) -> str:
+    return ", ".join(f"`--{name}`" for name in names)
 
 
 def reference_markdown() -> str:
-    """One Markdown table per options class: flag, default, meaning."""
-    sections = []
-    for entry, options_class in stage_option_classes():
-        parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-        options_class._add_argparse_args(parser)
-        rows = ["| flag | default | meaning |", "|---|---|---|"]
-        for action in parser._actions:
-            flag = action.option_strings[0]
-            default = (
-                "" if action.default is None or action.default is False else f"`{action.default}`"
-            )
-            meaning = " ".join((action.help or "").split()).replace("|", "\\\\|")
-            rows.append(f"| `{flag}` | {default} | {meaning} |")
-        sections.append(f"**{entry}**\n\n" + "\n".join(rows))
+    """The flags every entry point shares, then per entry point: its usage and every flag it
+    reads (default, meaning, required ones marked); the flags of other stages it hands on in
+    bulk (the nightly job) are summarised."""
+    shared = flag_names(CommonOptions)
+    common = _table([(action, "") for action in _own_actions(CommonOptions)])
+    sections = ["**every entry point**\n\n" + common]
+    for command in commands():
+        parser = command.parser()
+        by_dest = {a.dest: a for a in parser._actions if a.option_strings}
+        rows = [(by_dest[name], "") for name in flag_names(command.options_class)]
+        summaries = []
+        for options_class, names in command.reads:
+            every = flag_names(options_class)
+            chosen = every if names is None else names
+            left_out = [name for name in every if name not in chosen]
+            if len(chosen) > 8 and len(left_out) < len(chosen):
+                but = f" but {_flags(left_out)}" if left_out else ""
+                summaries.append(f"every flag of {options_class.__module__}{but}")
+            else:
+                rows += [(by_dest[name], options_class.__module__) for name in chosen]
+        if "output" in by_dest:
+            rows.append((by_dest["output"], ""))
+        text = f"**{command.name}**: `{parser.usage}`\n\n" + _table(rows)
+        ignored = [name for name in shared if name not in by_dest]
+        notes = [f"Also reads {'; '.join(summaries)}."] if summaries else []
+        notes += [f"Ignores {_flags(ignored)}."] if ignored else []
+        if command.beam:
+            notes.append("Runs a Beam pipeline: `--runner`, `--dry_run` and Beam's other options "
+                         "apply.")  # fmt: skip
+        sections.append(text + "".join(f"\n\n{note}" for note in notes))
     return "\n\n".join(sections) + "\n"
+
+
+def _own_actions(options_class: type) -> list[argparse.Action]:
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    options_class._add_argparse_args(parser)
+    return [a for a in parser._actions if a.option_strings]
 
 
 if __name__ == "__main__":

@@ -21,31 +21,34 @@ import datetime
 import logging
 import os
 import urllib.parse
+from collections.abc import Sequence
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from fetching.http import DEFAULT_ALLOWED_HOSTS
+from fetching.http import DEFAULT_USER_AGENT
+from fetching.http import FetchPolicy
+from imaging.image_match import DEFAULT_MIN_CONFIRMATION
+from imaging.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from pipelines import checks
+from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import UsageError
 from pipelines.common import is_local
 from pipelines.common import log_counters
 from pipelines.common import main
 from pipelines.common import make_pipeline
-from pipelines.common import parse_options
 from pipelines.common import recorded_options
+from pipelines.demo import start_synthetic_web
 from transforms.catalog import CatalogFormat
 from transforms.fetch import RESOLVERS
 from transforms.fetch import ImageConfig
 from transforms.fetch import ResolveConfig
-from transforms.http import DEFAULT_ALLOWED_HOSTS
-from transforms.http import DEFAULT_USER_AGENT
-from transforms.http import FetchPolicy
-from transforms.image_match import DEFAULT_MIN_CONFIRMATION
 from transforms.manifest import OutputLayout
 from transforms.manifest import WriteRunManifest
 from transforms.manifest import read_manifest
-from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from transforms.scrape import ScrapeConfig
 from transforms.scrape import ScrapePosters
 
@@ -195,6 +198,15 @@ class ScrapeOptions(PipelineOptions):
         )
 
 
+COMMAND = Command(
+    "pipelines.scrape",
+    ScrapeOptions,
+    __doc__,
+    required=("--catalog|--synthetic_films", "--output"),
+    overrides={"--output": {"help": "The root the stage writes its tables under."}},
+)
+
+
 def _hosts_of(*urls: str) -> tuple[str, ...]:
     return tuple(urllib.parse.urlsplit(u).netloc for u in urls if u)
 
@@ -280,16 +292,14 @@ def build_config(
     )
 
 
-def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the scrape stage; returns the run's manifest (as written)."""
-    options = parse_options(argv, ScrapeOptions, __doc__.splitlines()[0])
+    options = COMMAND.parse(argv)
     scrape_options = options.view_as(ScrapeOptions)
     common = options.view_as(CommonOptions)
     check_options(scrape_options, common)
     with contextlib.ExitStack() as stack:
         if scrape_options.synthetic_films:
-            from synthetic.demo import start_synthetic_web
-
             demo = stack.enter_context(
                 start_synthetic_web(
                     scrape_options.synthetic_films,

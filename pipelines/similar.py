@@ -15,35 +15,43 @@ and returns the films nearest to the mix. Bad input ends with one line on stderr
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import posixpath
 import re
 import sys
 import urllib.parse
-import warnings
+from collections.abc import Mapping
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.common import cli
-from pipelines.common import parse_options
-from transforms import resolve
-from transforms.http import FetchError
-from transforms.http import FetchPolicy
-from transforms.http import FetchResponse
-from transforms.http import PoliteFetcher
-from transforms.images import ImageRejected
-from transforms.images import normalise_image
+from fetching import resolve
+from fetching.http import FetchError
+from fetching.http import FetchPolicy
+from fetching.http import FetchResponse
+from fetching.http import PoliteFetcher
+from imaging.images import ImageRejected
+from imaging.images import normalise_image
+from models.lookup import QueryModel
+from models.lookup import embed_image_bytes
+from models.lookup import index_uri
+from models.lookup import load_query_model
+from models.lookup import staged_model_uri
+from models.lookup import title_with_year
+from models.scann_index import PosterIndex
+from pipelines.common import Command
+from pipelines.common import UsageError
+from pipelines.common import main
+from pipelines.embed import EmbedOptions
+from pipelines.index import IndexOptions
+from pipelines.index import resolve_version
+from pipelines.neighbors import NeighborsOptions
+from pipelines.scrape import ScrapeOptions
+from pipelines.scrape import fetch_policy as scrape_fetch_policy
+from storage.posters import read_posters
 
-if TYPE_CHECKING:
-    from models.lookup import QueryModel
-    from models.scann_index import PosterIndex
-
-EXIT_BAD_INPUT = 2
 _FETCH_ADVICE = {
     "dns_failure": "check the host name in the URL",
     "connection_refused": "check the host and port in the URL, or try again when the host is up",
@@ -54,11 +62,12 @@ _FETCH_ADVICE = {
 }
 _IMDB_ID = re.compile(r"tt\d{7,}")
 _IMDB_TITLE_PATH = re.compile(r"/title/(tt\d{7,})(?:/.*)?")
-_REUSED_FLAGS = (
-    "--vectors, --model_version, --index, --posters, --model, --weights, --imdb_base, "
-    "--allowed_hosts, --http_user_agent, --requests_per_second_per_host, --max_attempts, "
-    "--connect_timeout_s, --read_timeout_s, --max_pixels, --max_side (as in the other stages)"
-)
+_FETCH_FLAGS = (
+    "tmdb_api_base", "tmdb_image_base", "imdb_base", "allowed_hosts", "http_user_agent",
+    "requests_per_second_per_host", "max_attempts", "backoff_base_s",
+    "max_retry_after_s", "connect_timeout_s", "read_timeout_s", "max_body_bytes", "max_pixels",
+    "max_side", "min_side", "jpeg_quality",
+)  # fmt: skip
 
 
 class SimilarOptions(PipelineOptions):
@@ -66,7 +75,7 @@ class SimilarOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        group = parser.add_argument_group("query by poster", f"Also used: {_REUSED_FLAGS}.")
+        group = parser.add_argument_group("query by poster")
         group.add_argument(
             "--query",
             action="append",
@@ -82,7 +91,29 @@ class SimilarOptions(PipelineOptions):
         )
 
 
-class QueryError(Exception):
+COMMAND = Command(
+    "pipelines.similar",
+    SimilarOptions,
+    __doc__,
+    reads=(
+        (IndexOptions, ("vectors", "model_version")),
+        (NeighborsOptions, ("index",)),
+        (EmbedOptions, ("posters", "model", "weights")),
+        (ScrapeOptions, _FETCH_FLAGS),
+    ),
+    required=("--query", "--vectors|--index"),
+    hides=("--output", "--num_shards"),
+    beam=False,
+    overrides={
+        "--posters": {"help": "The scrape stage's --output root: titles and years of the films."},
+        "--model": {"help": "The embedding model (default: the one the index was built from, "
+                    "{vectors}/{version}/model/{version}.keras).", "default": None},
+        "--weights": {"help": "Weights for a backbone --model, as for the embed stage."},
+    },
+)  # fmt: skip
+
+
+class QueryError(UsageError):
     """A query that cannot be answered; the message is one line that says what to do."""
 
 
@@ -127,8 +158,6 @@ def split_queries(values: Sequence[str] | None) -> list[str]:
 
 def fetch_policy(scrape_options: PipelineOptions) -> FetchPolicy:
     """The scrape stage's fetch policy, from the same flags (allowlist, rate, robots, agent)."""
-    from pipelines.scrape import fetch_policy as scrape_fetch_policy
-
     return scrape_fetch_policy(scrape_options, pool_size=1)
 
 
@@ -194,14 +223,12 @@ def load_query_poster(
             ) from None
         meta = resolve.imdb_metadata(page)
         label = query.imdb_id + (f" {meta.title}" if meta.title else "")
-        label += f" ({meta.year})" if meta.year else ""
+        label = title_with_year(label, meta.year)
     body = _fetch(fetcher, url).body
     return QueryPoster(query.text, label, _normalise(body, url, scrape_options))
 
 
 def _load_index(uri: str, vectors: str | None) -> PosterIndex:
-    from models.scann_index import PosterIndex
-
     try:
         return PosterIndex.load(uri)
     except FileNotFoundError:
@@ -212,8 +239,6 @@ def _load_index(uri: str, vectors: str | None) -> PosterIndex:
 
 
 def _load_model(model: str, weights: str | None, version: str) -> QueryModel:
-    from models.lookup import load_query_model
-
     if model.endswith(".keras") and not FileSystems.exists(model):
         raise QueryError(
             f"no model at {model} — run python -m pipelines.embed for {version} first, or "
@@ -237,13 +262,6 @@ def open_index_and_model(
     The model is --model when given, else the embed stage's staged ``.keras`` file; a model
     whose version is not the index's is a QueryError that says how to rebuild.
     """
-    from models.lookup import index_uri
-    from models.lookup import staged_model_uri
-    from pipelines.embed import EmbedOptions
-    from pipelines.index import IndexOptions
-    from pipelines.index import resolve_version
-    from pipelines.neighbors import NeighborsOptions
-
     vectors = options.view_as(IndexOptions).vectors
     wanted = options.view_as(IndexOptions).model_version
     uri = options.view_as(NeighborsOptions).index
@@ -277,9 +295,7 @@ def embed_queries(
     texts: Sequence[str], model: QueryModel, scrape_options: PipelineOptions
 ) -> tuple[list[QueryPoster], np.ndarray]:
     """Each query's poster (fetched politely where needed) and its unit vector."""
-    import tensorflow as tf
-
-    from models.lookup import embed_image_bytes
+    import tensorflow as tf  # seconds to import: only once there are posters to embed
 
     queries = [parse_query(t, scrape_options.imdb_base) for t in texts]
     fetcher = None
@@ -300,10 +316,6 @@ def embed_queries(
 
 def _search(options: PipelineOptions, argv: Sequence[str]) -> list[dict]:
     """Load the index and its model, fetch and embed the queries, search; raises QueryError."""
-    from models.lookup import read_posters
-    from pipelines.embed import EmbedOptions
-    from pipelines.scrape import ScrapeOptions
-
     opts = options.view_as(SimilarOptions)
     texts = split_queries(opts.query)
     if not texts:
@@ -351,40 +363,28 @@ def format_results(results: Sequence[dict]) -> str:
                 lines.append("")
             lines.append(f"query: {result['label']}  (model {result['model_version']})")
             lines.append(f"{'rank':>4}  {'movie_id':>8}  {'score':>7}  title (year)")
-        title = result["title"] or "-"
-        year = f" ({result['year']})" if result["year"] else ""
+        title = title_with_year(result["title"], result["year"]) if result["title"] else "-"
         lines.append(
-            f"{result['rank']:>4}  {result['movie_id']:>8}  {result['score']:>7.4f}  {title}{year}"
+            f"{result['rank']:>4}  {result['movie_id']:>8}  {result['score']:>7.4f}  {title}"
         )
     return "\n".join(lines)
 
 
-def run(argv: Sequence[str] | None = None) -> list[dict]:
-    """Answer the queries; returns one dict per (query, rank): query as given, its label, rank,
-    movie id, title, year, score and model version.
+def run(argv: Sequence[str] | None = None) -> dict:
+    """Answer the queries; returns ``results``: one dict per (query, rank) with the query as
+    given, its label, rank, movie id, title, year, score and model version.
 
-    Bad input prints one line on stderr and raises SystemExit(2).
+    A query that cannot be answered raises QueryError (one line that says what to do).
     """
-    import pipelines.embed  # noqa: F401 - registers the stages' flags this tool reuses
-    import pipelines.neighbors  # noqa: F401
-    import pipelines.scrape  # noqa: F401
-
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = parse_options(argv, SimilarOptions, __doc__.splitlines()[0])
-    try:
-        return _search(options, argv)
-    except QueryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_BAD_INPUT) from None
+    options = COMMAND.parse(argv)
+    return {"results": _search(options, argv)}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command-line entry: errors-only logging, answer the queries, print the results."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
-    print(format_results(run(argv)))
+def results_text(summary: Mapping) -> str:
+    """What the command prints: the results of every query."""
+    return format_results(summary["results"])
 
 
 if __name__ == "__main__":
-    cli(main)
+    main(run, show=results_text, quiet=True)

@@ -28,6 +28,8 @@ import logging
 import os
 import sys
 import tempfile
+from collections.abc import Mapping
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -35,30 +37,28 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
 from models import features
-from models.registry import get_spec
-from models.training import DEFAULT_OBJECTIVE
-from models.training import OBJECTIVES
+from models.vectors import read_vector_table
 from pipelines import checks
+from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import UsageError
-from pipelines.common import cli
-from pipelines.common import configure_logging
 from pipelines.common import log_counters
+from pipelines.common import main
 from pipelines.common import make_pipeline
 from pipelines.common import one_line
-from pipelines.common import parse_options
 from pipelines.common import recorded_options
+from pipelines.cowatch import CowatchOptions
 from pipelines.cowatch import holdout_of
 from pipelines.embed import EmbedOptions
-from pipelines.embed import posters_glob
 from schemas import DeadLetter
 from schemas import PosterRecord
+from storage.files import parquet_encoder
+from storage.files import write_bytes
+from storage.posters import posters_glob
 from transforms import manifest
 from transforms.manifest import OutputLayout
 from transforms.sinks import ReadTFRecordFiles
 from transforms.sinks import WriteShards
-from transforms.sinks import parquet_encoder
-from transforms.sinks import write_bytes
 from transforms.train import METRICS_NAMESPACE
 from transforms.train import TRANSFORMED_TABLE
 from transforms.train import AnalyzeAndTransformPosters
@@ -79,11 +79,7 @@ class TrainOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        group = parser.add_argument_group(
-            "train stage",
-            "Also read: --posters (scrape output root or TFRecord glob), --model (the backbone "
-            f"to start from; default {DEFAULT_BACKBONE}) and --weights, as for the embed stage.",
-        )
+        group = parser.add_argument_group("train stage")
         group.add_argument(
             "--genre_set",
             default=features.DEFAULT_GENRE_SET,
@@ -163,8 +159,8 @@ class TrainOptions(PipelineOptions):
         )
         group.add_argument(
             "--objective",
-            choices=OBJECTIVES,
-            default=DEFAULT_OBJECTIVE,
+            choices=features.OBJECTIVES,
+            default=features.DEFAULT_OBJECTIVE,
             help="What the poster embedding learns: the films' genres (triplet + genre loss), "
             "their audience (the cosine to the film's co-watch vector; needs "
             "--cowatch_vectors), or both.",
@@ -176,6 +172,26 @@ class TrainOptions(PipelineOptions):
             "Parquet glob. Films with a vector are the audience objective's training set; "
             "with --holdout_fraction the hidden films are left out.",
         )
+
+
+COMMAND = Command(
+    "pipelines.train",
+    TrainOptions,
+    __doc__,
+    reads=(
+        (EmbedOptions, ("posters", "model", "weights")),
+        (CowatchOptions, ("holdout_fraction", "holdout_seed")),
+    ),
+    required=("--posters", "--output"),
+    hides=("--num_shards",),
+    overrides={
+        "--model": {
+            "default": DEFAULT_BACKBONE,
+            "help": "The backbone to train from (a name, as for the embed stage).",
+        },
+        "--output": {"help": "The root the model, its report and the tables go under."},
+    },
+)
 
 
 def _backbone(argv: list[str], model: str) -> str:
@@ -192,7 +208,7 @@ def _backbone(argv: list[str], model: str) -> str:
 
 def train_config(options: PipelineOptions, argv: list[str]):
     """The frozen TrainConfig of parsed options."""
-    from models.training import TrainConfig
+    from models.training import TrainConfig  # TensorFlow: not for --help or a bad flag
 
     opts = options.view_as(TrainOptions)
     embed_opts = options.view_as(EmbedOptions)
@@ -220,8 +236,6 @@ def train_config(options: PipelineOptions, argv: list[str]):
 
 def cowatch_targets(options: PipelineOptions) -> dict | None:
     """movie id -> co-watch vector for the audience objectives (hidden films left out)."""
-    from models.vectors import read_vector_table
-
     opts = options.view_as(TrainOptions)
     if opts.objective not in ("audience", "both"):
         return None
@@ -246,6 +260,7 @@ def _save_model_and_train(
     config, layout: OutputLayout, model_dir: str, neighbours: int, targets: dict | None
 ) -> dict:
     """Train on this run's transformed examples; write the model beside the transform output."""
+    # TensorFlow takes seconds to import: only once the pipeline has run.
     from models.training import EXPORT_PREFIX
     from models.training import train_and_evaluate
 
@@ -264,10 +279,10 @@ def _save_model_and_train(
     return report
 
 
-def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the train stage; returns the evaluation report (as written), with the run's counts."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    options = parse_options(argv, TrainOptions, __doc__.splitlines()[0])
+    options = COMMAND.parse(argv)
     opts = options.view_as(TrainOptions)
     common = options.view_as(CommonOptions)
     posters_flag = options.view_as(EmbedOptions).posters
@@ -277,6 +292,8 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     )
     config = train_config(options, argv)
     checks.model_flags(config.backbone, config.weights)
+    from models.registry import get_spec  # TensorFlow: imported once the flags are good
+
     try:
         get_spec(config.backbone)
     except ValueError as exc:
@@ -289,9 +306,13 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     targets = cowatch_targets(options)
     started_at = datetime.datetime.now(datetime.UTC)
     layout = OutputLayout.next_run(common.output)
+    if not options.view_as(TestOptions).dry_run:
+        # What a killed run left, before its run number is reused, and before building the
+        # pipeline: tf.Transform writes temporary assets under tmp/run-NNNN while it does.
+        layout.discard_unpublished()
     model_dir = FileSystems.join(common.output, MODEL_FOLDER, layout.run_id)
     pattern = posters_glob(posters_flag)
-    from models.preprocessing import transform_config
+    from models.preprocessing import transform_config  # tf.Transform: once the flags are good
 
     settings = TransformSettings(
         custom_config=transform_config(config.genre_set),
@@ -316,8 +337,6 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
         parquet_encoder(DeadLetter),
         sort_key=lambda d: (d.movie_id or 0, d.stage, d.reason, d.input_row),
     )
-    if not options.view_as(TestOptions).dry_run:
-        layout.discard_unpublished()  # what a killed run left, before its run number is reused
     result = pipeline.run()
     result.wait_until_finish()
     if options.view_as(TestOptions).dry_run:
@@ -356,22 +375,22 @@ def run(argv=None, save_main_session: bool = True, test_pipeline=None) -> dict:
     return report
 
 
-def main(argv=None) -> None:
-    """Command-line entry: INFO logging, run the stage, print the report table and accounting."""
-    from models.evaluation import format_report_table
+def report_text(report: Mapping) -> str:
+    """The report table, the audience probe, where the model is and the accounting identity."""
+    from models.evaluation import format_report_table  # TensorFlow: not for --help
 
-    configure_logging()
-    report = run(argv)
-    print(format_report_table(report))
+    lines = [format_report_table(report)]
     if report.get("audience"):
         a = report["audience"]
-        print(f"audience: test mean cosine to co-watch vectors {a['trained_mean_cosine']:.4f} "
-              f"(ridge probe on the untrained backbone {a['ridge_probe_mean_cosine']:.4f}, "
-              f"{a['test_films']} test films)")  # fmt: skip
-    print(f"model {report['model_path']} (run {report['run_id']}); report beside it")
-    print(report["identity"])
-    raise SystemExit(0 if report["accounting_ok"] else 1)
+        lines.append(
+            f"audience: test mean cosine to co-watch vectors {a['trained_mean_cosine']:.4f} "
+            f"(ridge probe on the untrained backbone {a['ridge_probe_mean_cosine']:.4f}, "
+            f"{a['test_films']} test films)"
+        )
+    lines.append(f"model {report['model_path']} (run {report['run_id']}); report beside it")
+    lines.append(report["identity"])
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    cli(main)
+    main(run, show=report_text)

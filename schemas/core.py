@@ -136,7 +136,7 @@ class Record:
 
     @classmethod
     def bigquery_schema(cls) -> dict:
-        """The BigQuery schema in the ``{'fields': [...]}`` form WriteToBigQuery accepts."""
+        """The BigQuery schema in the REST API's ``{'fields': [...]}`` form."""
         fields = []
         for name, spec in cls.columns():
             mode = "REPEATED" if spec.repeated else ("NULLABLE" if spec.nullable else "REQUIRED")
@@ -153,7 +153,7 @@ class Record:
     @classmethod
     def feature_spec(cls) -> dict:
         """The ``tf.io.parse_example`` feature spec of the table."""
-        import tensorflow as tf
+        import tensorflow as tf  # seconds to import: only the stages that parse examples need it
 
         dtypes = {
             Kind.INT64: tf.int64,

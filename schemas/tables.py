@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from typing import ClassVar
 
 from schemas.core import Kind
 from schemas.core import Record
@@ -151,6 +152,11 @@ class DuplicateRecord(Record):
     """
 
     TABLE = "duplicates"
+    FILM_ID: ClassVar[str] = "film_id"
+    EXACT: ClassVar[str] = "exact"
+    NEAR: ClassVar[str] = "near"
+    POSTER_KINDS: ClassVar[tuple[str, ...]] = (EXACT, NEAR)
+    """The kinds whose film shares the canonical film's poster (and vector)."""
 
     run_id: str = column(Kind.STRING, "Run that produced the record")
     movie_id: int = column(Kind.INT64, "Film id of the dropped row")
@@ -170,6 +176,10 @@ class DuplicateRecord(Record):
     )
     title: str | None = column(Kind.STRING, "Title of the dropped row's film", nullable=True)
     year: int | None = column(Kind.INT64, "Release year of the dropped row's film", nullable=True)
+
+    def recency(self) -> tuple[str, int]:
+        """Orders one film's records: the latest scrape run (films are re-fetched) last."""
+        return self.run_id, self.line_number
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,10 +31,10 @@ from typing import TextIO
 import numpy as np
 from PIL import Image
 
+from schemas.catalogs import CATALOG_HEADERS
+from schemas.catalogs import CatalogFormat
 from schemas.genres import MOVIELENS_GENRES
 from synthetic import posters
-from transforms.catalog import CATALOG_HEADERS
-from transforms.catalog import CatalogFormat
 
 GENRES = MOVIELENS_GENRES
 

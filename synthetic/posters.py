@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 from PIL import ImageDraw
+from PIL import ImageEnhance
 from PIL import ImageFont
 
 if TYPE_CHECKING:
@@ -254,6 +255,292 @@ def _rotated_band(
     )
 
 
+@dataclass(frozen=True)
+class _Canvas:
+    """Where one motif is drawn: the drawing, the poster's seeded generator, the genre's accent
+    colours, the poster size and the motif's scale (1.0 for the main genre's, less after)."""
+
+    draw: ImageDraw.ImageDraw
+    rng: np.random.Generator
+    accents: tuple[RGB, ...]
+    w: int
+    h: int
+    scale: float
+
+    def u(self, low: float, high: float) -> float:
+        """A uniform draw from the poster's generator."""
+        return self.rng.uniform(low, high)
+
+    def pick(self, colors: tuple[RGB, ...] | None = None) -> RGB:
+        """One of ``colors`` (the accents by default), jittered."""
+        return _pick(self.rng, self.accents if colors is None else colors)
+
+
+# One function per motif. Each draws from the poster's generator in a fixed order, so a film's
+# poster is the same on every machine and in every run.
+def _stripes(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    angle = c.u(0.5, 1.1) * (1 if c.rng.random() < 0.5 else -1)
+    n = int(c.rng.integers(2, 5)) if c.scale >= 1 else 1
+    cx0, cy0 = c.u(0.2, 0.8) * w, c.u(0.2, 0.8) * h
+    gap = c.u(0.12, 0.25) * h
+    for i in range(n):
+        off = (i - (n - 1) / 2) * gap
+        _rotated_band(
+            c.draw,
+            cx0 - math.sin(angle) * off,
+            cy0 + math.cos(angle) * off,
+            2.5 * h,
+            c.u(0.05, 0.12) * h * c.scale,
+            angle,
+            c.pick(),
+        )
+
+
+def _mountains(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    for _ in range(int(c.rng.integers(1, 4)) if c.scale >= 1 else 1):
+        peak_x, peak_y = c.u(0, 1) * w, c.u(0.25, 0.7) * h
+        half = c.u(0.35, 0.8) * w * c.scale
+        base = h * c.u(0.85, 1.1)
+        c.draw.polygon(
+            [(peak_x - half, base), (peak_x, peak_y), (peak_x + half, base)],
+            fill=c.pick(),
+        )
+
+
+def _circles(c: _Canvas, balloons: bool) -> None:
+    w, h = c.w, c.h
+    n = int(c.rng.integers(3, 7)) if c.scale >= 1 else 2
+    for _ in range(n):
+        r = c.u(0.1, 0.24) * w * c.scale
+        cx, cy = c.u(0, 1) * w, c.u(0, 0.85) * h
+        color = c.pick()
+        if balloons:
+            c.draw.line(
+                [(cx, cy + r), (cx + c.u(-10, 10), cy + r + 0.25 * h)], fill=(90, 90, 90), width=2
+            )
+            c.draw.ellipse((cx - r, cy - r * 1.2, cx + r, cy + r), fill=color)
+        else:
+            c.draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
+
+
+def _sunburst(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    cx, cy = c.u(0.15, 0.85) * w, c.u(0.15, 0.75) * h
+    rays = int(c.rng.integers(6, 12))
+    rot = c.u(0, math.pi)
+    color = c.pick()
+    if c.scale >= 1:
+        for i in range(rays):
+            a0 = rot + 2 * math.pi * i / rays
+            a1 = a0 + math.pi / rays
+            far = 2.2 * h
+            c.draw.polygon(
+                [
+                    (cx, cy),
+                    (cx + far * math.cos(a0), cy + far * math.sin(a0)),
+                    (cx + far * math.cos(a1), cy + far * math.sin(a1)),
+                ],
+                fill=color,
+            )
+    r = c.u(0.15, 0.3) * w * c.scale
+    c.draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=c.pick())
+
+
+def _tape(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    for _ in range(int(c.rng.integers(1, 3))):
+        angle = c.u(-0.5, 0.5)
+        cx, cy = c.u(0.2, 0.8) * w, c.u(0.15, 0.85) * h
+        _rotated_band(c.draw, cx, cy, 2.5 * w, c.u(0.06, 0.1) * h * c.scale, angle, (250, 210, 0))
+
+
+def _grid(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    x0, y0 = c.u(0, 0.4) * w, c.u(0, 0.5) * h
+    cols = int(c.rng.integers(2, 4)) if c.scale >= 1 else 1
+    rows = int(c.rng.integers(2, 4)) if c.scale >= 1 else 2
+    cw, ch = c.u(0.18, 0.3) * w * c.scale, c.u(0.1, 0.18) * h * c.scale
+    for i in range(cols):
+        for j in range(rows):
+            x, y = x0 + i * cw * 1.15, y0 + j * ch * 1.15
+            c.draw.rectangle((x, y, x + cw, y + ch), fill=c.pick())
+
+
+def _silhouette(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    cx = c.u(0.2, 0.8) * w
+    r = c.u(0.1, 0.18) * w * (1.0 if c.scale >= 1 else 0.7)
+    top = c.u(0.25, 0.55) * h
+    color = c.pick()
+    c.draw.ellipse((cx - r, top - 2 * r, cx + r, top), fill=color)
+    c.draw.rounded_rectangle(
+        (cx - 2.4 * r, top + 0.2 * r, cx + 2.4 * r, top + 7 * r), radius=int(r), fill=color
+    )
+
+
+def _stars(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    for _ in range(int(c.rng.integers(2, 5)) if c.scale >= 1 else 2):
+        _star(
+            c.draw,
+            c.u(0, 1) * w,
+            c.u(0, 1) * h,
+            c.u(0.1, 0.25) * w * c.scale,
+            c.u(0, math.pi),
+            c.pick(),
+        )
+
+
+def _blinds(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    angle = c.u(-0.35, 0.35)
+    cx0, cy0 = c.u(0.2, 0.8) * w, c.u(0.2, 0.8) * h
+    n = int(c.rng.integers(3, 6)) if c.scale >= 1 else 2
+    gap = c.u(0.06, 0.1) * h
+    length = c.u(0.5, 1.2) * w
+    for i in range(n):
+        _rotated_band(
+            c.draw, cx0, cy0 + (i - n / 2) * gap, length, gap * 0.45, angle, (225, 225, 225)
+        )
+
+
+def _drips(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    y0 = c.u(0, 0.4) * h
+    c.draw.rectangle((0, 0, w, y0), fill=c.pick())
+    for _ in range(int(c.rng.integers(3, 7)) if c.scale >= 1 else 2):
+        x = c.u(0, 1) * w
+        dw = c.u(0.04, 0.1) * w
+        length = c.u(0.1, 0.55) * h * c.scale
+        color = c.pick(c.accents[:2])
+        c.draw.rectangle((x - dw / 2, y0 - 2, x + dw / 2, y0 + length), fill=color)
+        c.draw.ellipse(
+            (x - dw * 0.8, y0 + length - dw * 0.8, x + dw * 0.8, y0 + length + dw * 0.8),
+            fill=color,
+        )
+
+
+def _rings(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    cx, cy = c.u(0.1, 0.9) * w, c.u(0.1, 0.9) * h
+    r = c.u(0.35, 0.6) * w * c.scale
+    for k, color in enumerate((c.accents[0], c.accents[2], c.accents[1])):
+        rr = r * (1 - 0.3 * k)
+        c.draw.ellipse(
+            (cx - rr, cy - rr, cx + rr, cy + rr),
+            outline=color,
+            width=max(2, int(0.06 * w * c.scale)),
+        )
+
+
+def _spotlights(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    for _ in range(int(c.rng.integers(1, 4)) if c.scale >= 1 else 1):
+        sx = c.u(0, 1) * w
+        bx = c.u(-0.2, 1.2) * w
+        half = c.u(0.15, 0.3) * w * c.scale
+        c.draw.polygon([(sx, 0), (bx - half, h), (bx + half, h)], fill=c.pick(c.accents[:2]))
+
+
+def _fog(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    for _ in range(int(c.rng.integers(2, 5)) if c.scale >= 1 else 2):
+        cx, cy = c.u(0, 1) * w, c.u(0, 1) * h
+        rx, ry = c.u(0.25, 0.5) * w * c.scale, c.u(0.06, 0.15) * h * c.scale
+        c.draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=c.pick())
+
+
+def _hearts(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    n = int(c.rng.integers(1, 4)) if c.scale >= 1 else 1
+    for _ in range(n):
+        _heart(
+            c.draw,
+            c.u(0.15, 0.85) * w,
+            c.u(0.1, 0.75) * h,
+            c.u(0.15, 0.35) * w * c.scale,
+            c.pick(),
+        )
+
+
+def _planet(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    cx, cy = c.u(0, 1) * w, c.u(0, 1) * h
+    r = c.u(0.2, 0.45) * w * c.scale
+    c.draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=c.pick())
+    _rotated_band(c.draw, cx, cy, 3.2 * r, 0.18 * r, c.u(-0.6, 0.6), c.pick())
+
+
+def _shards(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    for _ in range(int(c.rng.integers(2, 4)) if c.scale >= 1 else 1):
+        cx, cy = c.u(0, 1) * w, c.u(0, 1) * h
+        r = c.u(0.2, 0.5) * w * c.scale
+        pts = [
+            (cx + r * math.cos(a), cy + r * math.sin(a))
+            for a in sorted(c.rng.uniform(0, 2 * math.pi, 3))
+        ]
+        c.draw.polygon(pts, fill=c.pick())
+
+
+def _smoke(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    for _ in range(int(c.rng.integers(3, 6)) if c.scale >= 1 else 2):
+        cx, cy = c.u(0, 1) * w, c.u(0.3, 1.0) * h
+        r = c.u(0.12, 0.3) * w * c.scale
+        c.draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=c.pick(c.accents[1:]))
+    if c.scale >= 1:
+        _rotated_band(
+            c.draw, c.u(0.2, 0.8) * w, c.u(0.3, 0.8) * h, 0.9 * w, 0.05 * h, c.u(-0.8, 0.8),
+            c.accents[0],
+        )
+
+
+def _sun(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    horizon = c.u(0.5, 0.85) * h
+    cx, r = c.u(0.15, 0.85) * w, c.u(0.15, 0.3) * w * c.scale
+    c.draw.ellipse(
+        (cx - r, horizon - r * c.u(0.6, 1.6), cx + r, horizon + r * (2 - c.u(0.6, 1.6))),
+        fill=c.accents[1],
+    )
+    if c.scale >= 1:
+        c.draw.rectangle((0, horizon, w, h), fill=c.pick((c.accents[0], c.accents[2])))
+
+
+def _square(c: _Canvas) -> None:
+    w, h = c.w, c.h
+    r = c.u(0.2, 0.4) * w * c.scale
+    cx, cy = c.u(0, 1) * w, c.u(0, 1) * h
+    c.draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=c.pick())
+
+
+MOTIFS = {
+    "stripes": _stripes,
+    "mountains": _mountains,
+    "confetti": functools.partial(_circles, balloons=False),
+    "balloons": functools.partial(_circles, balloons=True),
+    "sunburst": _sunburst,
+    "tape": _tape,
+    "grid": _grid,
+    "silhouette": _silhouette,
+    "stars": _stars,
+    "blinds": _blinds,
+    "drips": _drips,
+    "rings": _rings,
+    "spotlights": _spotlights,
+    "fog": _fog,
+    "hearts": _hearts,
+    "planet": _planet,
+    "shards": _shards,
+    "smoke": _smoke,
+    "sun": _sun,
+}
+"""Motif name -> how it is drawn; an unknown motif is drawn as a square."""
+
+
 def _draw_motif(
     draw: ImageDraw.ImageDraw,
     motif: str,
@@ -264,190 +551,7 @@ def _draw_motif(
     scale: float,
 ) -> None:
     """Draw one genre motif; scale 1.0 is the dominant version, smaller for secondary genres."""
-    w, h = width, height
-    u = rng.uniform
-    acc = style.accents
-    if motif == "stripes":
-        angle = u(0.5, 1.1) * (1 if rng.random() < 0.5 else -1)
-        n = int(rng.integers(2, 5)) if scale >= 1 else 1
-        cx0, cy0 = u(0.2, 0.8) * w, u(0.2, 0.8) * h
-        gap = u(0.12, 0.25) * h
-        for i in range(n):
-            off = (i - (n - 1) / 2) * gap
-            _rotated_band(
-                draw,
-                cx0 - math.sin(angle) * off,
-                cy0 + math.cos(angle) * off,
-                2.5 * h,
-                u(0.05, 0.12) * h * scale,
-                angle,
-                _pick(rng, acc),
-            )
-    elif motif == "mountains":
-        for _ in range(int(rng.integers(1, 4)) if scale >= 1 else 1):
-            peak_x, peak_y = u(0, 1) * w, u(0.25, 0.7) * h
-            half = u(0.35, 0.8) * w * scale
-            base = h * u(0.85, 1.1)
-            draw.polygon(
-                [(peak_x - half, base), (peak_x, peak_y), (peak_x + half, base)],
-                fill=_pick(rng, acc),
-            )
-    elif motif in ("confetti", "balloons"):
-        n = int(rng.integers(3, 7)) if scale >= 1 else 2
-        for _ in range(n):
-            r = u(0.1, 0.24) * w * scale
-            cx, cy = u(0, 1) * w, u(0, 0.85) * h
-            color = _pick(rng, acc)
-            if motif == "balloons":
-                draw.line(
-                    [(cx, cy + r), (cx + u(-10, 10), cy + r + 0.25 * h)], fill=(90, 90, 90), width=2
-                )
-                draw.ellipse((cx - r, cy - r * 1.2, cx + r, cy + r), fill=color)
-            else:
-                draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=color)
-    elif motif == "sunburst":
-        cx, cy = u(0.15, 0.85) * w, u(0.15, 0.75) * h
-        rays = int(rng.integers(6, 12))
-        rot = u(0, math.pi)
-        color = _pick(rng, acc)
-        if scale >= 1:
-            for i in range(rays):
-                a0 = rot + 2 * math.pi * i / rays
-                a1 = a0 + math.pi / rays
-                far = 2.2 * h
-                draw.polygon(
-                    [
-                        (cx, cy),
-                        (cx + far * math.cos(a0), cy + far * math.sin(a0)),
-                        (cx + far * math.cos(a1), cy + far * math.sin(a1)),
-                    ],
-                    fill=color,
-                )
-        r = u(0.15, 0.3) * w * scale
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_pick(rng, acc))
-    elif motif == "tape":
-        for _ in range(int(rng.integers(1, 3))):
-            angle = u(-0.5, 0.5)
-            cx, cy = u(0.2, 0.8) * w, u(0.15, 0.85) * h
-            _rotated_band(draw, cx, cy, 2.5 * w, u(0.06, 0.1) * h * scale, angle, (250, 210, 0))
-    elif motif == "grid":
-        x0, y0 = u(0, 0.4) * w, u(0, 0.5) * h
-        cols = int(rng.integers(2, 4)) if scale >= 1 else 1
-        rows = int(rng.integers(2, 4)) if scale >= 1 else 2
-        cw, ch = u(0.18, 0.3) * w * scale, u(0.1, 0.18) * h * scale
-        for i in range(cols):
-            for j in range(rows):
-                x, y = x0 + i * cw * 1.15, y0 + j * ch * 1.15
-                draw.rectangle((x, y, x + cw, y + ch), fill=_pick(rng, acc))
-    elif motif == "silhouette":
-        cx = u(0.2, 0.8) * w
-        r = u(0.1, 0.18) * w * (1.0 if scale >= 1 else 0.7)
-        top = u(0.25, 0.55) * h
-        color = _pick(rng, acc)
-        draw.ellipse((cx - r, top - 2 * r, cx + r, top), fill=color)
-        draw.rounded_rectangle(
-            (cx - 2.4 * r, top + 0.2 * r, cx + 2.4 * r, top + 7 * r), radius=int(r), fill=color
-        )
-    elif motif == "stars":
-        for _ in range(int(rng.integers(2, 5)) if scale >= 1 else 2):
-            _star(
-                draw,
-                u(0, 1) * w,
-                u(0, 1) * h,
-                u(0.1, 0.25) * w * scale,
-                u(0, math.pi),
-                _pick(rng, acc),
-            )
-    elif motif == "blinds":
-        angle = u(-0.35, 0.35)
-        cx0, cy0 = u(0.2, 0.8) * w, u(0.2, 0.8) * h
-        n = int(rng.integers(3, 6)) if scale >= 1 else 2
-        gap = u(0.06, 0.1) * h
-        length = u(0.5, 1.2) * w
-        for i in range(n):
-            _rotated_band(
-                draw, cx0, cy0 + (i - n / 2) * gap, length, gap * 0.45, angle, (225, 225, 225)
-            )
-    elif motif == "drips":
-        y0 = u(0, 0.4) * h
-        draw.rectangle((0, 0, w, y0), fill=_pick(rng, acc))
-        for _ in range(int(rng.integers(3, 7)) if scale >= 1 else 2):
-            x = u(0, 1) * w
-            dw = u(0.04, 0.1) * w
-            length = u(0.1, 0.55) * h * scale
-            color = _pick(rng, acc[:2])
-            draw.rectangle((x - dw / 2, y0 - 2, x + dw / 2, y0 + length), fill=color)
-            draw.ellipse(
-                (x - dw * 0.8, y0 + length - dw * 0.8, x + dw * 0.8, y0 + length + dw * 0.8),
-                fill=color,
-            )
-    elif motif == "rings":
-        cx, cy = u(0.1, 0.9) * w, u(0.1, 0.9) * h
-        r = u(0.35, 0.6) * w * scale
-        for k, color in enumerate((acc[0], acc[2], acc[1])):
-            rr = r * (1 - 0.3 * k)
-            draw.ellipse(
-                (cx - rr, cy - rr, cx + rr, cy + rr),
-                outline=color,
-                width=max(2, int(0.06 * w * scale)),
-            )
-    elif motif == "spotlights":
-        for _ in range(int(rng.integers(1, 4)) if scale >= 1 else 1):
-            sx = u(0, 1) * w
-            bx = u(-0.2, 1.2) * w
-            half = u(0.15, 0.3) * w * scale
-            draw.polygon([(sx, 0), (bx - half, h), (bx + half, h)], fill=_pick(rng, acc[:2]))
-    elif motif == "fog":
-        for _ in range(int(rng.integers(2, 5)) if scale >= 1 else 2):
-            cx, cy = u(0, 1) * w, u(0, 1) * h
-            rx, ry = u(0.25, 0.5) * w * scale, u(0.06, 0.15) * h * scale
-            draw.ellipse((cx - rx, cy - ry, cx + rx, cy + ry), fill=_pick(rng, acc))
-    elif motif == "hearts":
-        n = int(rng.integers(1, 4)) if scale >= 1 else 1
-        for _ in range(n):
-            _heart(
-                draw,
-                u(0.15, 0.85) * w,
-                u(0.1, 0.75) * h,
-                u(0.15, 0.35) * w * scale,
-                _pick(rng, acc),
-            )
-    elif motif == "planet":
-        cx, cy = u(0, 1) * w, u(0, 1) * h
-        r = u(0.2, 0.45) * w * scale
-        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_pick(rng, acc))
-        _rotated_band(draw, cx, cy, 3.2 * r, 0.18 * r, u(-0.6, 0.6), _pick(rng, acc))
-    elif motif == "shards":
-        for _ in range(int(rng.integers(2, 4)) if scale >= 1 else 1):
-            cx, cy = u(0, 1) * w, u(0, 1) * h
-            r = u(0.2, 0.5) * w * scale
-            pts = [
-                (cx + r * math.cos(a), cy + r * math.sin(a))
-                for a in sorted(rng.uniform(0, 2 * math.pi, 3))
-            ]
-            draw.polygon(pts, fill=_pick(rng, acc))
-    elif motif == "smoke":
-        for _ in range(int(rng.integers(3, 6)) if scale >= 1 else 2):
-            cx, cy = u(0, 1) * w, u(0.3, 1.0) * h
-            r = u(0.12, 0.3) * w * scale
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_pick(rng, acc[1:]))
-        if scale >= 1:
-            _rotated_band(
-                draw, u(0.2, 0.8) * w, u(0.3, 0.8) * h, 0.9 * w, 0.05 * h, u(-0.8, 0.8), acc[0]
-            )
-    elif motif == "sun":
-        horizon = u(0.5, 0.85) * h
-        cx, r = u(0.15, 0.85) * w, u(0.15, 0.3) * w * scale
-        draw.ellipse(
-            (cx - r, horizon - r * u(0.6, 1.6), cx + r, horizon + r * (2 - u(0.6, 1.6))),
-            fill=acc[1],
-        )
-        if scale >= 1:
-            draw.rectangle((0, horizon, w, h), fill=_pick(rng, (acc[0], acc[2])))
-    else:
-        r = u(0.2, 0.4) * w * scale
-        cx, cy = u(0, 1) * w, u(0, 1) * h
-        draw.rectangle((cx - r, cy - r, cx + r, cy + r), fill=_pick(rng, acc))
+    MOTIFS.get(motif, _square)(_Canvas(draw, rng, style.accents, width, height, scale))
 
 
 def _title_block(img: Image.Image, film: Film, style: GenreStyle, rng: np.random.Generator) -> None:
@@ -661,8 +765,6 @@ def _resize(img: Image.Image, factor: float) -> Image.Image:
 
 
 def _brighten(img: Image.Image, factor: float) -> Image.Image:
-    from PIL import ImageEnhance
-
     return ImageEnhance.Brightness(img).enhance(factor)
 
 

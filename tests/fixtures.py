@@ -6,12 +6,12 @@ import datetime
 import pathlib
 from collections.abc import Sequence
 
+from imaging.images import normalise_image
+from imaging.images import phash_hex
 from schemas import PosterRecord
+from storage.files import tfrecord_frame
+from storage.runs import publish_run
 from synthetic.catalog import make_catalog
-from transforms.images import normalise_image
-from transforms.images import phash_hex
-from transforms.runs import publish_run
-from transforms.sinks import tfrecord_frame
 
 FETCHED_AT = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import enum
 import io
 import json
 import re
@@ -31,7 +30,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 import schemas
-from schemas.genres import MOVIELENS_GENRES
+from schemas.catalogs import CATALOG_HEADERS
+from schemas.catalogs import CatalogFormat
+from schemas.genres import normalise_genres
 
 ENTRIES_TAG = "entries"
 DEAD_LETTER_TAG = "dead_letter"
@@ -40,16 +41,6 @@ METRICS_NAMESPACE = "scrape"
 MAX_RAW_CHARS = 2000
 MIN_YEAR = 1870
 MAX_YEAR = 2100
-
-
-GENRE_ALIASES: dict[str, str] = {
-    "science fiction": "Sci-Fi",
-    "family": "Children",
-    "music": "Musical",
-}
-"""TMDb/IMDb genre names renamed to a MovieLens genre; other non-MovieLens names are dropped."""
-
-_GENRE_BY_KEY = {name.lower(): name for name in MOVIELENS_GENRES}
 _NO_GENRES = "(no genres listed)"
 _IMDB_ID = re.compile(r"(?:tt)?(\d{1,10})", re.IGNORECASE)
 _INTEGER = re.compile(r"\+?\d+")
@@ -58,42 +49,6 @@ _RELEASE_DATE = re.compile(r"(\d{4})-\d{2}-\d{2}")
 _TITLE_WITH_YEAR = re.compile(r"(?P<title>.*?)\s*\((?P<year>\d{4})(?:\s*[-\u2013]\s*\d{0,4})?\)\s*")
 
 
-class CatalogFormat(enum.StrEnum):
-    """The accepted catalog file formats."""
-
-    LINKS = "links"
-    TMDB5000 = "tmdb5000"
-    MOVIEGENRE = "moviegenre"
-    PLAIN = "plain"
-
-
-CATALOG_HEADERS: dict[CatalogFormat, tuple[str, ...]] = {
-    CatalogFormat.LINKS: ("movieId", "imdbId", "tmdbId"),
-    CatalogFormat.TMDB5000: (
-        "budget",
-        "genres",
-        "homepage",
-        "id",
-        "keywords",
-        "original_language",
-        "original_title",
-        "overview",
-        "popularity",
-        "production_companies",
-        "production_countries",
-        "release_date",
-        "revenue",
-        "runtime",
-        "spoken_languages",
-        "status",
-        "tagline",
-        "title",
-        "vote_average",
-        "vote_count",
-    ),
-    CatalogFormat.MOVIEGENRE: ("imdbId", "Imdb Link", "Title", "IMDB Score", "Genre", "Poster"),
-    CatalogFormat.PLAIN: ("movie_id", "poster_url", "title", "year", "genres"),
-}
 _REQUIRED_COLUMNS = {fmt: len(header) for fmt, header in CATALOG_HEADERS.items()}
 _REQUIRED_COLUMNS[CatalogFormat.PLAIN] = 2
 _SOURCES = {
@@ -155,17 +110,6 @@ def parse_catalog_format(value: CatalogFormat | str | None) -> CatalogFormat | N
             f"unknown catalog format {value!r}; choose one of: {choices} "
             "(or leave it unset to detect the format from the header)"
         ) from None
-
-
-def normalise_genres(names: Iterable[str]) -> tuple[str, ...]:
-    """MovieLens genres of the given names: aliases renamed, others dropped, duplicates removed."""
-    genres: list[str] = []
-    for name in names:
-        key = name.strip().lower()
-        genre = _GENRE_BY_KEY.get(key) or GENRE_ALIASES.get(key)
-        if genre is not None and genre not in genres:
-            genres.append(genre)
-    return tuple(genres)
 
 
 def decode_catalog_bytes(data: bytes) -> str:

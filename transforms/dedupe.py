@@ -6,7 +6,7 @@ applied to the full elements through a side input. Every dropped element becomes
 
 A near duplicate needs two independent pieces of evidence: the 64-bit perceptual hashes within
 the threshold, and then, checked in parallel for those candidate pairs only, the aligned
-thumbnails correlating at least ``min_confirmation`` (:mod:`transforms.image_match`). Only the
+thumbnails correlating at least ``min_confirmation`` (:mod:`imaging.image_match`). Only the
 posters of candidate pairs are thumbnailed, and their thumbnails travel with the pairs, never to
 one place.
 
@@ -27,26 +27,20 @@ from collections.abc import Iterator
 import apache_beam as beam
 import numpy as np
 
+from imaging.image_match import DEFAULT_MIN_CONFIRMATION
+from imaging.image_match import confirmation_score
+from imaging.image_match import signature
+from imaging.images import phash_from_hex
+from imaging.images import phash_hex
+from imaging.phash_index import candidate_pairs
 from schemas import CatalogEntry
 from schemas import DuplicateRecord
 from schemas import PosterRecord
 from transforms.fetch import FetchedPoster
-from transforms.image_match import DEFAULT_MIN_CONFIRMATION
-from transforms.image_match import confirmation_score
-from transforms.image_match import signature
-from transforms.images import phash_from_hex
-from transforms.images import phash_hex
-from transforms.phash_index import candidate_pairs
 from transforms.sinks import GroupByShard
 
 DUPLICATES = "duplicates"
-FILM_ID, EXACT, NEAR = "film_id", "exact", "near"
-POSTER_KINDS = (EXACT, NEAR)
-
-
-def recency(record: DuplicateRecord) -> tuple[str, int]:
-    """Orders one film's duplicate records: the latest scrape run (films are re-fetched) last."""
-    return record.run_id, record.line_number
+FILM_ID, EXACT, NEAR = DuplicateRecord.FILM_ID, DuplicateRecord.EXACT, DuplicateRecord.NEAR
 
 
 # ---------------------------------------------------------------------------- by film id

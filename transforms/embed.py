@@ -21,19 +21,20 @@ from typing import Any
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference import utils as inference_utils
 from apache_beam.ml.inference.base import KeyedModelHandler
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.ml.inference.tensorflow_inference import TFModelHandlerNumpy
 
+from monitoring import progress
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import EmbeddingRow
-from transforms.dedupe import POSTER_KINDS
-from transforms.dedupe import recency
 
 DEAD_LETTER = "dead_letter"
+PROGRESS_TASK = "posters embedded"
 _LOG = logging.getLogger(__name__)
 
 
@@ -58,7 +59,7 @@ def prepare_image(jpeg: bytes, input_size: tuple[int, int]) -> np.ndarray:
     The same TensorFlow op the training stage's tf.Transform graph uses, so trained models
     embed exactly the pixels they were trained on.
     """
-    from models.image_ops import decode_and_resize_numpy
+    from models.image_ops import decode_and_resize_numpy  # TensorFlow: loaded on the workers
 
     return decode_and_resize_numpy(jpeg, input_size)
 
@@ -67,8 +68,6 @@ def _local_copy(uri: str) -> str:
     """A local path holding the file at ``uri`` (gs:// files are copied to a temp dir)."""
     if "://" not in uri:
         return uri
-    from apache_beam.io.filesystems import FileSystems
-
     local = os.path.join(tempfile.mkdtemp(prefix="embed-model-"), os.path.basename(uri))
     with FileSystems.open(uri) as src, open(local, "wb") as dst:
         dst.write(src.read())
@@ -120,6 +119,7 @@ class PosterModelHandler(TFModelHandlerNumpy):
 
     def load_model(self):
         """Configure GPUs (memory growth), then load the Keras model once per process."""
+        # Keras loads in seconds: on the workers, when RunInference loads the model.
         import keras
 
         import models.layers  # noqa: F401 - registers the custom layers for deserialisation
@@ -161,6 +161,7 @@ class _ToRowFn(beam.DoFn):
         self._now = datetime.datetime.now(datetime.UTC)
 
     def process(self, keyed: tuple[tuple[int, str], PredictionResult]):
+        progress.advance(PROGRESS_TASK)
         (movie_id, sha), result = keyed
         vector = np.asarray(result.inference, dtype=np.float32).ravel()
         norm = float(np.linalg.norm(vector))
@@ -232,7 +233,7 @@ class CanonicalNotEmbedded(ValueError):
 def _latest_duplicate(keyed: tuple[int, Iterable[DuplicateRecord]]) -> tuple[int, DuplicateRecord]:
     """A film's poster duplicate record of the latest scrape run (a film may be re-fetched)."""
     movie_id, records = keyed
-    return movie_id, max(records, key=recency)
+    return movie_id, max(records, key=DuplicateRecord.recency)
 
 
 class _ShareFn(beam.DoFn):
@@ -276,7 +277,7 @@ class ShareCanonicalVectors(beam.PTransform):
         vectors, duplicates = inputs
         by_canonical = (
             duplicates
-            | "PosterDuplicates" >> beam.Filter(lambda d: d.kind in POSTER_KINDS)
+            | "PosterDuplicates" >> beam.Filter(lambda d: d.kind in DuplicateRecord.POSTER_KINDS)
             | "ByFilm" >> beam.Map(lambda d: (d.movie_id, d))
             | "GroupByFilm" >> beam.GroupByKey()
             | "LatestRun" >> beam.Map(_latest_duplicate)

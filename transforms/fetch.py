@@ -2,7 +2,7 @@
 
 ``FetchPosters`` turns :class:`schemas.CatalogEntry` elements into :class:`FetchedPoster`
 elements, or :class:`schemas.DeadLetter` records on the ``dead_letter`` output. One
-:class:`transforms.http.PoliteFetcher` (and its HTTP session) is created per DoFn instance in
+:class:`fetching.http.PoliteFetcher` (and its HTTP session) is created per DoFn instance in
 ``setup()``; within a bundle up to ``concurrency`` films are in flight at once on a thread pool.
 
 Decoding, hashing and re-encoding are CPU work that threads cannot spread over cores (the GIL).
@@ -36,18 +36,20 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import MIN_TIMESTAMP
 from apache_beam.utils.windowed_value import WindowedValue
 
+from fetching import resolve
+from fetching.http import FetchError
+from fetching.http import FetchPolicy
+from fetching.http import PoliteFetcher
+from imaging.images import ImageRejected
+from imaging.images import NormalisedImage
+from imaging.images import normalise_image
+from monitoring import progress
 from schemas import CatalogEntry
 from schemas import DeadLetter
-from transforms import resolve
-from transforms.http import FetchError
-from transforms.http import FetchPolicy
-from transforms.http import PoliteFetcher
-from transforms.images import ImageRejected
-from transforms.images import NormalisedImage
-from transforms.images import normalise_image
 
 DEAD_LETTER = "dead_letter"
 RESOLVERS = ("auto", "url", "tmdb", "imdb")
+PROGRESS_TASK = "films fetched"
 _LOG = logging.getLogger(__name__)
 
 
@@ -480,6 +482,7 @@ class _FetchPostersFn(beam.DoFn):
 
     def _emit(self, result: FetchedPoster | DeadLetter, *, windowed: bool) -> Iterator:
         self._attempts.update(result.attempts)
+        progress.advance(PROGRESS_TASK)
         value = WindowedValue(result, MIN_TIMESTAMP, [GlobalWindow()]) if windowed else result
         if isinstance(result, DeadLetter):
             self._failed.inc()

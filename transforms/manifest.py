@@ -7,7 +7,7 @@ Layout under an output root (local or ``gs://``)::
 
 A run is published in one step at the end, when its manifest JSON is written (last, and
 atomically); readers take only published runs, and a killed run's number is reused by the next
-run, which first deletes what the killed one left (the rule lives in ``transforms.runs``).
+run, which first deletes what the killed one left (the rule lives in ``storage.runs``).
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ import logging
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
+from fetching.resolve import REDACTED
+from fetching.resolve import redact_secrets
 from schemas import RunManifest
-from transforms import runs
-from transforms.resolve import REDACTED
-from transforms.resolve import redact_secrets
-from transforms.sinks import parquet_encoder
-from transforms.sinks import write_bytes
+from storage import runs
+from storage.files import parquet_encoder
+from storage.files import write_bytes
 
 _LOG = logging.getLogger(__name__)
 SECRET_WORDS = ("api_key", "apikey", "access_key", "token", "password", "passwd", "secret")

@@ -17,15 +17,18 @@ from collections.abc import Sequence
 import apache_beam as beam
 import numpy as np
 
+from models.scann_index import PosterIndex
 from models.scoring import SIMILARITIES
 from models.scoring import SOURCE_POSTER
 from models.scoring import merge_neighbors
 from models.scoring import poster_similarity
 from models.scoring import similarity_scores
+from monitoring import progress
 from schemas import NeighborRow
-from transforms.sinks import read_parquet_records
+from storage.files import read_parquet_records
 
 PUBLISHED_K = 10
+PROGRESS_TASK = "films searched"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +101,8 @@ class _QueryIndexFn(beam.DoFn):
         self._short = beam.metrics.Metrics.counter("neighbors", "films_with_fewer_than_k")
 
     def setup(self) -> None:
-        from models.scann_index import PosterIndex
-
         self._index = PosterIndex.load(self._config.index_uri)
+        progress.set_total(PROGRESS_TASK, len(self._index.ids))
 
     def process(self, batch: list[tuple[int, np.ndarray]], genres=None) -> Iterator:
         config = self._config
@@ -120,6 +122,7 @@ class _QueryIndexFn(beam.DoFn):
             if len(ranked) < config.k:
                 self._short.inc()
             yield movie_id, ranked
+        progress.advance(PROGRESS_TASK, len(batch))
 
 
 class FindNeighbors(beam.PTransform):

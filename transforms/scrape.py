@@ -13,9 +13,16 @@ import typing
 
 import apache_beam as beam
 
+from fetching.http import FetchPolicy
+from imaging.image_match import DEFAULT_MIN_CONFIRMATION
+from imaging.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from monitoring import progress
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import PosterRecord
+from storage.files import encode_tfrecord_file
+from storage.files import parquet_encoder
+from storage.files import read_tfrecord_records
 from transforms import manifest
 from transforms.catalog import CatalogFormat
 from transforms.catalog import ReadCatalog
@@ -23,18 +30,13 @@ from transforms.dedupe import DedupeCatalog
 from transforms.dedupe import DedupePosters
 from transforms.dedupe import duplicate_groups
 from transforms.dedupe import rejected_pairs
+from transforms.fetch import PROGRESS_TASK
 from transforms.fetch import FetchPosters
 from transforms.fetch import ImageConfig
 from transforms.fetch import ResolveConfig
-from transforms.http import FetchPolicy
-from transforms.image_match import DEFAULT_MIN_CONFIRMATION
 from transforms.manifest import OutputLayout
-from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from transforms.sinks import WriteGroupedShards
 from transforms.sinks import WriteShards
-from transforms.sinks import encode_tfrecord_file
-from transforms.sinks import parquet_encoder
-from transforms.sinks import read_tfrecord_records
 
 POSTERS_TABLE = PosterRecord.TABLE
 TFRECORD_SUFFIX = ".tfrecord"
@@ -93,6 +95,7 @@ class _SkipExistingFn(beam.DoFn):
             self._skipped.inc()
             yield beam.pvalue.TaggedOutput("already_present", entry)
         else:
+            progress.add_total(PROGRESS_TASK)
             yield entry
 
 

@@ -51,12 +51,12 @@ class _ToInstanceFn(beam.DoFn):
         self._dead = beam.metrics.Metrics.counter(METRICS_NAMESPACE, "dead_lettered")
 
     def setup(self) -> None:
-        import tensorflow as tf
+        import tensorflow as tf  # seconds to import: on the workers only, not at pipeline build
 
         self._tf = tf
 
     def process(self, record: PosterRecord):
-        from models.preprocessing import to_raw_instance
+        from models.preprocessing import to_raw_instance  # TensorFlow: on the workers only
 
         self._read.inc()
         try:
@@ -126,6 +126,7 @@ class AnalyzeAndTransformPosters(beam.PTransform):
         self._settings = settings
 
     def expand(self, instances: beam.PCollection) -> beam.PCollection:
+        # tf.Transform and TensorFlow take seconds to import: only when the training runs.
         import tensorflow_transform.beam as tft_beam
 
         from models.preprocessing import bound_preprocessing_fn

@@ -1,15 +1,16 @@
 """The warehouse the downstream recommender reads: BigQuery on GCP, DuckDB locally.
 
-``--warehouse=bq://project.dataset`` writes each table with WriteToBigQuery (file loads, schema
-from ``schemas/``, day-partitioned on ``run_date``, the run date's partition truncated first).
+Either way the job writes a date's rows as Parquet into a staging folder and leaves the published
+date alone; after the job one transaction replaces the date's rows of every table.
 ``--warehouse=duckdb:///path/file.duckdb`` keeps Parquet partitions next to the database
-(``{db}_parquet/{table}/run_date=YYYY-MM-DD/``). The job writes a date into a staging folder
-(``{db}_parquet/_staging/``) and leaves the published partition alone; after the job one DuckDB
-transaction replaces the date's rows of every table and records the partitions to swap in, and
-the staging folders are then renamed into place. A killed job leaves the old date intact in
-both; a publish killed after its commit is finished by the next job before it does anything else.
-Either way a rerun of a date replaces its rows. A row with a NaN or infinite number (a score) is
-refused before the write: it becomes a dead letter instead.
+(``{db}_parquet/{table}/run_date=YYYY-MM-DD/``, staged under ``{db}_parquet/_staging/``): the
+DuckDB transaction also records the partitions to swap in, and the staging folders are then
+renamed into place; a publish killed after its commit is finished by the next job before it does
+anything else. ``--warehouse=bq://project.dataset`` stages under ``{output}/bigquery/_staging/``
+(gs:// on GCP); the staged files are loaded into staging tables and one BigQuery multi-statement
+transaction swaps the date into the day-partitioned tables (:mod:`storage.bigquery`). A killed
+job leaves the old date intact, and a rerun of a date replaces its rows. A row with a NaN or
+infinite number (a score) is refused before the write: it becomes a dead letter instead.
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ import os
 from collections.abc import Sequence
 
 import apache_beam as beam
+import duckdb
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import DeadLetter
 from schemas import Kind
 from schemas import Record
+from storage import bigquery
+from storage.files import parquet_encoder
 from transforms.sinks import WriteShards
-from transforms.sinks import parquet_encoder
 
 WAREHOUSE_STAGE = "warehouse"
 REFUSED = "refused"
@@ -40,19 +43,22 @@ PENDING_TABLE = "_pending_partitions"
 
 @dataclasses.dataclass(frozen=True)
 class Warehouse:
-    """Where tables go: kind 'duckdb' (target: a .duckdb path) or 'bq' (target: project.dataset)."""
+    """Where tables go: kind 'duckdb' (target: a .duckdb path) or 'bq' (target: project.dataset,
+    staged under ``staging_root``)."""
 
     kind: str
     target: str
+    staging_root: str = ""
 
     @classmethod
-    def parse(cls, uri: str) -> Warehouse:
-        """Parse ``bq://project.dataset`` or ``duckdb:///path/file.duckdb``."""
+    def parse(cls, uri: str, staging_root: str = "") -> Warehouse:
+        """Parse ``bq://project.dataset`` (staging its Parquet under ``staging_root``) or
+        ``duckdb:///path/file.duckdb``."""
         if uri.startswith("bq://"):
             target = uri[len("bq://") :]
             if target.count(".") != 1 or not all(target.split(".")):
                 raise ValueError(f"--warehouse={uri}: expected bq://PROJECT.DATASET")
-            return cls("bq", target)
+            return cls("bq", target, staging_root)
         if uri.startswith("duckdb://"):
             path = uri[len("duckdb://") :]
             if not path.endswith(".duckdb"):
@@ -64,7 +70,9 @@ class Warehouse:
 
     @property
     def parquet_root(self) -> str:
-        """Folder of the Parquet copies (DuckDB warehouses)."""
+        """Folder of the Parquet copies (DuckDB) or of the staged Parquet (BigQuery)."""
+        if self.kind == "bq":
+            return self.staging_root
         return self.target[: -len(".duckdb")] + "_parquet"
 
     def partition_dir(self, table: type[Record], run_date: datetime.date) -> str:
@@ -78,10 +86,11 @@ class Warehouse:
     def _folder(self, name: str, run_date: datetime.date, *under: str) -> str:
         return os.path.join(self.parquet_root, *under, name, f"run_date={run_date.isoformat()}")
 
-    def bigquery_table(self, table: type[Record], run_date: datetime.date) -> str:
-        """The BigQuery partition (``project:dataset.table$YYYYMMDD``) of one run date."""
+    @property
+    def project_dataset(self) -> tuple[str, str]:
+        """(project, dataset) of a BigQuery warehouse."""
         project, dataset = self.target.split(".")
-        return f"{project}:{dataset}.{table.TABLE}${run_date.strftime('%Y%m%d')}"
+        return project, dataset
 
 
 def to_bigquery_row(record: Record) -> dict:
@@ -102,7 +111,11 @@ def clear_staging(warehouse: Warehouse, table: type[Record], run_date: datetime.
     """Remove what an earlier, unpublished job staged for a run date (the published partition
     stays as it is until the new one replaces it)."""
     folder = warehouse.staging_dir(table, run_date)
-    if FileSystems.exists(folder):
+    if "://" in folder:  # an object store has no folders to test for: delete what it holds
+        staged = FileSystems.match([FileSystems.join(folder, "*")])[0].metadata_list
+        if staged:
+            FileSystems.delete([m.path for m in staged])
+    elif FileSystems.exists(folder):
         FileSystems.delete([folder])
 
 
@@ -173,27 +186,6 @@ class WriteWarehouseTable(beam.PTransform):
 
     def _write(self, rows: beam.PCollection) -> beam.PCollection:
         warehouse, table = self._warehouse, self._table
-        if warehouse.kind == "bq":
-            from apache_beam.io.gcp.bigquery import BigQueryDisposition
-            from apache_beam.io.gcp.bigquery import WriteToBigQuery
-            from apache_beam.io.gcp.bigquery_tools import parse_table_schema_from_json
-
-            schema = parse_table_schema_from_json(json.dumps(table.bigquery_schema()))
-            return (
-                rows
-                | "ToBigQueryRows" >> beam.Map(to_bigquery_row)
-                | "WriteToBigQuery"
-                >> WriteToBigQuery(
-                    table=warehouse.bigquery_table(table, self._run_date),
-                    schema=schema,
-                    method=WriteToBigQuery.Method.FILE_LOADS,
-                    write_disposition=BigQueryDisposition.WRITE_TRUNCATE,
-                    create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
-                    additional_bq_parameters={
-                        "timePartitioning": {"type": "DAY", "field": "run_date"}
-                    },
-                )
-            )
         prefix = os.path.join(warehouse.staging_dir(table, self._run_date), table.TABLE)
         return rows | "WriteParquet" >> WriteShards(
             prefix, ".parquet", self._num_shards, parquet_encoder(table), self._sort_key
@@ -234,8 +226,6 @@ def _finish_pending(con, warehouse: Warehouse) -> list[tuple[str, datetime.date]
 
 def finish_publishing(warehouse: Warehouse) -> list[tuple[str, datetime.date]]:
     """Finish the publish a killed job committed in DuckDB but did not swap into Parquet."""
-    import duckdb
-
     if not FileSystems.exists(warehouse.target):
         return []
     with duckdb.connect(warehouse.target) as con:
@@ -248,8 +238,6 @@ def publish_partitions(
     """Replace a run date of ``tables`` in one step with what the job staged: DuckDB's rows in
     one transaction (which also records the swap), then each staged Parquet folder renamed into
     place. Returns the rows now held per table for the date."""
-    import duckdb
-
     os.makedirs(os.path.dirname(warehouse.target) or ".", exist_ok=True)
     with duckdb.connect(warehouse.target) as con:
         _finish_pending(con, warehouse)
@@ -271,3 +259,20 @@ def publish_partitions(
             ).fetchone()[0]
             for table in tables
         }
+
+
+def publish_bigquery(
+    warehouse: Warehouse, tables: Sequence[type[Record]], run_date: datetime.date
+) -> dict[str, int]:
+    """Replace a run date of ``tables`` in the BigQuery dataset with what the job staged (one
+    transaction), then delete the staged files. Returns the rows now held per table for the
+    date."""
+    project, dataset = warehouse.project_dataset
+    staged = {}
+    for table in tables:
+        pattern = FileSystems.join(warehouse.staging_dir(table, run_date), "*.parquet")
+        staged[table] = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    counts = bigquery.publish_date(project, dataset, staged, run_date)
+    for table in tables:
+        clear_staging(warehouse, table, run_date)
+    return counts

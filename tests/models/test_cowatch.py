@@ -13,8 +13,8 @@ from models.cold_start import cold_split
 from pipelines import cowatch as cowatch_stage
 from schemas import EmbeddingRow
 from schemas import WatchEvent
+from storage.files import read_parquet_records
 from transforms.neighbors import read_lists
-from transforms.sinks import read_parquet_records
 
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
 GROUP_A = list(range(1, 11))

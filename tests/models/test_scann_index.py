@@ -220,13 +220,13 @@ def test_index_loads_after_its_directory_moves(tmp_path: pathlib.Path, mode: str
 
 def test_a_save_killed_half_way_leaves_no_loadable_mix(tmp_path, monkeypatch):
     """The manifest goes first and comes back last: a killed rebuild is refused, not mixed."""
-    from transforms import sinks
+    import models.scann_index
 
     vectors = _clustered_unit(2_000, 16, clusters=20, spread=1.0, seed=3)
     out = str(tmp_path / "index")
     PosterIndex.build(np.arange(2_000), vectors, "old", choose_params(2_000)).save(out)
     new = PosterIndex.build(np.arange(2_000) + 5, vectors, "new", choose_params(2_000, mode="ah"))
-    write_bytes, written = sinks.write_bytes, []
+    write_bytes, written = models.scann_index.write_bytes, []
 
     def killed_after_two(path: str, data: bytes) -> None:
         if len(written) == 2:
@@ -234,7 +234,7 @@ def test_a_save_killed_half_way_leaves_no_loadable_mix(tmp_path, monkeypatch):
         written.append(path)
         write_bytes(path, data)
 
-    monkeypatch.setattr(sinks, "write_bytes", killed_after_two)
+    monkeypatch.setattr(models.scann_index, "write_bytes", killed_after_two)
     with pytest.raises(KeyboardInterrupt):
         new.save(out)
     monkeypatch.undo()

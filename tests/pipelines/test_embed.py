@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from imaging.images import normalise_image
+from imaging.images import phash_hex
 from models.evaluation import mean_neighbour_genre_jaccard
 from models.image_ops import decode_and_resize_numpy
 from models.registry import embed_images
@@ -20,11 +22,9 @@ from pipelines import embed
 from schemas import DeadLetter
 from schemas import EmbeddingRow
 from schemas import PosterRecord
+from storage.files import tfrecord_frame
+from storage.runs import publish_run
 from synthetic.catalog import make_catalog
-from transforms.images import normalise_image
-from transforms.images import phash_hex
-from transforms.runs import publish_run
-from transforms.sinks import tfrecord_frame
 
 WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
 N_FILMS = 24

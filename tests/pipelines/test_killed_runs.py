@@ -27,11 +27,11 @@ from pipelines.common import InputError
 from schemas import EmbeddingRow
 from schemas import NeighborRow
 from schemas import PosterRecord
+from storage.files import read_parquet_records
+from storage.files import read_tfrecords
 from synthetic.catalog import make_catalog
 from synthetic.catalog import make_watch_history
 from synthetic.catalog import write_ratings_csv
-from transforms.sinks import read_parquet_records
-from transforms.sinks import read_tfrecords
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 FILMS = 60

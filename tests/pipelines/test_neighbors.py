@@ -15,13 +15,14 @@ from models.scann_index import exact_search
 from pipelines import cowatch as cowatch_stage
 from pipelines import index as index_stage
 from pipelines import neighbors
+from pipelines.common import UsageError
 from schemas import CandidateRow
 from schemas import EmbeddingRow
 from schemas import NeighborRow
+from storage.runs import publish_run
 from synthetic.catalog import make_catalog
 from synthetic.catalog import make_watch_history
 from synthetic.catalog import write_ratings_csv
-from transforms.runs import publish_run
 
 VERSION = "test_model-0123456789ab"
 N_FILMS = 300
@@ -262,3 +263,28 @@ def test_bad_history_rows_are_dead_lettered_and_counted_not_scored(world, tmp_pa
     assert sorted(d["reason"] for d in dead) == [
         "bad_user_id", "rating_not_finite", "rating_out_of_range", "timestamp_invalid"
     ]
+
+
+def test_the_job_reads_the_flags_once(world):
+    tmp = world[0]
+    job = neighbors.build_job(neighbors.COMMAND.parse([
+        "--run_date=2024-05-17", f"--vectors={tmp / 'vectors'}", f"--output={tmp / 'job'}",
+    ]))  # fmt: skip
+    assert job.version == VERSION and job.run_id == "nightly-2024-05-17"
+    assert job.index_uri == str(tmp / "vectors" / VERSION / "index")
+    assert job.warehouse.kind == "duckdb" and job.warehouse_uri.startswith("duckdb://")
+    assert job.candidates is None  # no watch history: no candidates table
+    with_history = neighbors.build_job(neighbors.COMMAND.parse([
+        "--run_date=2024-05-17", f"--vectors={tmp / 'vectors'}", f"--output={tmp / 'job'}",
+        f"--watch_history={tmp / 'ratings.csv'}", "--candidates_k=7",
+    ]))  # fmt: skip
+    assert with_history.candidates.top_k == 7 and with_history.candidates.model_version == VERSION
+
+
+def test_a_cowatch_version_without_a_blend_is_refused_before_any_work(world):
+    tmp = world[0]
+    with pytest.raises(UsageError, match="--cowatch_version needs --blend"):
+        neighbors.build_job(neighbors.COMMAND.parse([
+            "--run_date=2024-05-17", f"--vectors={tmp / 'vectors'}", f"--output={tmp / 'job'}",
+            "--cowatch_version=cowatch-0123456789ab",
+        ]))  # fmt: skip

@@ -18,7 +18,7 @@ from pipelines import index as index_stage
 from pipelines import neighbors
 from schemas import CandidateRow
 from schemas import EmbeddingRow
-from transforms.runs import publish_run
+from storage.runs import publish_run
 
 WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
 WHEN = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)

@@ -43,7 +43,7 @@ def test_warehouse_holds_the_run_date(summary):
     assert n % 10 == 0 and 10 * films <= n <= 10 * 80
     assert 0 < users <= 40
     text = nightly.sample_query(result)
-    assert text.count("\n") >= 11 and "users have candidates" in text
+    assert text.count("\n") == 7 and "LIMIT 5" in text and "users have candidates" in text
 
 
 def test_evaluation_and_report_cover_the_baselines(summary):
@@ -56,3 +56,13 @@ def test_evaluation_and_report_cover_the_baselines(summary):
     assert result["neighbors"]["blend"] == result["evaluation"]["blend"]
     html = open(result["report"], encoding="utf-8").read()
     assert "<svg" in html and "data:image/png;base64," in html
+
+
+def test_the_console_fits_on_one_screen(summary):
+    result, out = summary
+    text = nightly.results_text(result)
+    lines = text.splitlines()
+    assert len(result["timings"]) + len(lines) <= 45  # a line per stage, then the results
+    assert "leave-last-out over 40 users" in text and "paired bootstrap" not in text
+    assert f"outputs under {out}: scrape/ train/ vectors/ nightly/" in lines
+    assert "LIMIT 5" in text and lines[-1].startswith("done in ")

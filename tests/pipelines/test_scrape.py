@@ -16,6 +16,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from fetching.http import FetchPolicy
+from fetching.resolve import TMDB_GENRE_IDS
 from pipelines import scrape
 from schemas import CatalogEntry
 from schemas import DeadLetter
@@ -33,8 +35,6 @@ from transforms.fetch import FetchWorkerDied
 from transforms.fetch import FetchWorkers
 from transforms.fetch import ImageConfig
 from transforms.fetch import ResolveConfig
-from transforms.http import FetchPolicy
-from transforms.resolve import TMDB_GENRE_IDS
 
 KEY = "pipeline-test-key-4711"
 CATALOG = make_catalog(80, seed=11)

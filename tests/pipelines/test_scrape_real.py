@@ -9,15 +9,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from imaging.image_match import DEFAULT_MIN_CONFIRMATION
+from imaging.image_match import confirmation_score
+from imaging.image_match import signature
 from pipelines import scrape
 from schemas import DuplicateRecord
 from synthetic.catalog import Film
 from synthetic.catalog import write_plain_csv
 from synthetic.posters import phash64
 from synthetic.web import PosterWeb
-from transforms.image_match import DEFAULT_MIN_CONFIRMATION
-from transforms.image_match import confirmation_score
-from transforms.image_match import signature
 
 SET_B_ID_OFFSET = 10_000_000  # set_b rows get their own ids so only their art can pair them
 

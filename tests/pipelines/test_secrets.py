@@ -17,10 +17,10 @@ import pytest
 from pipelines import nightly
 from pipelines.common import parse_options
 from pipelines.common import recorded_options
+from pipelines.demo import DEMO_API_KEY
 from pipelines.embed import EmbedOptions
 from pipelines.index import IndexOptions
 from pipelines.scrape import ScrapeOptions
-from synthetic.demo import DEMO_API_KEY
 from transforms.manifest import is_secret_option
 from transforms.manifest import redact_options
 
@@ -101,7 +101,7 @@ def test_every_manifest_records_its_options_with_secrets_redacted(nightly_with_k
 
 def test_the_key_is_never_printed_or_logged(nightly_with_key):
     _, console, _ = nightly_with_key
-    assert "[nightly] scrape: started" in console  # the console was captured
+    assert "[nightly] scrape: done in" in console  # the console was captured
     assert "pipelines.common" in console or "apache_beam" in console  # and so was logging
     assert KEY not in console and DEMO_API_KEY not in console
 

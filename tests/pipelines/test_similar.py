@@ -14,6 +14,9 @@ import sys
 import numpy as np
 import pytest
 
+from fetching.http import DEFAULT_USER_AGENT
+from fetching.http import FetchPolicy
+from fetching.http import PoliteFetcher
 from models.vectors import read_vector_table
 from models.vectors import vectors_glob
 from pipelines import embed
@@ -22,6 +25,8 @@ from pipelines import index as index_stage
 from pipelines import neighbors
 from pipelines import scrape
 from pipelines import similar
+from pipelines.common import cli
+from pipelines.common import main
 from synthetic.catalog import SyntheticCatalog
 from synthetic.catalog import make_catalog
 from synthetic.catalog import make_watch_history
@@ -32,9 +37,6 @@ from synthetic.web import PosterWeb
 from tests.conftest import REPO_ROOT
 from tests.faulty_host import FaultyHost
 from tests.faulty_host import closed_port
-from transforms.http import DEFAULT_USER_AGENT
-from transforms.http import FetchPolicy
-from transforms.http import PoliteFetcher
 
 N_FILMS = 40
 RUN_DATE = "2024-05-17"
@@ -117,7 +119,7 @@ def query(world: World, *args: str, version: str | None = None) -> list[dict]:
     return similar.run([
         f"--vectors={world.vectors}", f"--model_version={version or world.pixels_version}",
         f"--posters={world.scrape_output}", *args,
-    ])  # fmt: skip
+    ])["results"]  # fmt: skip
 
 
 def fetch_flags(web: PosterWeb) -> list[str]:
@@ -223,11 +225,15 @@ def test_a_mix_of_two_posters_returns_both(world, tmp_path):
         assert result["score"] == pytest.approx(float(mix @ vectors[result["movie_id"]]), abs=1e-4)
 
 
-def test_the_command_prints_ranked_titles(world, tmp_path, capsys):
+def test_the_command_prints_ranked_titles(world, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pipelines.common.configure_logging", lambda *args, **kwargs: None)
     film = world.catalog.film(world.written[0])
-    similar.main([f"--vectors={world.vectors}", f"--model_version={world.pixels_version}",
-                  f"--posters={world.scrape_output}", "--top_k=2",
-                  f"--query={poster_file(world, tmp_path, film.movie_id)}"])  # fmt: skip
+    with pytest.raises(SystemExit) as exit_info:
+        main(similar.run, [f"--vectors={world.vectors}", f"--model_version={world.pixels_version}",
+                           f"--posters={world.scrape_output}", "--top_k=2",
+                           f"--query={poster_file(world, tmp_path, film.movie_id)}"],
+             show=similar.results_text, quiet=True)  # fmt: skip
+    assert exit_info.value.code == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith(f"query: poster-{film.movie_id}.jpg")
     assert len(lines) == 4
@@ -281,8 +287,8 @@ def bad_inputs(world: World, tmp_path: pathlib.Path, web: PosterWeb) -> dict[str
 def test_bad_input_is_one_line_and_status_2(world, tmp_path, web, capsys, case):
     args, expected = bad_inputs(world, tmp_path, web)[case]
     with pytest.raises(SystemExit) as exit_info:
-        query(world, *args)
-    assert exit_info.value.code == similar.EXIT_BAD_INPUT
+        cli(lambda: query(world, *args))
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err
     lines = err.strip().splitlines()

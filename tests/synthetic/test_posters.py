@@ -9,6 +9,7 @@ import time
 import numpy as np
 import pytest
 from PIL import Image
+from PIL import ImageDraw
 
 from synthetic import posters
 from synthetic.catalog import Film
@@ -223,3 +224,23 @@ def test_one_film_in_every_look_keeps_its_layout() -> None:
     assert max(posters.hamming(hashes[0], h) for h in hashes) <= NEAR_LIMIT
     with pytest.raises(ValueError, match="unknown poster look"):
         posters.draw_poster(film, seed=0, look="sepia")
+
+
+def test_every_genre_motif_has_its_own_drawing():
+    motifs = {style.motif for style in posters.GENRE_STYLES.values()}
+    assert motifs <= set(posters.MOTIFS), motifs - set(posters.MOTIFS)
+
+
+@pytest.mark.parametrize("motif", sorted(posters.MOTIFS))
+def test_a_motif_draws_the_same_pixels_from_the_same_seed(motif):
+    style = next(s for s in posters.GENRE_STYLES.values() if s.motif == motif)
+
+    def drawn(scale: float) -> bytes:
+        img = Image.new("RGB", (60, 90))
+        rng = np.random.default_rng(5)
+        posters._draw_motif(ImageDraw.Draw(img), motif, style, rng, 60, 90, scale)
+        return img.tobytes()
+
+    blank = Image.new("RGB", (60, 90)).tobytes()
+    assert drawn(1.0) == drawn(1.0) != blank
+    assert drawn(0.55) == drawn(0.55)

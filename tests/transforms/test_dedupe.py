@@ -9,6 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from imaging.image_match import DEFAULT_MIN_CONFIRMATION
+from imaging.image_match import SIGNATURE_BYTES
+from imaging.image_match import confirmation_score
+from imaging.image_match import signature
+from imaging.images import normalise_image
+from imaging.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from synthetic.catalog import make_catalog
 from synthetic.posters import COPY_TRANSFORMS
 from synthetic.posters import edited_copy
@@ -17,12 +23,6 @@ from transforms.dedupe import NEAR
 from transforms.dedupe import ImageKey
 from transforms.dedupe import plan_hash_candidates
 from transforms.dedupe import plan_image_duplicates
-from transforms.image_match import DEFAULT_MIN_CONFIRMATION
-from transforms.image_match import SIGNATURE_BYTES
-from transforms.image_match import confirmation_score
-from transforms.image_match import signature
-from transforms.images import normalise_image
-from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 
 
 @pytest.fixture(scope="module")

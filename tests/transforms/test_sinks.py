@@ -12,16 +12,16 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
 from schemas import DeadLetter
+from storage.files import parquet_encoder
+from storage.files import read_tfrecord_records
+from storage.files import read_tfrecords
+from storage.files import shard_of
+from storage.files import tfrecord_frame
 from tests.conftest import local_pipeline
 from transforms.sinks import BAD_RECORD
 from transforms.sinks import CORRUPT_FILE
 from transforms.sinks import ReadTFRecordFiles
 from transforms.sinks import WriteShards
-from transforms.sinks import parquet_encoder
-from transforms.sinks import read_tfrecord_records
-from transforms.sinks import read_tfrecords
-from transforms.sinks import shard_of
-from transforms.sinks import tfrecord_frame
 
 
 def test_tfrecord_framing_is_read_by_tensorflow(tmp_path):

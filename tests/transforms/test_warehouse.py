@@ -12,9 +12,9 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import NeighborRow
+from storage.files import parquet_encoder
+from storage.files import read_parquet_records
 from transforms import warehouse as wh
-from transforms.sinks import parquet_encoder
-from transforms.sinks import read_parquet_records
 
 DAY = datetime.date(2024, 5, 17)
 

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import random
+import re
 import unicodedata
 from collections.abc import Sequence
 
@@ -31,13 +32,22 @@ from PIL import ImageDraw
 from PIL import ImageFont
 from PIL import ImageOps
 
+from models.lookup import film_label
+from models.lookup import index_neighbours
+from models.lookup import index_uri
+from models.lookup import mean_ratings
+from models.scann_index import MANIFEST_FILE
+from models.vectors import read_vector_table
+from models.vectors import vectors_glob
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import NeighborRow
+from storage.files import read_parquet_records
+from storage.files import write_bytes
+from storage.posters import read_posters
 from transforms.manifest import OutputLayout
 from transforms.manifest import read_manifest
-from transforms.sinks import read_parquet_records
-from transforms.sinks import write_bytes
+from transforms.warehouse import Warehouse
 
 TILE = (120, 178)
 PAD = 8
@@ -92,6 +102,22 @@ def _wrap(text: str, draw: ImageDraw.ImageDraw, font, width: int, lines: int) ->
     return out
 
 
+def _wrap_name(text: str, draw: ImageDraw.ImageDraw, font, width: int, lines: int) -> list[str]:
+    """Wrap a name without spaces (a model version) after its '_' and '-', into at most
+    ``lines`` lines, the last one cut with an ellipsis."""
+    out: list[str] = []
+    pieces = re.findall(r"[^_\-\s]*[_\-\s]+|[^_\-\s]+$", text)
+    while pieces and len(out) < lines:
+        line = pieces.pop(0)
+        while pieces and draw.textlength(line + pieces[0], font=font) <= width:
+            line += pieces.pop(0)
+        if len(out) == lines - 1 and pieces:
+            line += "".join(pieces)
+            pieces = []
+        out.append(_fit(line.strip(), draw, font, width))
+    return out
+
+
 def _tile_image(data: bytes | None, tile: tuple[int, int]) -> Image.Image:
     canvas = Image.new("RGB", tile, _TILE_BACKGROUND)
     if data is None:
@@ -110,9 +136,10 @@ def _draw_tile(sheet, draw, font, x, y, tile, data, label, note) -> None:
     if data is None:
         draw.text((x + 6, y + tile[1] // 2 - 6), "no image", fill=_MUTED, font=font)
     lines = _wrap(_drawable(label), draw, font, tile[0], CAPTION_LINES - 1)
-    for i, line in enumerate(lines):
-        draw.text((x, y + tile[1] + 2 + i * LINE_HEIGHT), line, fill=_INK, font=font)
-    draw.text((x, y + tile[1] + 2 + len(lines) * LINE_HEIGHT), note, fill=_MUTED, font=font)
+    notes = _wrap_name(_drawable(note), draw, font, tile[0], CAPTION_LINES - len(lines))
+    for i, line in enumerate(lines + notes):
+        ink = _INK if i < len(lines) else _MUTED
+        draw.text((x, y + tile[1] + 2 + i * LINE_HEIGHT), line, fill=ink, font=font)
 
 
 def contact_sheet(
@@ -171,15 +198,8 @@ def contact_sheets_for(
     tile: tuple[int, int] = TILE,
 ) -> list[ContactSheet]:
     """Sheets for chosen films (or a seeded sample) from the index, baseline row optional."""
-    from models.lookup import film_label
-    from models.lookup import index_neighbours
-    from models.lookup import read_posters
-
     films = read_posters(posters)
     if movie_ids is None:
-        from models.vectors import read_vector_table
-        from models.vectors import vectors_glob
-
         ids = read_vector_table(vectors_glob(vectors_root, model_version)).ids.tolist()
         candidates = sorted(m for m in ids if m in films)
         movie_ids = sorted(random.Random(seed).sample(candidates, min(sample, len(candidates))))
@@ -276,8 +296,6 @@ def _dead_letter_rows(source: str, layout: OutputLayout, manifest: dict) -> list
 
 
 def _duplicate_groups(layout: OutputLayout, films: dict, limit: int) -> list[dict]:
-    from models.lookup import film_label
-
     records = read_parquet_records(
         layout.table_glob(DuplicateRecord.TABLE, ".parquet"), DuplicateRecord
     )
@@ -306,9 +324,6 @@ def _duplicate_groups(layout: OutputLayout, films: dict, limit: int) -> list[dic
 
 def _neighbour_pairs(nightly: dict | None, vectors_root: str, version: str) -> tuple[list, str]:
     """(movie id, neighbour id, score) of the published table, else of the index's top 10."""
-    from models.lookup import index_neighbours
-    from transforms.warehouse import Warehouse
-
     if nightly and str(nightly.get("warehouse", "")).startswith("duckdb://"):
         run_date = datetime.date.fromisoformat(nightly["run_date"])
         folder = Warehouse.parse(nightly["warehouse"]).partition_dir(NeighborRow, run_date)
@@ -339,11 +354,6 @@ def collect_run(
     seed: int = 0,
 ) -> dict:
     """The report's dict, read from a run's manifests and reports (missing parts are None)."""
-    from models.lookup import index_uri
-    from models.lookup import mean_ratings
-    from models.lookup import read_posters
-    from models.scann_index import MANIFEST_FILE
-
     films = read_posters(posters or scrape_output)
     run: dict = {
         "title": f"poster-recs run report: {model_version}",
@@ -368,73 +378,107 @@ def collect_run(
         run["dead_letters"] += _dead_letter_rows("scrape", layout, manifest)
         run["duplicate_groups"] = _duplicate_groups(layout, films, duplicate_groups)
     for version in filter(None, (model_version, baseline_model_version)):
-        embedded = _latest_manifest(FileSystems.join(vectors_root, version))
-        if embedded is not None:
-            layout, manifest = embedded
-            run["stages"].append(_stage_row(f"embed:{version}", manifest))
-            run["dead_letters"] += _dead_letter_rows(f"embed:{version}", layout, manifest)
-        info = _read_json(FileSystems.join(index_uri(vectors_root, version), MANIFEST_FILE))
-        if info is not None:
-            run["stages"].append(
-                {
-                    "name": f"index:{version}",
-                    "run_id": info.get("built_at"),
-                    "input_rows": info.get("n"),
-                    "written": info.get("n"),
-                    "seconds": info.get("build_seconds"),
-                }
-            )
-            if version == model_version:
-                run["index"] = info
+        stages, dead_letters, index = _model_rows(vectors_root, version)
+        run["stages"] += stages
+        run["dead_letters"] += dead_letters
+        if version == model_version:
+            run["index"] = index
     if nightly_output:
-        name = f"nightly-{run_date}.json" if run_date else "nightly-*.json"
-        path = _latest(FileSystems.join(nightly_output, "reports", name))
-        run["nightly"] = _read_json(path) if path else None
-        pattern = FileSystems.join(nightly_output, "reports", f"evaluation-{model_version}-*.json")
-        path = _latest(pattern)
-        run["evaluation"] = _read_json(path) if path else None
-    nightly = run["nightly"]
-    if nightly is not None:
-        loaded = nightly.get("rows_loaded", {})
-        run["stages"].append(
-            {
-                "name": "nightly",
-                "run_id": nightly.get("run_date"),
-                "input_rows": nightly.get("neighbors", {}).get("films_queried"),
-                "written": sum(loaded.values()) if loaded else None,
-                "seconds": None,
-            }
-        )
+        nightly, evaluation = _nightly_reports(nightly_output, model_version, run_date)
+        run["nightly"], run["evaluation"] = nightly, evaluation
+    if run["nightly"] is not None:
+        run["stages"].append(_nightly_stage_row(run["nightly"]))
     for row in run["stages"]:
         row["seconds"] = (stage_seconds or {}).get(row["name"], row.get("seconds"))
     if watch_history:
-        ratings, users = mean_ratings(watch_history)
-        pairs, source = _neighbour_pairs(nightly, vectors_root, model_version)
-        points = [
-            {
-                "movie_id": m,
-                "neighbor_id": n,
-                "score": s,
-                "year": films[n].year,
-                "rating": round(ratings[n], 4),
-            }
-            for m, n, s in pairs
-            if n in ratings and n in films and films[n].year
-        ]
-        plotted = points
-        if len(points) > scatter_max_points:
-            plotted = sorted(
-                random.Random(seed).sample(points, scatter_max_points),
-                key=lambda p: (p["movie_id"], p["neighbor_id"]),
-            )
-        run["scatter"] = {
-            "points": plotted,
-            "pairs": len(pairs),
-            "pairs_with_data": len(points),
-            "users": users,
-            "source": source,
-        }
+        pairs, source = _neighbour_pairs(run["nightly"], vectors_root, model_version)
+        run["scatter"] = scatter_points(
+            pairs, source, films, mean_ratings(watch_history), scatter_max_points, seed
+        )
     return run
+
+
+def _model_rows(vectors_root: str, version: str) -> tuple[list[dict], list[dict], dict | None]:
+    """A model version's embed and index stage rows, its dead letters, and its index manifest."""
+    stages, dead_letters = [], []
+    embedded = _latest_manifest(FileSystems.join(vectors_root, version))
+    if embedded is not None:
+        layout, manifest = embedded
+        stages.append(_stage_row(f"embed:{version}", manifest))
+        dead_letters += _dead_letter_rows(f"embed:{version}", layout, manifest)
+    info = _read_json(FileSystems.join(index_uri(vectors_root, version), MANIFEST_FILE))
+    if info is not None:
+        stages.append(
+            {
+                "name": f"index:{version}",
+                "run_id": info.get("built_at"),
+                "input_rows": info.get("n"),
+                "written": info.get("n"),
+                "seconds": info.get("build_seconds"),
+            }
+        )
+    return stages, dead_letters, info
+
+
+def _nightly_reports(
+    nightly_output: str, model_version: str, run_date: str | None
+) -> tuple[dict | None, dict | None]:
+    """The nightly report of the run date (the latest without one) and the model version's
+    latest evaluation report, each None when missing."""
+    name = f"nightly-{run_date}.json" if run_date else "nightly-*.json"
+    path = _latest(FileSystems.join(nightly_output, "reports", name))
+    nightly = _read_json(path) if path else None
+    pattern = FileSystems.join(nightly_output, "reports", f"evaluation-{model_version}-*.json")
+    path = _latest(pattern)
+    return nightly, _read_json(path) if path else None
+
+
+def _nightly_stage_row(nightly: dict) -> dict:
+    loaded = nightly.get("rows_loaded", {})
+    return {
+        "name": "nightly",
+        "run_id": nightly.get("run_date"),
+        "input_rows": nightly.get("neighbors", {}).get("films_queried"),
+        "written": sum(loaded.values()) if loaded else None,
+        "seconds": None,
+    }
+
+
+def scatter_points(
+    pairs: Sequence[tuple[int, int, float]],
+    source: str,
+    films: dict,
+    ratings_and_users: tuple[dict[int, float], int],
+    max_points: int = 5000,
+    seed: int = 0,
+) -> dict:
+    """The scatter plot's data: each (film, neighbour, score) pair whose neighbour has a year and
+    a mean rating, at most ``max_points`` of them (a seeded sample), and what they came from."""
+    ratings, users = ratings_and_users
+    points = [
+        {
+            "movie_id": m,
+            "neighbor_id": n,
+            "score": s,
+            "year": films[n].year,
+            "rating": round(ratings[n], 4),
+        }
+        for m, n, s in pairs
+        if n in ratings and n in films and films[n].year
+    ]
+    plotted = points
+    if len(points) > max_points:
+        plotted = sorted(
+            random.Random(seed).sample(points, max_points),
+            key=lambda p: (p["movie_id"], p["neighbor_id"]),
+        )
+    return {
+        "points": plotted,
+        "pairs": len(pairs),
+        "pairs_with_data": len(points),
+        "users": users,
+        "source": source,
+    }
 
 
 # ---------------------------------------------------------------------------- rendering

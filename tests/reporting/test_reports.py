@@ -9,6 +9,7 @@ import html.parser
 import io
 import json
 import re
+import types
 import xml.etree.ElementTree as ET
 
 import duckdb
@@ -16,13 +17,13 @@ import pytest
 from PIL import Image
 
 from pipelines.evaluate import label_of
+from reporting import reports
+from reporting.reports import CAPTION_HEIGHT
+from reporting.reports import PAD
+from reporting.reports import TILE
 from synthetic.catalog import make_catalog
 from tests.pipelines.test_similar import RUN_DATE
 from tests.pipelines.test_similar import build_world
-from transforms import reports
-from transforms.reports import CAPTION_HEIGHT
-from transforms.reports import PAD
-from transforms.reports import TILE
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -100,6 +101,20 @@ def test_the_baseline_adds_a_second_row():
     decoded = Image.open(io.BytesIO(reports.png_bytes(sheet)))
     assert decoded.size == reports.sheet_size(4, 2, (60, 90))
     assert decoded.size == (PAD + 4 * 68, PAD + 2 * (90 + CAPTION_HEIGHT + PAD))
+
+
+def test_captions_stay_under_their_own_poster():
+    """A long model version under the target poster wraps inside its tile: nothing is drawn in
+    the gap between the target's caption and its first neighbour's (title, score)."""
+    neighbours = [(poster_jpeg(1), "The Labyrinth and the Island (1976)", 0.995)]
+    version = "poster_embedding_small_cnn-37e3236f612e"
+    sheet = reports.contact_sheet(poster_jpeg(0), "Last Symphony (2022)", neighbours,
+                                  names=(version, "baseline"))  # fmt: skip
+    caption_top = PAD + TILE[1]
+    gap = sheet.crop((PAD + TILE[0], caption_top, 2 * PAD + TILE[0], caption_top + CAPTION_HEIGHT))
+    assert set(gap.getdata()) == {(255, 255, 255)}
+    under_target = sheet.crop((PAD, caption_top, PAD + TILE[0], caption_top + CAPTION_HEIGHT))
+    assert len(set(under_target.getdata())) > 2  # the caption is drawn there
 
 
 def test_sheets_from_the_index_are_deterministic(world, sheets):
@@ -248,3 +263,25 @@ def test_a_run_without_nightly_outputs_still_reports(world):
     values = data_keys(reports.html_report(run))
     assert values["stage.scrape.seconds"] == "12.5"
     assert "No nightly report found" in reports.html_report(run)
+
+
+def test_scatter_points_keep_pairs_with_a_year_and_a_rating():
+    films = {2: types.SimpleNamespace(year=1999), 3: types.SimpleNamespace(year=None),
+             4: types.SimpleNamespace(year=2001)}  # fmt: skip
+    pairs = [(1, 2, 0.9), (1, 3, 0.8), (1, 4, 0.7), (1, 5, 0.6)]
+    scatter = reports.scatter_points(pairs, "the index", films, ({2: 3.5, 3: 4.0, 5: 2.0}, 7))
+    assert scatter == {
+        "points": [{"movie_id": 1, "neighbor_id": 2, "score": 0.9, "year": 1999, "rating": 3.5}],
+        "pairs": 4, "pairs_with_data": 1, "users": 7, "source": "the index",
+    }  # fmt: skip
+
+
+def test_scatter_points_are_a_seeded_sample_when_there_are_too_many():
+    films = {n: types.SimpleNamespace(year=1990 + n % 20) for n in range(100)}
+    pairs = [(m, n, 0.5) for m in range(10) for n in range(100)]
+    ratings = ({n: 3.0 for n in range(100)}, 5)
+    first = reports.scatter_points(pairs, "x", films, ratings, max_points=50, seed=1)
+    assert len(first["points"]) == 50 and first["pairs_with_data"] == 1000
+    assert first == reports.scatter_points(pairs, "x", films, ratings, max_points=50, seed=1)
+    keys = [(p["movie_id"], p["neighbor_id"]) for p in first["points"]]
+    assert keys == sorted(keys)

@@ -2,7 +2,11 @@
 
 ``start_synthetic_web`` writes a MovieLens-style ``links.csv`` for N synthetic films, starts the
 fake TMDb/IMDb/image server on 127.0.0.1 with a few realistic faults, and points the scrape
-options at it, so the whole stage runs with no internet and no cloud account.
+options at it, so the whole stage runs with no internet and no cloud account;
+``write_synthetic_history`` writes the same films' watch history for the nightly job.
+
+This is the one product module that imports ``synthetic`` (see ARCHITECTURE.md): the stages
+reach the synthetic web through it, for ``--synthetic_films``, and never otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from collections.abc import Iterator
 
 from synthetic.catalog import SyntheticCatalog
 from synthetic.catalog import make_catalog
+from synthetic.catalog import make_watch_history
 from synthetic.catalog import write_links_csv
+from synthetic.catalog import write_ratings_csv
 from synthetic.web import FaultPlan
 from synthetic.web import PosterWeb
 
@@ -58,3 +64,11 @@ def start_synthetic_web(
     write_links_csv(path, catalog.films)
     with PosterWeb.from_catalog(catalog, api_key=DEMO_API_KEY, faults=faults) as web:
         yield SyntheticWeb(catalog=catalog, web=web, catalog_path=path)
+
+
+def write_synthetic_history(films: int, seed: int, users: int, folder: str) -> str:
+    """The synthetic catalog's watch history (MovieLens ratings CSV) under ``folder``."""
+    path = os.path.join(folder, "synthetic_input", f"ratings-{films}-seed{seed}.csv")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_ratings_csv(path, make_watch_history(make_catalog(films, seed=seed), users, seed=seed))
+    return path

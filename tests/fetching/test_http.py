@@ -7,14 +7,14 @@ import dataclasses
 
 import pytest
 
+from fetching.http import FetchError
+from fetching.http import FetchPolicy
+from fetching.http import PoliteFetcher
+from fetching.http import host_allowed
+from fetching.http import parse_retry_after
 from synthetic.catalog import make_catalog
 from synthetic.web import FaultPlan
 from synthetic.web import PosterWeb
-from transforms.http import FetchError
-from transforms.http import FetchPolicy
-from transforms.http import PoliteFetcher
-from transforms.http import host_allowed
-from transforms.http import parse_retry_after
 
 CATALOG = make_catalog(120, seed=3)
 KEY = "s3cret-key-value"

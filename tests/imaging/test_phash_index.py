@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
-from transforms.phash_index import candidate_pairs
-from transforms.phash_index import group_near_duplicates
+from imaging.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from imaging.phash_index import candidate_pairs
+from imaging.phash_index import group_near_duplicates
 
 BIT = np.uint64(1)
 

@@ -8,14 +8,14 @@ import pathlib
 import pytest
 
 from schemas import DeadLetter
+from storage.files import parquet_encoder
+from storage.files import read_parquet_records
+from storage.runs import discard_unpublished
+from storage.runs import publish_run
+from storage.runs import published_paths
+from storage.runs import published_runs
+from storage.runs import run_of
 from transforms.manifest import OutputLayout
-from transforms.runs import discard_unpublished
-from transforms.runs import publish_run
-from transforms.runs import published_paths
-from transforms.runs import published_runs
-from transforms.runs import run_of
-from transforms.sinks import parquet_encoder
-from transforms.sinks import read_parquet_records
 
 
 def dead(run_id: str, row: str) -> DeadLetter:
@@ -46,7 +46,7 @@ def root(tmp_path) -> pathlib.Path:
 
 def test_readers_take_only_published_runs_and_say_what_they_skip(root, caplog):
     pattern = str(root / DeadLetter.TABLE / "*" / "*.parquet")
-    with caplog.at_level(logging.WARNING, logger="transforms.runs"):
+    with caplog.at_level(logging.WARNING, logger="storage.runs"):
         rows = read_parquet_records(pattern, DeadLetter)
     assert sorted(r.input_row for r in rows) == ["a", "b"]
     assert "run-0002" in caplog.text and "no manifest" in caplog.text

@@ -6,11 +6,11 @@ import socket
 
 import pytest
 
+from fetching.http import FetchError
+from fetching.http import FetchPolicy
+from fetching.http import PoliteFetcher
 from tests.faulty_host import FaultyHost
 from tests.faulty_host import closed_port
-from transforms.http import FetchError
-from transforms.http import FetchPolicy
-from transforms.http import PoliteFetcher
 
 UNRESOLVABLE = "posters.invalid"
 

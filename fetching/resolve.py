@@ -27,12 +27,11 @@ from typing import Any
 
 import bs4
 
-from transforms.catalog import normalise_genres
+from schemas.genres import normalise_genres
 
 NOT_A_TITLE_PAGE = "not_a_title_page"
 NO_POSTER_IN_PAGE = "no_poster_in_page"
 NO_POSTER_PATH = "no_poster_path"
-NO_TMDB_MATCH = "no_tmdb_match"
 REDACTED = "REDACTED"
 
 TITLE_TYPES = frozenset(
@@ -198,13 +197,6 @@ def tmdb_movie_url(api_base: str, tmdb_id: int) -> str:
     return f"{api_base.rstrip('/')}/movie/{tmdb_id}"
 
 
-def tmdb_find_url(api_base: str, imdb_id: str) -> str:
-    """The TMDb API v3 URL that finds a film by IMDb id (the API key is added by the caller)."""
-    if not isinstance(imdb_id, str) or not _IMDB_ID.fullmatch(imdb_id):
-        raise ValueError(f"IMDb id {imdb_id!r} is not 'tt' followed by 7 or more digits")
-    return f"{api_base.rstrip('/')}/find/{imdb_id}?external_source=imdb_id"
-
-
 def _poster_path(body: Any) -> str | None:
     path = body.get("poster_path") if isinstance(body, dict) else None
     return path.strip() if isinstance(path, str) and path.strip() else None
@@ -219,23 +211,6 @@ def parse_tmdb_movie(body: dict) -> str:
         movie = body.get("id") if isinstance(body, dict) else None
         raise NoPosterFound(NO_POSTER_PATH, f"TMDb movie {movie} has no poster_path{why}")
     return path
-
-
-def parse_tmdb_find(body: dict) -> str:
-    """The ``poster_path`` of the first film (else TV) result of a TMDb find-by-IMDb-id answer."""
-    results = []
-    for key in ("movie_results", "tv_results"):
-        found = body.get(key) if isinstance(body, dict) else None
-        results.extend(item for item in found or [] if isinstance(item, dict))
-    if not results:
-        raise NoPosterFound(NO_TMDB_MATCH, "TMDb found no film or series for this IMDb id")
-    for item in results:
-        path = _poster_path(item)
-        if path is not None:
-            return path
-    raise NoPosterFound(
-        NO_POSTER_PATH, f"TMDb result {results[0].get('id')} for this IMDb id has no poster_path"
-    )
 
 
 def tmdb_image_url(image_base: str, poster_path: str) -> str:

@@ -19,7 +19,7 @@ from PIL import ImageFile
 from PIL import ImageOps
 from PIL import UnidentifiedImageError
 
-from transforms.image_match import thumbnail_signature
+from imaging.image_match import thumbnail_signature
 
 REASON_EMPTY_BODY = "empty_body"
 REASON_NOT_AN_IMAGE = "not_an_image"
@@ -83,7 +83,7 @@ class NormalisedImage:
     original_format: str
     content_sha256: str
     phash: int
-    signature: bytes  # transforms.image_match.thumbnail_signature of the stored pixels
+    signature: bytes  # imaging.image_match.thumbnail_signature of the stored pixels
 
 
 class _StrictTruncation:

@@ -19,14 +19,14 @@ from PIL import ImageDraw
 from PIL import ImageEnhance
 from PIL import ImageFile
 
-from transforms.images import ImageRejected
-from transforms.images import NormalisedImage
-from transforms.images import hamming
-from transforms.images import normalise_image
-from transforms.images import phash64
-from transforms.images import phash_from_hex
-from transforms.images import phash_hex
-from transforms.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
+from imaging.images import ImageRejected
+from imaging.images import NormalisedImage
+from imaging.images import hamming
+from imaging.images import normalise_image
+from imaging.images import phash64
+from imaging.images import phash_from_hex
+from imaging.images import phash_hex
+from imaging.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 
 POSTER_SIZE = (182, 268)
 NEAR_COPY_LIMIT = 8

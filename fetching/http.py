@@ -27,7 +27,7 @@ import requests
 import requests.adapters
 import urllib3.exceptions
 
-from transforms.resolve import redact_secrets
+from fetching.resolve import redact_secrets
 
 DEFAULT_USER_AGENT = (
     "poster-recs-scraper/0.1 (poster similarity research crawler; "
@@ -267,6 +267,24 @@ class HostRateLimiter:
             self._sleep(ready - now)
 
 
+@dataclasses.dataclass
+class _Attempts:
+    """Where one GET stands: the URL asked for now (and its query), the attempts and redirects
+    so far, and the last attempt's status and why it failed."""
+
+    current: str
+    params: Mapping[str, str] | None
+    attempts: int = 0
+    redirects: int = 0
+    last_status: int | None = None
+    last_reason: str = ""
+    last_detail: str = ""
+
+    def failed(self, reason: str, detail: str) -> None:
+        """Record why the last attempt failed."""
+        self.last_reason, self.last_detail = reason, detail
+
+
 class PoliteFetcher:
     """Fetches URLs politely; safe to share between threads of one worker."""
 
@@ -302,90 +320,106 @@ class PoliteFetcher:
         """GET ``url`` (plus query ``params``, which may hold secrets) or raise FetchError."""
         shown = self.redact(url)
         self._check_target(url, shown, redirected=False)
-        attempts = 0
-        redirects = 0
-        last_status: int | None = None
-        last_reason, last_detail = "", ""
-        current = url
-        while attempts < self.policy.max_attempts:
-            attempts += 1
-            netloc = urllib.parse.urlsplit(current).netloc.lower()
-            self._limiter.wait(netloc)
-            try:
-                response = self._session.get(
-                    current,
-                    params=params,
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(self.policy.connect_timeout_s, self.policy.read_timeout_s),
-                )
-            except requests.RequestException as exc:
-                last_reason, last_detail = classify_network_error(exc, netloc)
-                last_detail = self.redact(last_detail)
-                self._backoff(attempts, None)
-                continue
-            with response:
-                last_status = response.status_code
-                if response.is_redirect or response.status_code in (301, 302, 303, 307, 308):
-                    location = response.headers.get("Location", "")
-                    target = urllib.parse.urljoin(current, location)
-                    redirects += 1
-                    if redirects > self.policy.max_redirects:
-                        raise FetchError(
-                            "too_many_redirects",
-                            f"more than {self.policy.max_redirects} redirects",
-                            url=shown,
-                            http_status=last_status,
-                            attempts=attempts,
-                        )
-                    self._check_target(target, self.redact(target), redirected=True)
-                    current = target
-                    params = None if urllib.parse.urlsplit(target).query else params
-                    attempts -= 1  # a redirect is not a failed attempt
-                    continue
-                if response.status_code in RETRYABLE_STATUS:
-                    retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                    last_reason = f"http_{response.status_code}"
-                    last_detail = f"HTTP {response.status_code} from {shown}"
-                    if retry_after is not None and retry_after > self.policy.max_retry_after_s:
-                        raise FetchError(
-                            "retry_after_too_long",
-                            f"server asked to wait {retry_after:.0f}s "
-                            f"(limit {self.policy.max_retry_after_s:.0f}s)",
-                            url=shown,
-                            http_status=last_status,
-                            attempts=attempts,
-                        )
-                    self._backoff(attempts, retry_after)
-                    continue
-                if response.status_code >= 400:
-                    raise FetchError(
-                        f"http_{response.status_code}",
-                        f"HTTP {response.status_code} from {shown}",
-                        url=shown,
-                        http_status=last_status,
-                        attempts=attempts,
-                    )
-                self._check_x_robots(response.headers, shown, attempts)
-                try:
-                    body = self._read_body(response, shown, attempts)
-                except _TruncatedBody as exc:
-                    last_reason, last_detail = exc.reason, str(exc)
-                    self._backoff(attempts, None)
-                    continue
-                return FetchResponse(
-                    url=self.redact(response.url or current),
-                    status=response.status_code,
-                    headers=dict(response.headers),
-                    body=body,
-                    attempts=attempts,
-                )
+        state = _Attempts(current=url, params=params)
+        while state.attempts < self.policy.max_attempts:
+            state.attempts += 1
+            response = self._attempt(state, shown)
+            if response is not None:
+                return response
         raise FetchError(
-            last_reason or "gave_up",
-            f"gave up after {attempts} attempts: {last_detail}",
+            state.last_reason or "gave_up",
+            f"gave up after {state.attempts} attempts: {state.last_detail}",
             url=shown,
-            http_status=last_status,
-            attempts=attempts,
+            http_status=state.last_status,
+            attempts=state.attempts,
+        )
+
+    def _attempt(self, state: _Attempts, shown: str) -> FetchResponse | None:
+        """One request of a GET: the response, or None to try again (``state`` says why);
+        FetchError when trying again cannot help."""
+        netloc = urllib.parse.urlsplit(state.current).netloc.lower()
+        self._limiter.wait(netloc)
+        try:
+            response = self._session.get(
+                state.current,
+                params=state.params,
+                stream=True,
+                allow_redirects=False,
+                timeout=(self.policy.connect_timeout_s, self.policy.read_timeout_s),
+            )
+        except requests.RequestException as exc:
+            reason, detail = classify_network_error(exc, netloc)
+            state.failed(reason, self.redact(detail))
+            self._backoff(state.attempts, None)
+            return None
+        with response:
+            state.last_status = response.status_code
+            if response.is_redirect or response.status_code in (301, 302, 303, 307, 308):
+                self._follow_redirect(response, state, shown)
+                return None
+            if response.status_code in RETRYABLE_STATUS:
+                self._wait_to_retry(response, state, shown)
+                return None
+            return self._accept(response, state, shown)
+
+    def _follow_redirect(self, response: requests.Response, state: _Attempts, shown: str) -> None:
+        """Point ``state`` at the redirect's target, once it passes the checks of a first URL."""
+        target = urllib.parse.urljoin(state.current, response.headers.get("Location", ""))
+        state.redirects += 1
+        if state.redirects > self.policy.max_redirects:
+            raise FetchError(
+                "too_many_redirects",
+                f"more than {self.policy.max_redirects} redirects",
+                url=shown,
+                http_status=state.last_status,
+                attempts=state.attempts,
+            )
+        self._check_target(target, self.redact(target), redirected=True)
+        state.current = target
+        state.params = None if urllib.parse.urlsplit(target).query else state.params
+        state.attempts -= 1  # a redirect is not a failed attempt
+
+    def _wait_to_retry(self, response: requests.Response, state: _Attempts, shown: str) -> None:
+        """Back off after a retryable status, as long as the server asks (within the limit)."""
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        state.failed(f"http_{response.status_code}", f"HTTP {response.status_code} from {shown}")
+        if retry_after is not None and retry_after > self.policy.max_retry_after_s:
+            raise FetchError(
+                "retry_after_too_long",
+                f"server asked to wait {retry_after:.0f}s "
+                f"(limit {self.policy.max_retry_after_s:.0f}s)",
+                url=shown,
+                http_status=state.last_status,
+                attempts=state.attempts,
+            )
+        self._backoff(state.attempts, retry_after)
+
+    def _accept(
+        self, response: requests.Response, state: _Attempts, shown: str
+    ) -> FetchResponse | None:
+        """The response of a final status: FetchError for an error status or a robots header
+        that forbids it, None (after a back-off) for a truncated body, else the response."""
+        if response.status_code >= 400:
+            raise FetchError(
+                f"http_{response.status_code}",
+                f"HTTP {response.status_code} from {shown}",
+                url=shown,
+                http_status=state.last_status,
+                attempts=state.attempts,
+            )
+        self._check_x_robots(response.headers, shown, state.attempts)
+        try:
+            body = self._read_body(response, shown, state.attempts)
+        except _TruncatedBody as exc:
+            state.failed(exc.reason, str(exc))
+            self._backoff(state.attempts, None)
+            return None
+        return FetchResponse(
+            url=self.redact(response.url or state.current),
+            status=response.status_code,
+            headers=dict(response.headers),
+            body=body,
+            attempts=state.attempts,
         )
 
     # ------------------------------------------------------------------ checks

@@ -1,4 +1,4 @@
-"""Tests for transforms.resolve: IMDb title pages, TMDb answers, URL building and redaction."""
+"""Tests for fetching.resolve: IMDb title pages, TMDb answers, URL building and redaction."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import urllib.parse
 
 import pytest
 
-from transforms import resolve
-from transforms.resolve import NoPosterFound
-from transforms.resolve import NotATitlePage
+from fetching import resolve
+from fetching.resolve import NoPosterFound
+from fetching.resolve import NotATitlePage
 
 STAR_WARS_OG_IMAGE = (
     "https://m.media-amazon.com/images/M/MV5BNzVlY2MwMjktM2E4OS00Y2Y3LWE3ZjctYzhkZGM3YzA1ZWM2"
@@ -204,10 +204,6 @@ def test_tmdb_urls():
     api = "https://api.themoviedb.org/3"
     assert resolve.tmdb_movie_url(api + "/", 299537) == "https://api.themoviedb.org/3/movie/299537"
     assert (
-        resolve.tmdb_find_url(api, "tt1375666")
-        == "https://api.themoviedb.org/3/find/tt1375666?external_source=imdb_id"
-    )
-    assert (
         resolve.tmdb_image_url(
             "https://image.tmdb.org/t/p/w500/", "/aRJAoQ6mqPHAKXjP3CqNyLC8FAh.jpg"
         )
@@ -232,11 +228,6 @@ def test_real_tmdb_movie_answers(shared_data: pathlib.Path):
     )
 
 
-def test_real_tmdb_find_answer(shared_data: pathlib.Path):
-    body = tmdb_body(shared_data, "find__search_imdb.json")
-    assert resolve.parse_tmdb_find(body) == "/tAXARVreJnWfoANIHASmgYk4SB0.jpg"
-
-
 def test_real_recorded_uris_carry_no_key(shared_data: pathlib.Path):
     folder = shared_data / "pages" / "tmdb"
     for path in sorted(folder.glob("*__*.json")):
@@ -252,17 +243,6 @@ def test_tmdb_movie_without_poster():
         resolve.parse_tmdb_movie(
             {"status_code": 34, "status_message": "The resource you requested could not be found."}
         )
-
-
-def test_tmdb_find_results():
-    tv_only = {"movie_results": [], "tv_results": [{"id": 1399, "poster_path": "/tv.jpg"}]}
-    assert resolve.parse_tmdb_find(tv_only) == "/tv.jpg"
-    with pytest.raises(NoPosterFound) as raised:
-        resolve.parse_tmdb_find({"movie_results": [], "tv_results": []})
-    assert raised.value.reason == "no_tmdb_match"
-    with pytest.raises(NoPosterFound) as raised:
-        resolve.parse_tmdb_find({"movie_results": [{"id": 7, "poster_path": None}]})
-    assert raised.value.reason == "no_poster_path"
 
 
 def test_redact_secrets():

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-# The first of two checks (the second, transforms.image_match, confirms each candidate pair), so it
+# The first of two checks (the second, imaging.image_match, confirms each candidate pair), so it
 # is set for recall. Measured on the real posters of the shared data (4,433 posters,
 # benchmarks/dedupe_quality.py): copies cropped 3% off every edge stay within 8 bits of their
 # original for 0.84 of posters and within 14 for 0.9955 (copies resized to 60%, JPEG q55 or
