@@ -67,7 +67,7 @@ from transforms.warehouse import WAREHOUSE_STAGE
 from transforms.warehouse import Warehouse
 from transforms.warehouse import WriteWarehouseTable
 from transforms.warehouse import clear_staging
-from transforms.warehouse import finish_publishing
+from transforms.warehouse import clear_unpublished
 from transforms.warehouse import publish_bigquery
 from transforms.warehouse import publish_partitions
 
@@ -371,7 +371,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     options = COMMAND.parse(argv)
     job = build_job(options)
     if job.warehouse.kind == "duckdb":
-        finish_publishing(job.warehouse)  # a publish a killed job committed but did not swap in
+        clear_unpublished(job.warehouse)  # what a publish killed before or after its swap left
     for table in (NeighborRow, CandidateRow):
         clear_staging(job.warehouse, table, job.run_date)
     pipeline = make_pipeline(options, test_pipeline)

@@ -1,16 +1,18 @@
 """The warehouse the downstream recommender reads: BigQuery on GCP, DuckDB locally.
 
 Either way the job writes a date's rows as Parquet into a staging folder and leaves the published
-date alone; after the job one transaction replaces the date's rows of every table.
-``--warehouse=duckdb:///path/file.duckdb`` keeps Parquet partitions next to the database
-(``{db}_parquet/{table}/run_date=YYYY-MM-DD/``, staged under ``{db}_parquet/_staging/``): the
-DuckDB transaction also records the partitions to swap in, and the staging folders are then
-renamed into place; a publish killed after its commit is finished by the next job before it does
-anything else. ``--warehouse=bq://project.dataset`` stages under ``{output}/bigquery/_staging/``
-(gs:// on GCP); the staged files are loaded into staging tables and one BigQuery multi-statement
-transaction swaps the date into the day-partitioned tables (:mod:`storage.bigquery`). A killed
-job leaves the old date intact, and a rerun of a date replaces its rows. A row with a NaN or
-infinite number (a score) is refused before the write: it becomes a dead letter instead.
+date alone; after the job one step replaces the date's rows of every table.
+``--warehouse=duckdb:///path/file.duckdb`` keeps the rows as Parquet next to the database
+(``{db}_parquet/{table}/run_date=YYYY-MM-DD/``, staged under ``{db}_parquet/_staging/``), and
+the database's tables are views over them: the staged files become a new version of the date,
+published for DuckDB and the Parquet readers at once by replacing one symlink, an atomic rename
+on local disk (:mod:`storage.local_warehouse`; a DuckDB warehouse is always a local file).
+``--warehouse=bq://project.dataset`` stages under ``{output}/bigquery/_staging/`` (gs:// on GCP,
+where no rename is atomic); the staged files are loaded into staging tables and one BigQuery
+multi-statement transaction swaps the date into the day-partitioned tables
+(:mod:`storage.bigquery`). A killed job leaves the old date intact, and a rerun of a date
+replaces its rows. A row with a NaN or infinite number (a score) is refused before the write: it
+becomes a dead letter instead.
 """
 
 from __future__ import annotations
@@ -24,21 +26,19 @@ import os
 from collections.abc import Sequence
 
 import apache_beam as beam
-import duckdb
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import DeadLetter
 from schemas import Kind
 from schemas import Record
 from storage import bigquery
+from storage import local_warehouse
 from storage.files import parquet_encoder
 from transforms.sinks import WriteShards
 
 WAREHOUSE_STAGE = "warehouse"
 REFUSED = "refused"
 STAGING_FOLDER = "_staging"
-PENDING_TABLE = "_pending_partitions"
-"""DuckDB table of the partitions whose rows are committed but whose Parquet is not yet swapped."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,21 +70,19 @@ class Warehouse:
 
     @property
     def parquet_root(self) -> str:
-        """Folder of the Parquet copies (DuckDB) or of the staged Parquet (BigQuery)."""
+        """Folder of the Parquet that DuckDB's views read, or of the staged Parquet (BigQuery)."""
         if self.kind == "bq":
             return self.staging_root
         return self.target[: -len(".duckdb")] + "_parquet"
 
     def partition_dir(self, table: type[Record], run_date: datetime.date) -> str:
-        """The published Parquet folder of one table's run date."""
-        return self._folder(table.TABLE, run_date)
+        """The published Parquet folder of one table's run date (DuckDB warehouse)."""
+        return local_warehouse.partition_dir(self.parquet_root, table.TABLE, run_date)
 
     def staging_dir(self, table: type[Record], run_date: datetime.date) -> str:
         """Where a job writes one table's run date before it is published."""
-        return self._folder(table.TABLE, run_date, STAGING_FOLDER)
-
-    def _folder(self, name: str, run_date: datetime.date, *under: str) -> str:
-        return os.path.join(self.parquet_root, *under, name, f"run_date={run_date.isoformat()}")
+        folder = local_warehouse.date_folder(run_date)
+        return os.path.join(self.parquet_root, STAGING_FOLDER, table.TABLE, folder)
 
     @property
     def project_dataset(self) -> tuple[str, str]:
@@ -192,73 +190,19 @@ class WriteWarehouseTable(beam.PTransform):
         )
 
 
-def _swap_in(warehouse: Warehouse, name: str, run_date: datetime.date) -> None:
-    """Rename a staged partition into place (the old one aside, then deleted); idempotent, so a
-    swap killed half-way is finished by running it again."""
-    staged = warehouse._folder(name, run_date, STAGING_FOLDER)
-    live = warehouse._folder(name, run_date)
-    replaced = staged + ".replaced"
-    if FileSystems.exists(staged):
-        if FileSystems.exists(live):
-            if FileSystems.exists(replaced):
-                FileSystems.delete([replaced])
-            FileSystems.rename([live], [replaced])
-        parent = os.path.dirname(live)
-        if not FileSystems.exists(parent):
-            FileSystems.mkdirs(parent)
-        FileSystems.rename([staged], [live])
-    if FileSystems.exists(replaced):
-        FileSystems.delete([replaced])
-
-
-def _finish_pending(con, warehouse: Warehouse) -> list[tuple[str, datetime.date]]:
-    """Swap in every partition whose rows DuckDB committed but whose Parquet is not in place."""
-    con.execute(f"CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (table_name VARCHAR, run_date DATE)")
-    pending = con.execute(f"SELECT table_name, run_date FROM {PENDING_TABLE} ORDER BY ALL")
-    done = pending.fetchall()
-    for name, run_date in done:
-        _swap_in(warehouse, name, run_date)
-        con.execute(
-            f"DELETE FROM {PENDING_TABLE} WHERE table_name = ? AND run_date = ?", [name, run_date]
-        )
-    return done
-
-
-def finish_publishing(warehouse: Warehouse) -> list[tuple[str, datetime.date]]:
-    """Finish the publish a killed job committed in DuckDB but did not swap into Parquet."""
-    if not FileSystems.exists(warehouse.target):
-        return []
-    with duckdb.connect(warehouse.target) as con:
-        return _finish_pending(con, warehouse)
+def clear_unpublished(warehouse: Warehouse) -> list[str]:
+    """Delete what a killed publish left beside the published dates of a DuckDB warehouse."""
+    return local_warehouse.clear_unpublished(warehouse.target, warehouse.parquet_root)
 
 
 def publish_partitions(
     warehouse: Warehouse, tables: Sequence[type[Record]], run_date: datetime.date
 ) -> dict[str, int]:
-    """Replace a run date of ``tables`` in one step with what the job staged: DuckDB's rows in
-    one transaction (which also records the swap), then each staged Parquet folder renamed into
-    place. Returns the rows now held per table for the date."""
-    os.makedirs(os.path.dirname(warehouse.target) or ".", exist_ok=True)
-    with duckdb.connect(warehouse.target) as con:
-        _finish_pending(con, warehouse)
-        for table in tables:
-            con.register("empty_rows", table.to_arrow([]))
-            con.execute(f"CREATE TABLE IF NOT EXISTS {table.TABLE} AS SELECT * FROM empty_rows")
-            con.unregister("empty_rows")
-        con.execute("BEGIN TRANSACTION")
-        for table in tables:
-            files = os.path.join(warehouse.staging_dir(table, run_date), "*.parquet")
-            con.execute(f"DELETE FROM {table.TABLE} WHERE {table.c.run_date} = ?", [run_date])
-            con.execute(f"INSERT INTO {table.TABLE} SELECT * FROM read_parquet(?)", [files])
-            con.execute(f"INSERT INTO {PENDING_TABLE} VALUES (?, ?)", [table.TABLE, run_date])
-        con.execute("COMMIT")
-        _finish_pending(con, warehouse)
-        return {
-            table.TABLE: con.execute(
-                f"SELECT count(*) FROM {table.TABLE} WHERE {table.c.run_date} = ?", [run_date]
-            ).fetchone()[0]
-            for table in tables
-        }
+    """Replace a run date of ``tables`` with what the job staged, in one step that DuckDB and
+    the Parquet partitions see at once (:mod:`storage.local_warehouse`). Returns the rows now
+    held per table for the date."""
+    staged = {table: warehouse.staging_dir(table, run_date) for table in tables}
+    return local_warehouse.publish_date(warehouse.target, warehouse.parquet_root, staged, run_date)
 
 
 def publish_bigquery(
