@@ -47,6 +47,7 @@ from models.scoring import CandidateConfig
 from models.training import PosterTrainer
 from models.training import SplitData
 from models.training import TrainConfig
+from models.training import score_spread
 from schemas import WatchEvent
 
 WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
@@ -259,30 +260,51 @@ def main() -> None:
         "audience + genre inputs", config, embeddings["cold_targets"], NEIGHBORS_K, args.seed,
         COLD_K,
     )  # fmt: skip
-    cold.recall[offline_eval.HYBRID_COLD + " + genre inputs"] = genre_cold.recall[
-        offline_eval.HYBRID_COLD
-    ]
+    for name in (offline_eval.HYBRID_COLD, offline_eval.HYBRID_COLD_POP):
+        cold.recall[name + " + genre inputs"] = genre_cold.recall[name]
     print(f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {warm.blend}")
     print(ev.format_table(warm.means(), warm.users))
+    print("\ncosine scores, percentiles 5/50/95: random pairs | each film's 10 nearest")
+    for name, vectors in embeddings["warm"].items():
+        spread = score_spread(vectors)
+        line = " | ".join(
+            "/".join(f"{spread[part][p]:.2f}" for p in ("p5", "p50", "p95"))
+            for part in ("random_pairs", "top_neighbours")
+        )
+        print(f"  {name:<16}{line}")
     users = len(next(iter(cold.recall.values())))
     print()
     print(ev.format_cold_table(cold.means(), users, cold.hidden_films, COLD_K))
     found = offline_eval.intervals(warm, cold, "audience", args.seed)
-    found["cold Recall@20: hybrid + genre inputs - genre profile"] = ev.paired_bootstrap(
-        cold.recall[offline_eval.HYBRID_COLD + " + genre inputs"], cold.recall["genre profile"],
+    for name in (offline_eval.HYBRID_COLD, offline_eval.HYBRID_COLD_POP):
+        found[f"cold Recall@20: {name} + genre inputs - genre profile"] = ev.paired_bootstrap(
+            cold.recall[name + " + genre inputs"], cold.recall["genre profile"], args.seed
+        )
+    # The targets as differences: audience ranker - 2.5 x ImageNet kNN, genre inputs - 2.5 x genres.
+    found["cold Recall@20: audience ranker - 2.5 x poster kNN: ImageNet"] = ev.paired_bootstrap(
+        cold.recall[offline_eval.HYBRID_COLD_POP], 2.5 * cold.recall["poster kNN: ImageNet"],
         args.seed,
     )
+    found["cold Recall@20: audience ranker + genre inputs - 2.5 x genre profile"] = (
+        ev.paired_bootstrap(
+            cold.recall[offline_eval.HYBRID_COLD_POP + " + genre inputs"],
+            2.5 * cold.recall["genre profile"], args.seed,
+        )
+    )
+    print(f"cold: weight of the poster-estimated popularity chosen on the validation hold-out: "
+          f"{cold.popularity_weight} (genre inputs: {genre_cold.popularity_weight}); trials "
+          f"{cold.trials}")  # fmt: skip
     print()
     print(offline_eval.format_intervals(found))
     hybrid, pop, cw = (warm.hits[n]["HR@100"] for n in (offline_eval.HYBRID, "popularity",
                                                          offline_eval.COWATCH))  # fmt: skip
-    aud = cold.recall["poster kNN: audience"]
-    hyb = cold.recall[offline_eval.HYBRID_COLD]
+    aud = cold.recall[offline_eval.HYBRID_COLD_POP]
     recall = cold.recall
     cpu_minutes = (time.process_time() - cpu) / 60
     print(f"elapsed {time.perf_counter() - started:.0f} s wall, {cpu_minutes:.1f} CPU minutes")
-    print(f"cold Recall@20 of the hybrid (co-watch of watched films -> audience posters): "
-          f"{hyb.mean():.4f}")  # fmt: skip
+    print(f"cold_recall20_audience: the audience model as a cold-start ranker ({aud.mean():.4f}: "
+          f"{offline_eval.HYBRID_COLD_POP}); poster-to-poster kNN of the same model: "
+          f"{cold.recall['poster kNN: audience'].mean():.4f}")  # fmt: skip
     print(
         f"RESULT warm_hr100_hybrid={hybrid.mean():.4f} warm_hr100_popularity={pop.mean():.4f} "
         f"warm_hr100_cowatch={cw.mean():.4f} cold_recall20_audience={aud.mean():.4f} "

@@ -201,14 +201,17 @@ def paired_bootstrap(
     return {"difference": float(diff.mean()), "low": float(low), "high": float(high)}
 
 
-def cold_neighbour_recommender(lists: Lists, config: CandidateConfig) -> Recommender:
-    """Cold start: the nightly scoring over lists that hold only hidden films."""
+def cold_neighbour_recommender(
+    lists: Lists, config: CandidateConfig, popularity: Popularity | None = None
+) -> Recommender:
+    """Cold start: the nightly scoring over lists that hold only hidden films (``popularity``:
+    theirs, estimated from their posters)."""
 
     def recommend(user: int, history: Sequence[WatchEvent], held: WatchEvent | None) -> list[int]:
         if not history:
             return []
         reference = max(e.watched_at for e in history)
-        return [m for m, _, _ in rank_candidates(history, lists, config, reference)]
+        return [m for m, _, _ in rank_candidates(history, lists, config, reference, popularity)]
 
     return recommend
 

@@ -10,7 +10,10 @@ Used by ``pipelines.evaluate`` (and so by the nightly job and its report) and by
 * **cold start** (:mod:`models.cold_start`): every watch of the hidden films is removed; each
   user's hidden films are ranked among all hidden films from the visible history (Recall@k), by
   the methods that need no hidden film's history: random, the genre profile, poster kNN of the
-  given models, and the hybrid's way (the posters nearest to each watched film's co-watch vector).
+  given models, the hybrid's way (the posters nearest to each watched film's co-watch vector) and
+  the hybrid's way with each hidden film's popularity estimated from its poster
+  (:func:`models.scoring.estimated_popularity`), weighted by :func:`tune_cold_popularity` on a
+  validation hold-out of the *visible* films (another seed), never on the hidden ones.
 """
 
 from __future__ import annotations
@@ -27,12 +30,18 @@ from models import candidate_eval as ev
 from models import cowatch
 from models.cold_start import Holdout
 from models.cold_start import cold_split
+from models.scoring import POPULARITY_NEIGHBOURS
 from models.scoring import CandidateConfig
+from models.scoring import Popularity
+from models.scoring import estimated_popularity
 from schemas import WatchEvent
 
 Vectors = tuple[np.ndarray, np.ndarray]
 HYBRID = "hybrid (tuned blend)"
 HYBRID_COLD = "hybrid: co-watch of watched -> poster"
+HYBRID_COLD_POP = "hybrid + popularity estimated from poster"
+COLD_POPULARITY_GRID = (0.0, 0.1, 0.3, 0.5, 1.0)
+"""Weights of the poster-estimated popularity tried on the cold validation hold-out."""
 COWATCH = "co-watch kNN"
 GENRES = "genre profile"
 BASELINE_K = 50
@@ -60,6 +69,8 @@ class ColdResult:
     hidden_films: int
     k: int
     recall: dict[str, np.ndarray]
+    popularity_weight: float | None = None
+    trials: list[dict] = dataclasses.field(default_factory=list)
 
     def means(self) -> dict[str, float]:
         """Mean Recall@k per method."""
@@ -151,13 +162,77 @@ def cold_evaluation(
     for name, (ids, vectors) in posters.items():
         lists = ev.neighbour_lists(ids, vectors, k, among=hidden)
         methods[f"poster kNN: {name}"] = ev.cold_neighbour_recommender(lists, ranked)
+    weight, trials = None, []
     if hybrid_poster and _matching(queries, posters[hybrid_poster]):
-        ids, vectors = posters[hybrid_poster]
-        search = np.stack([queries.get(int(m), v) for m, v in zip(ids, vectors, strict=True)])
-        lists = ev.neighbour_lists(ids, vectors, k, hidden, search)
+        poster = posters[hybrid_poster]
+        lists, popularity = _cold_hybrid(cold.visible, hidden, poster, queries, k)
         methods[HYBRID_COLD] = ev.cold_neighbour_recommender(lists, ranked)
+        weight, trials = tune_cold_popularity(cold.visible, catalogue, holdout, poster, k, ranked)
+        methods[HYBRID_COLD_POP] = ev.cold_neighbour_recommender(
+            lists, dataclasses.replace(ranked, popularity_weight=weight), popularity
+        )
     recall = {name: ev.cold_recall(visible, cold.targets, m, top) for name, m in methods.items()}
-    return ColdResult(hidden_films=len(hidden), k=top, recall=recall)
+    return ColdResult(len(hidden), top, recall, weight, trials)
+
+
+def _cold_hybrid(
+    visible: Sequence[WatchEvent],
+    pool: set[int],
+    poster: Vectors,
+    queries: Mapping[int, np.ndarray],
+    k: int,
+) -> tuple[dict, Popularity]:
+    """The hybrid's cold-start inputs: each film's nearest ``pool`` posters searched with its
+    co-watch vector, and the ``pool`` films' popularity estimated from their posters."""
+    ids, vectors = poster
+    search = np.stack([queries.get(int(m), v) for m, v in zip(ids, vectors, strict=True)])
+    lists = ev.neighbour_lists(ids, vectors, k, pool, search)
+    watchers = collections.Counter(m for _, m in {(e.user_id, e.movie_id) for e in visible})
+    known = {int(m) for m in ids if watchers.get(int(m))}
+    near = ev.neighbour_lists(ids, vectors, POPULARITY_NEIGHBOURS, among=known)
+    estimates = estimated_popularity({m: watchers[m] for m in known}, near, sorted(pool))
+    return lists, Popularity.from_counts(estimates)
+
+
+def tune_cold_popularity(
+    visible: Sequence[WatchEvent],
+    catalogue: set[int],
+    holdout: Holdout,
+    poster: Vectors,
+    k: int,
+    ranked: CandidateConfig,
+) -> tuple[float, list[dict]]:
+    """The weight of poster-estimated popularity with the best Recall on a validation hold-out.
+
+    The validation films are those another seed (``holdout.seed + 1``) hides among the films
+    still visible. As the test does with the hidden films, their watches leave everything the
+    ranking uses: the co-watch vectors that search the posters (recomputed, in the poster
+    model's dimensions), the watcher counts and the users' histories; each user's validation
+    watches are the films to find. Only visible history is used: the hidden films never are.
+    The poster model itself was fitted to most validation films' posters, so the choice is
+    noisy; the grid stops at 1, where an estimated popularity can at most tie the user's best
+    neighbour match (scores are divided by the best): popularity never outweighs the history.
+    """
+    shown = {int(m) for m in catalogue} & {e.movie_id for e in visible}
+    validation = Holdout(holdout.fraction, holdout.seed + 1).hidden(shown)
+    split = cold_split(visible, validation)
+    if not split.targets:
+        return 0.0, []
+    dims = cowatch.CowatchConfig(dim=poster[1].shape[1])
+    ids, vectors = cowatch.cowatch_vectors(cowatch.history_matrix(split.visible), dims)
+    queries = dict(zip(ids.tolist(), vectors, strict=True))
+    lists, popularity = _cold_hybrid(split.visible, set(validation), poster, queries, k)
+    by_user = collections.defaultdict(list)
+    for e in split.visible:
+        by_user[e.user_id].append(e)
+    trials, best = [], (-1.0, 0.0)
+    for weight in COLD_POPULARITY_GRID:
+        config = dataclasses.replace(ranked, popularity_weight=weight)
+        recommend = ev.cold_neighbour_recommender(lists, config, popularity)
+        recall = float(ev.cold_recall(by_user, split.targets, recommend, ranked.top_k).mean())
+        trials.append({"popularity_weight": weight, f"validation Recall@{ranked.top_k}": recall})
+        best = max(best, (recall, -weight))
+    return -best[1], trials
 
 
 def intervals(
@@ -172,7 +247,7 @@ def intervals(
             )
     if cold is not None:
         ours = [f"poster kNN: {cold_model}"] if cold_model else []
-        ours += [HYBRID_COLD] if HYBRID_COLD in cold.recall else []
+        ours += [n for n in (HYBRID_COLD, HYBRID_COLD_POP) if n in cold.recall]
         others = [n for n in cold.recall if n.startswith("poster kNN") or n == GENRES]
         for mine in ours:
             for other in others:

@@ -8,6 +8,10 @@ many later watches of the user. With a popularity table the scores are divided b
 best score and ``popularity_weight`` x the film's popularity (watchers / the most watched film's)
 is added; the most popular films the user has not watched fill any places left (the backfill).
 Watched films are excluded; ties go to the more popular, then the lower id.
+
+A film nobody has watched yet has no popularity of its own; :func:`estimated_popularity` gives it
+the watchers its nearest posters (among films with history) had, so a new release can still be
+ranked by how many people a poster like it draws.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 
 MAX_CONTRIBUTORS = 10
+POPULARITY_NEIGHBOURS = 20
+"""Posters whose watcher counts estimate a new film's popularity (:func:`estimated_popularity`)."""
 SIMILARITIES = ("cosine", "dot", "l2")
 SOURCE_COWATCH = "cowatch"
 SOURCE_POSTER = "poster"
@@ -61,6 +67,31 @@ class Popularity:
         top = max(kept.values(), default=1)
         ranked = tuple(m for m, _ in sorted(kept.items(), key=lambda kv: (-kv[1], kv[0])))
         return cls(score={m: c / top for m, c in kept.items()}, ranked=ranked)
+
+    @classmethod
+    def with_estimates(
+        cls, counts: Mapping[int, float], new_films: Mapping[int, Sequence[tuple]]
+    ) -> Popularity:
+        """Popularity of watcher counts, and of films nobody watched yet (film -> its poster
+        neighbours) the estimate of :func:`estimated_popularity`."""
+        return cls.from_counts({**counts, **estimated_popularity(counts, new_films, new_films)})
+
+
+def estimated_popularity(
+    counts: Mapping[int, float],
+    neighbours: Mapping[int, Sequence[tuple]],
+    films: Iterable[int],
+    k: int = POPULARITY_NEIGHBOURS,
+) -> dict[int, float]:
+    """Watchers each of ``films`` can expect from its poster: of its ``k`` nearest neighbours that
+    have a count, the geometric mean of (1 + watchers), minus 1. A film with no such neighbour
+    gets 0. ``neighbours`` should list films with history only (a new film's own count is 0).
+    """
+    out = {}
+    for film in films:
+        found = [counts[n[0]] for n in neighbours.get(film, ()) if n[0] in counts][:k]
+        out[int(film)] = float(np.expm1(np.mean(np.log1p(found)))) if found else 0.0
+    return out
 
 
 def rating_weight(rating: float, min_rating: float) -> float:

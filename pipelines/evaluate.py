@@ -7,8 +7,9 @@ profile (with ``--posters``), poster kNN of ``--model_version`` and of each
 a time-ordered validation split (:mod:`models.blend`); the chosen blend goes into the report,
 which ``pipelines.neighbors --blend`` reads. Cold start (with ``--cold_model_version``, a poster
 model trained under the same ``--holdout_fraction`` / ``--holdout_seed``): Recall@20 over the
-hidden films. Paired bootstrap 95% intervals of the differences. Writes
-``{output}/reports/evaluation-*.json``.
+hidden films, also with each hidden film's popularity estimated from its poster neighbours,
+weighted as a validation hold-out of the visible films chooses. Paired bootstrap 95% intervals
+of the differences. Writes ``{output}/reports/evaluation-*.json``.
 
     python -m pipelines.evaluate --vectors=out/vectors --watch_history=ratings.csv \
         --output=out/nightly [--model_version=...] [--baseline_model_version=pixels-...] \
@@ -172,6 +173,11 @@ def run(argv: Sequence[str] | None = None) -> dict:
     chosen = []
     if warm.blend is not None:
         chosen.append(f"blend chosen on the validation split: {warm.blend.to_json()}")
+    if cold is not None and cold.popularity_weight is not None:
+        chosen.append(
+            "cold start: weight of the popularity estimated from posters, chosen on a "
+            f"validation hold-out of visible films: {cold.popularity_weight}"
+        )
     intervals = [offline_eval.format_intervals(found)] if found else []
     table = "\n\n".join(tables + intervals + chosen)
     report = {
@@ -187,7 +193,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
         "results": warm.means(),
         "cold_start": None if cold is None else {
             "holdout": holdout_of(options).describe(), "hidden_films": cold.hidden_films,
-            "k": cold.k, "recall": cold.means(),
+            "k": cold.k, "recall": cold.means(), "popularity_weight": cold.popularity_weight,
+            "popularity_trials": cold.trials,
         },
         "intervals": found,
         "blend": None if warm.blend is None else json.loads(warm.blend.to_json()),

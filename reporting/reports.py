@@ -653,6 +653,11 @@ def _cold_and_blend_html(report: dict) -> str:
             f"films with every watch hidden; Recall@{_esc(k)} over the hidden films.</p>"
             + _table(["method", f"Recall@{k}"], rows)
         )
+        if cold.get("popularity_weight") is not None:
+            parts.append(
+                "<p>Weight of the popularity estimated from posters, chosen on a validation "
+                f"hold-out of visible films: {_esc(cold['popularity_weight'])}.</p>"
+            )
     intervals = report.get("intervals") or {}
     if intervals:
         rows = [

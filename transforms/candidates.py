@@ -3,10 +3,11 @@
 The scoring is :func:`models.scoring.rank_candidates`: per watched film, its (hybrid) neighbour
 scores weighted by rating and recency, summed; with a popularity weight or backfill, the films'
 popularity among the history's watchers (films with a vector only) blends in and fills the
-places left. Watch events of films without a vector are counted and reported, never silently
-dropped. A history row that cannot be a real watch (an id that is not a positive integer, a
-rating that is not a finite number from 0.5 to 5, a time before 1970) goes to the dead-letter
-table with its reason.
+places left; a film nobody has watched yet counts the watchers its nearest posters drew
+(:func:`models.scoring.estimated_popularity`). Watch events of films without a vector are
+counted and reported, never silently dropped. A history row that cannot be a real watch (an id
+that is not a positive integer, a rating that is not a finite number from 0.5 to 5, a time
+before 1970) goes to the dead-letter table with its reason.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import datetime
 import typing
 from collections.abc import Iterable
 from collections.abc import Iterator
+from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -55,7 +57,8 @@ class _JoinNeighborsFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(NO_VECTOR, event)
         else:
             watchers = len({event.user_id for event in events})
-            yield beam.pvalue.TaggedOutput(POPULARITY, (movie_id, watchers))
+            new_film_neighbors = () if watchers else lists[0]
+            yield beam.pvalue.TaggedOutput(POPULARITY, (movie_id, watchers, new_film_neighbors))
         neighbors = lists[0] if lists else []
         for event in events:
             yield event.user_id, (event, neighbors)
@@ -95,15 +98,18 @@ class _RankUserFn(beam.DoFn):
             )
 
 
-def _popularity(counts: Iterable[tuple[int, int]]) -> Popularity:
-    return Popularity.from_counts(dict(counts))
+def _popularity(films: Iterable[tuple[int, int, Sequence[tuple]]]) -> Popularity:
+    counts = {movie_id: watchers for movie_id, watchers, _ in films if watchers}
+    new = {movie_id: lists for movie_id, watchers, lists in films if not watchers}
+    return Popularity.with_estimates(counts, new)
 
 
 class BuildCandidates(beam.PTransform):
     """(events, neighbour lists) -> CandidateRow, plus events of films without a vector.
 
-    With ``use_popularity`` the films' watcher counts (films with a neighbour list only) blend
-    into the scores and back-fill short lists (see :mod:`models.scoring`).
+    With ``use_popularity`` the films' watcher counts (films with a neighbour list only; a film
+    without watchers has its poster neighbours' estimate) blend into the scores and back-fill
+    short lists (see :mod:`models.scoring`).
     """
 
     def __init__(

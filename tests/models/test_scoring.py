@@ -1,4 +1,5 @@
-"""Hybrid scoring: neighbour sources, position decay, popularity blend and backfill, tuning."""
+"""Hybrid scoring: neighbour sources, position decay, popularity blend and backfill, tuning;
+popularity estimated from posters for films nobody watched, tuned on visible films only."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import pytest
 
 from models import blend as blend_lib
 from models import candidate_eval as ev
+from models import offline_eval
+from models.cold_start import Holdout
 from models.scoring import SOURCE_BOTH
 from models.scoring import SOURCE_COWATCH
 from models.scoring import SOURCE_POSTER
 from models.scoring import CandidateConfig
 from models.scoring import Popularity
+from models.scoring import estimated_popularity
 from models.scoring import merge_neighbors
 from models.scoring import poster_similarity
 from models.scoring import rank_candidates
@@ -119,3 +123,61 @@ def test_cold_recall_counts_hidden_films_found():
     recommend = ev.cold_neighbour_recommender(lists, CandidateConfig(top_k=20))
     recall = ev.cold_recall(visible, targets, recommend, k=20)
     assert recall.tolist() == [0.5, 0.0]
+
+
+def test_estimated_popularity_is_the_geometric_mean_of_the_nearest_posters_watchers():
+    counts = {1: 3, 2: 15, 3: 100}
+    neighbours = {9: [(1, 0.9), (4, 0.85), (2, 0.8), (3, 0.1)], 8: [(7, 0.9)]}
+    estimates = estimated_popularity(counts, neighbours, [9, 8, 6], k=2)
+    # 9: films 1 and 2 (4 has no count): sqrt(4 x 16) - 1; 8 and 6: no neighbour with a count.
+    assert estimates == pytest.approx({9: 7.0, 8: 0.0, 6: 0.0})
+    popularity = Popularity.with_estimates(counts, neighbours)
+    # Up to 20 neighbours: 9 counts 1, 2 and 3, (4 x 16 x 101) ** (1/3) - 1 = 17.6 watchers.
+    assert popularity.ranked == (3, 9, 2, 1, 8)
+    assert popularity.score[9] == pytest.approx((4 * 16 * 101) ** (1 / 3) / 100 - 0.01)
+    assert popularity.score[8] == 0.0
+
+
+def _popular_look_history(seed: int = 0) -> tuple[list[WatchEvent], np.ndarray, np.ndarray]:
+    """80 films of two tastes; within a taste, films with a 'popular' poster look draw most of
+    its users. Posters place films by taste first, look second."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(1, 81)
+    taste, popular = ids % 2, ids % 4 < 2
+    vectors = np.stack([taste, 1 - taste, 0.4 * popular, 0.4 * ~popular], axis=1)
+    vectors = (vectors + 0.05 * rng.normal(size=vectors.shape)).astype(np.float32)
+    events = []
+    for user in range(1, 201):
+        same = taste == user % 2
+        chance = np.where(same, np.where(popular, 0.5, 0.04), 0.02)
+        for minute, film in enumerate(ids[rng.random(len(ids)) < chance]):
+            events.append(event(int(film), minutes_ago=100 - minute, user=user))
+    return events, ids, vectors
+
+
+def test_cold_popularity_weight_is_tuned_on_visible_films_and_helps_when_posters_predict_it():
+    events, ids, vectors = _popular_look_history()
+    catalogue = set(ids.tolist())
+    holdout = Holdout(0.3, seed=0)
+    hidden = holdout.hidden(catalogue)
+    # A perfect audience model: each film's co-watch vector is where its poster lies.
+    queries = {int(m): v for m, v in zip(ids, vectors, strict=True) if m not in hidden}
+    config = CandidateConfig(top_k=100)
+    poster = {"audience": (ids, vectors)}
+
+    def evaluate(history):
+        return offline_eval.cold_evaluation(
+            history, catalogue, holdout, {}, poster, "audience", config, queries, k=10, top=5
+        )
+
+    result = evaluate(events)
+    assert result.popularity_weight > 0, result.trials
+    pop = result.recall[offline_eval.HYBRID_COLD_POP].mean()
+    assert pop > result.recall[offline_eval.HYBRID_COLD].mean() > result.recall["random"].mean()
+    # Who watched the hidden films can change the score, never the tuning.
+    shuffled = [
+        dataclasses.replace(e, user_id=201 - e.user_id) if e.movie_id in hidden else e
+        for e in events
+    ]
+    again = evaluate(shuffled)
+    assert again.trials == result.trials and again.popularity_weight == result.popularity_weight
