@@ -14,11 +14,13 @@ import dataclasses
 import email.utils
 import fnmatch
 import logging
+import os
 import random
 import socket
 import threading
 import time
 import urllib.parse
+import urllib.request
 import urllib.robotparser
 from collections.abc import Callable
 from collections.abc import Mapping
@@ -300,6 +302,14 @@ class PoliteFetcher:
         # No credentials are ever sent; setting an explicit no-op auth also stops requests from
         # re-reading ~/.netrc on every request (measurable at hundreds of requests/s).
         self._session.auth = _no_auth
+        # requests also reads proxy and CA-bundle settings from the environment on every request.
+        # Without a proxy configured, the bundle it would find is taken once here and the
+        # environment left alone after that; with one, requests keeps its per-URL no_proxy rules.
+        if session is None and not urllib.request.getproxies():
+            self._session.trust_env = False
+            self._session.verify = (
+                os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+            )
         self._limiter = HostRateLimiter(policy.requests_per_second_per_host)
         self._robots: dict[str, urllib.robotparser.RobotFileParser | RobotsUnreachable] = {}
         self._robots_locks: dict[str, threading.Lock] = {}

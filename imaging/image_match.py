@@ -30,8 +30,9 @@ _ANCHORS = ((0, 0), (-1, -1), (1, 1), (-1, 1), (1, -1))
 
 def thumbnail_signature(img: Image.Image) -> bytes:
     """The 48x48 grayscale thumbnail (row-major uint8) that :func:`confirmation_score` compares."""
-    gray = img.convert("L").resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.LANCZOS)
-    return gray.tobytes()
+    gray = img if img.mode == "L" else img.convert("L")
+    small = gray.resize((SIGNATURE_SIDE, SIGNATURE_SIDE), Image.Resampling.LANCZOS)
+    return small.tobytes()
 
 
 def signature(jpeg: bytes) -> bytes:
@@ -40,33 +41,44 @@ def signature(jpeg: bytes) -> bytes:
         return thumbnail_signature(img)
 
 
+def _crop_boxes() -> tuple[tuple[float, float, float, float] | None, ...]:
+    """The whole thumbnail (None), then every crop: each margin, centred or at a corner."""
+    side = float(SIGNATURE_SIDE)
+    boxes: list[tuple[float, float, float, float] | None] = [None]
+    for margin in _MARGINS:
+        inner = side * (1 - 2 * margin)
+        for dx, dy in _ANCHORS:
+            left, top = side * margin * (1 + dx), side * margin * (1 + dy)
+            boxes.append((left, top, left + inner, top + inner))
+    return tuple(boxes)
+
+
+_BOXES = _crop_boxes()
+
+
 def _image(sig: bytes) -> Image.Image:
     if len(sig) != SIGNATURE_BYTES:
         raise ValueError(f"a signature has {SIGNATURE_BYTES} bytes, got {len(sig)}")
     return Image.frombytes("L", (SIGNATURE_SIDE, SIGNATURE_SIDE), sig)
 
 
-def _unit(img: Image.Image, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
-    """The thumbnail (or a box of it) at 24x24, centred and scaled to unit length."""
-    size = (_COMPARE_SIDE, _COMPARE_SIDE)
-    pixels = np.asarray(img.resize(size, Image.Resampling.BILINEAR, box=box), dtype=np.float32)
-    centred = pixels.ravel() - pixels.mean()
-    norm = float(np.linalg.norm(centred))
-    return centred / norm if norm > 1e-6 else centred
-
-
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1024)
 def _views(sig: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(the whole thumbnail, every cropped alignment of it) as unit vectors."""
+    """(the whole thumbnail, every cropped alignment of it) as unit vectors.
+
+    Each alignment is resized to 24x24, centred and scaled to unit length; those with no
+    contrast (norm below 1e-6) stay centred only.
+    """
     img = _image(sig)
-    side = float(SIGNATURE_SIDE)
-    crops = [_unit(img)]
-    for margin in _MARGINS:
-        inner = side * (1 - 2 * margin)
-        for dx, dy in _ANCHORS:
-            left, top = side * margin * (1 + dx), side * margin * (1 + dy)
-            crops.append(_unit(img, (left, top, left + inner, top + inner)))
-    return crops[0], np.stack(crops)
+    size = (_COMPARE_SIDE, _COMPARE_SIDE)
+    resized = b"".join(
+        img.resize(size, Image.Resampling.BILINEAR, box=box).tobytes() for box in _BOXES
+    )
+    pixels = np.frombuffer(resized, dtype=np.uint8).reshape(len(_BOXES), -1).astype(np.float32)
+    centred = pixels - pixels.mean(axis=1, keepdims=True)
+    norms = np.array([np.sqrt(row.dot(row)) for row in centred], dtype=np.float32)[:, None]
+    crops = np.divide(centred, norms, out=centred, where=norms > 1e-6)
+    return crops[0], crops
 
 
 def confirmation_score(sig_a: bytes, sig_b: bytes) -> float:

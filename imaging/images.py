@@ -159,12 +159,13 @@ def _decode_failure(context: str, exc: Exception) -> ImageRejected:
     return ImageRejected(REASON_BAD_IMAGE, f"{context}: {exc!r}")
 
 
-def _decode(img: ImageFile.ImageFile) -> Image.Image:
-    """Decodes the pixels with truncation as an error, and applies the EXIF orientation."""
+def _decode(img: ImageFile.ImageFile) -> None:
+    """Decodes the pixels with truncation as an error, and applies the EXIF orientation (in
+    place: most posters have none, and a copy of the pixels would buy nothing)."""
     try:
         with _strict_truncation():
             img.load()
-        return ImageOps.exif_transpose(img)
+        ImageOps.exif_transpose(img, in_place=True)
     except Exception as exc:
         raise _decode_failure("cannot decode the image", exc) from exc
 
@@ -230,30 +231,32 @@ def normalise_image(
     if not data:
         raise ImageRejected(REASON_EMPTY_BODY, "the response body is empty")
     content_sha256 = hashlib.sha256(data).hexdigest()
-    with _open_checked(data, max_pixels, min_side) as opened:
-        original_format = opened.format or "UNKNOWN"
+    with _open_checked(data, max_pixels, min_side) as image:
+        original_format = image.format or "UNKNOWN"
         # A plain RGB JPEG without metadata that already fits is stored as fetched: re-encoding
         # would only lose quality (and cost time).
         keep_bytes = (
             original_format == "JPEG"
-            and opened.mode == "RGB"
-            and max(opened.size) <= max_side
-            and not {"exif", "icc_profile", "comment"} & set(opened.info)
+            and image.mode == "RGB"
+            and max(image.size) <= max_side
+            and not {"exif", "icc_profile", "comment"} & set(image.info)
         )
-        decoded = _decode(opened)
-    try:
-        rgb = to_rgb(decoded)
-        original_width, original_height = rgb.size
-        phash = phash64(rgb)
-        size = _fit_within(original_width, original_height, max_side)
-        if size != rgb.size:
-            rgb = rgb.resize(size, Image.Resampling.LANCZOS)
-        jpeg = data if keep_bytes and size == decoded.size else _encode_jpeg(rgb, jpeg_quality)
-        thumbnail = thumbnail_signature(rgb)
-    except Exception as exc:
-        raise ImageRejected(
-            REASON_BAD_IMAGE, f"cannot convert {decoded.mode} pixels to a JPEG: {exc!r}"
-        ) from exc
+        _decode(image)
+        try:
+            rgb = to_rgb(image)
+            original_width, original_height = rgb.size
+            gray = rgb.convert("L")  # hashed, and thumbnailed too when no resize is needed
+            phash = _phash_of_gray(gray)
+            size = _fit_within(original_width, original_height, max_side)
+            if size != rgb.size:
+                rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+                gray = rgb.convert("L")
+            jpeg = data if keep_bytes and size == image.size else _encode_jpeg(rgb, jpeg_quality)
+            thumbnail = thumbnail_signature(gray)
+        except Exception as exc:
+            raise ImageRejected(
+                REASON_BAD_IMAGE, f"cannot convert {image.mode} pixels to a JPEG: {exc!r}"
+            ) from exc
     return NormalisedImage(
         jpeg=jpeg,
         width=rgb.width,
@@ -284,8 +287,13 @@ def phash64(img: Image.Image) -> int:
     """The 64-bit DCT perceptual hash of an image (transparency on white), in [0, 2**64)."""
     if img.mode not in ("RGB", "L"):
         img = to_rgb(img)
-    gray = img.convert("L").resize((_PHASH_SIZE, _PHASH_SIZE), Image.Resampling.LANCZOS)
-    pixels = np.asarray(gray, dtype=np.float64)
+    return _phash_of_gray(img if img.mode == "L" else img.convert("L"))
+
+
+def _phash_of_gray(gray: Image.Image) -> int:
+    """:func:`phash64` of an 8-bit grayscale ("L") image."""
+    small = gray.resize((_PHASH_SIZE, _PHASH_SIZE), Image.Resampling.LANCZOS)
+    pixels = np.asarray(small, dtype=np.float64)
     low = (_DCT @ pixels @ _DCT.T)[:_PHASH_LOW, :_PHASH_LOW].ravel()
     median = np.median(low[1:])
     bits = (low > median).tolist()

@@ -43,9 +43,10 @@ from pipelines.common import make_pipeline
 from pipelines.common import recorded_options
 from pipelines.demo import start_synthetic_web
 from transforms.catalog import CatalogFormat
-from transforms.fetch import RESOLVERS
-from transforms.fetch import ImageConfig
-from transforms.fetch import ResolveConfig
+from transforms.fetch_worker import RESOLVERS
+from transforms.fetch_worker import FetchSettings
+from transforms.fetch_worker import ImageConfig
+from transforms.fetch_worker import ResolveConfig
 from transforms.manifest import OutputLayout
 from transforms.manifest import WriteRunManifest
 from transforms.manifest import read_manifest
@@ -269,21 +270,24 @@ def build_config(
         catalog=options.catalog,
         layout=layout,
         catalog_format=CatalogFormat(options.catalog_format) if options.catalog_format else None,
-        policy=policy,
-        resolve=ResolveConfig(
-            resolver=options.resolver,
-            tmdb_api_base=options.tmdb_api_base,
-            tmdb_image_base=options.tmdb_image_base,
-            imdb_base=options.imdb_base,
-            tmdb_api_key=api_key,
+        fetch=FetchSettings(
+            policy=policy,
+            resolve=ResolveConfig(
+                resolver=options.resolver,
+                tmdb_api_base=options.tmdb_api_base,
+                tmdb_image_base=options.tmdb_image_base,
+                imdb_base=options.imdb_base,
+                tmdb_api_key=api_key,
+            ),
+            image=ImageConfig(
+                max_pixels=options.max_pixels,
+                max_side=options.max_side,
+                min_side=options.min_side,
+                jpeg_quality=options.jpeg_quality,
+            ),
+            run_id=layout.run_id,
+            concurrency=options.fetch_concurrency,
         ),
-        image=ImageConfig(
-            max_pixels=options.max_pixels,
-            max_side=options.max_side,
-            min_side=options.min_side,
-            jpeg_quality=options.jpeg_quality,
-        ),
-        concurrency=options.fetch_concurrency,
         near_duplicate_threshold=options.near_duplicate_threshold,
         min_confirmation=options.near_duplicate_min_confirmation,
         num_shards=common.num_shards,

@@ -31,12 +31,11 @@ from imaging.image_match import DEFAULT_MIN_CONFIRMATION
 from imaging.image_match import confirmation_score
 from imaging.image_match import signature
 from imaging.images import phash_from_hex
-from imaging.images import phash_hex
 from imaging.phash_index import candidate_pairs
 from schemas import CatalogEntry
 from schemas import DuplicateRecord
 from schemas import PosterRecord
-from transforms.fetch import FetchedPoster
+from transforms.fetch_worker import ScrapedPoster
 from transforms.sinks import GroupByShard
 
 DUPLICATES = "duplicates"
@@ -220,15 +219,14 @@ def plan_image_duplicates(
     return decisions
 
 
-def image_key(poster: FetchedPoster) -> ImageKey:
+def image_key(poster: ScrapedPoster) -> ImageKey:
     """The dedupe key of a freshly fetched poster."""
-    image = poster.image
     return ImageKey(
-        movie_id=poster.entry.movie_id,
-        line_number=poster.entry.line_number,
-        content_sha256=image.content_sha256,
-        phash=image.phash,
-        pixels=image.original_width * image.original_height,
+        movie_id=poster.movie_id,
+        line_number=poster.line_number,
+        content_sha256=poster.content_sha256,
+        phash=poster.phash,
+        pixels=poster.original_pixels,
         existing=False,
     )
 
@@ -245,32 +243,26 @@ def existing_key(record: PosterRecord) -> ImageKey:
     )
 
 
-def poster_record(poster: FetchedPoster) -> PosterRecord:
-    """The TFRecord row of a kept poster."""
-    entry, image = poster.entry, poster.image
-    return PosterRecord(
-        movie_id=entry.movie_id,
-        image_jpeg=image.jpeg,
-        width=image.width,
-        height=image.height,
-        original_width=image.original_width,
-        original_height=image.original_height,
-        original_format=image.original_format,
-        content_sha256=image.content_sha256,
-        phash=phash_hex(image.phash),
-        source_url=poster.source_url,
-        fetched_at=poster.fetched_at,
-        catalog_line=entry.line_number,
-        imdb_id=entry.imdb_id,
-        tmdb_id=entry.tmdb_id,
-        title=entry.title,
-        year=entry.year,
-        genres=entry.genres,
+def shard_row(poster: ScrapedPoster) -> tuple:
+    """What the shard grouping carries of a poster, as a tuple of plain values: Beam encodes
+    those itself, where it would pickle (and unpickle, at each hop) a dataclass.
+
+    (movie id, catalog line, content SHA-256, source URL, title, year, framed PosterRecord)
+    """
+    return (
+        poster.movie_id,
+        poster.line_number,
+        poster.content_sha256,
+        poster.source_url,
+        poster.title,
+        poster.year,
+        poster.record,
     )
 
 
 class _ApplyImageDuplicatesFn(beam.DoFn):
-    """One shard's posters: (shard, kept PosterRecords), and a DuplicateRecord per dropped one."""
+    """One shard's posters (:func:`shard_row`): (shard, kept (movie id, framed PosterRecord)),
+    and a DuplicateRecord per dropped one."""
 
     def __init__(self, run_id: str) -> None:
         self._run_id = run_id
@@ -279,38 +271,38 @@ class _ApplyImageDuplicatesFn(beam.DoFn):
         self._kept = beam.metrics.Metrics.counter("scrape", "posters_kept")
 
     def process(
-        self, shard: tuple[int, Iterable[FetchedPoster | None]], decisions: dict[int, Decision]
+        self, shard: tuple[int, Iterable[tuple]], decisions: dict[int, Decision]
     ) -> Iterator:
-        index, posters = shard
+        index, rows = shard
         kept = []
-        for poster in posters:
-            if poster is None:
-                continue
-            decision = decisions.get(poster.entry.movie_id)
+        for row in rows:
+            movie_id, record = row[0], row[-1]
+            decision = decisions.get(movie_id)
             if decision is None:
-                kept.append(poster_record(poster))
+                kept.append((movie_id, record))
             else:
-                yield self._duplicate(poster, decision)
+                yield self._duplicate(row, decision)
         self._kept.inc(len(kept))
         yield index, kept
 
-    def _duplicate(self, poster: FetchedPoster, decision: Decision) -> beam.pvalue.TaggedOutput:
+    def _duplicate(self, row: tuple, decision: Decision) -> beam.pvalue.TaggedOutput:
         (self._exact if decision.kind == EXACT else self._near).inc()
+        movie_id, line_number, content_sha256, source_url, title, year, _ = row
         return beam.pvalue.TaggedOutput(
             DUPLICATES,
             DuplicateRecord(
                 run_id=self._run_id,
-                movie_id=poster.entry.movie_id,
+                movie_id=movie_id,
                 canonical_movie_id=decision.canonical_movie_id,
                 kind=decision.kind,
                 distance=decision.distance,
-                line_number=poster.entry.line_number,
-                content_sha256=poster.image.content_sha256,
+                line_number=line_number,
+                content_sha256=content_sha256,
                 canonical_content_sha256=decision.canonical_content_sha256,
-                source_url=poster.source_url,
+                source_url=source_url,
                 confirmation=decision.confirmation,
-                title=poster.entry.title,
-                year=poster.entry.year,
+                title=title,
+                year=year,
             ),
         )
 
@@ -323,10 +315,10 @@ class _SignatureFn(beam.DoFn):
     """
 
     def process(
-        self, element: tuple[int, tuple[bytes, bool]], plan: HashPlan
+        self, element: tuple[int, tuple[bytes, bool]], involved: frozenset[int]
     ) -> Iterator[tuple[int, bytes]]:
         movie_id, (data, is_jpeg) = element
-        if movie_id in plan.involved:
+        if movie_id in involved:
             yield movie_id, signature(data) if is_jpeg else data
 
 
@@ -363,19 +355,19 @@ class ConfirmPairs(beam.PTransform):
         self._existing = existing
 
     def expand(self, posters: beam.PCollection) -> beam.PCollection:
+        # Only the ids of the plan as a side input: the runner measures the size of every side
+        # input it caches, and the whole plan is thousands of objects.
+        involved = self._plan | "InvolvedIds" >> beam.Map(lambda plan: plan.involved)
         # One signature step after the Flatten: the FnApiRunner (Beam 2.77) leaves bundles
         # unexecuted when two steps reading the same side input are flattened.
         signatures = (
             (
-                posters
-                | "NewSignatures" >> beam.Map(
-                    lambda p: (p.entry.movie_id, (p.image.signature, False))
-                ),
+                posters | "NewSignatures" >> beam.Map(lambda p: (p.movie_id, (p.signature, False))),
                 self._existing
                 | "OldJpegs" >> beam.Map(lambda r: (r.movie_id, (r.image_jpeg, True))),
             )
             | "AllThumbnails" >> beam.Flatten()
-            | "Signatures" >> beam.ParDo(_SignatureFn(), beam.pvalue.AsSingleton(self._plan))
+            | "Signatures" >> beam.ParDo(_SignatureFn(), beam.pvalue.AsSingleton(involved))
         )
         pairs = self._plan | "CandidatePairs" >> beam.FlatMap(
             lambda p: [(a, (b, d)) for a, b, d in p.pairs]
@@ -426,17 +418,16 @@ def rejected_pairs(scored: Iterable[tuple], min_confirmation: float, limit: int 
 
 
 class DedupeOutputs(typing.NamedTuple):
-    """Kept PosterRecords (also as (shard, records) groups for WriteGroupedShards),
-    DuplicateRecords, and every scored near candidate pair."""
+    """The kept posters as (shard, [(movie id, framed PosterRecord)]) groups for
+    WriteGroupedShards, DuplicateRecords, and every scored near candidate pair."""
 
-    posters: beam.PCollection
     shards: beam.PCollection
     duplicates: beam.PCollection
     scored: beam.PCollection
 
 
 class DedupePosters(beam.PTransform):
-    """FetchedPoster -> PosterRecord, dropping exact and near duplicates (``duplicates`` out).
+    """ScrapedPoster -> kept posters grouped by shard, dropping exact and near duplicates.
 
     ``existing`` holds PosterRecords written by earlier runs: they win every tie and are never
     dropped, so a new run only adds posters that are not duplicates of what is already there.
@@ -475,23 +466,18 @@ class DedupePosters(beam.PTransform):
             | "PlanHashCandidates" >> beam.Map(plan_hash_candidates, self._threshold)
         )
         scored = posters | "ConfirmPairs" >> ConfirmPairs(plan, self._existing)
-        decisions = (
-            scored
-            | "CollectScores" >> beam.combiners.ToList()
-            | "PlanImageDuplicates"
-            >> beam.Map(
-                lambda s, p, m: plan_image_duplicates(p, s, m),
-                beam.pvalue.AsSingleton(plan),
-                self._min_confirmation,
-            )
+        scores = scored | "CollectScores" >> beam.combiners.ToList()
+        decisions = plan | "PlanImageDuplicates" >> beam.Map(
+            plan_image_duplicates, beam.pvalue.AsSingleton(scores), self._min_confirmation
         )
         # Grouped by output shard while the posters are still arriving, so the only wait for the
         # decisions is this one grouping, and each shard's kept posters go straight to its file.
-        grouped = posters | "ByShard" >> GroupByShard(
-            self._num_shards, lambda p: p.entry.movie_id
+        grouped = (
+            posters
+            | "ShardRows" >> beam.Map(shard_row)
+            | "ByShard" >> GroupByShard(self._num_shards, lambda row: row[0])
         )
         outputs = grouped | "DropImageDuplicates" >> beam.ParDo(
             _ApplyImageDuplicatesFn(self._run_id), beam.pvalue.AsSingleton(decisions)
         ).with_outputs(DUPLICATES, main="shards")
-        kept = outputs.shards | "KeptPosters" >> beam.FlatMap(lambda shard: shard[1])
-        return DedupeOutputs(kept, outputs.shards, outputs[DUPLICATES], scored)
+        return DedupeOutputs(outputs.shards, outputs[DUPLICATES], scored)

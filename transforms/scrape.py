@@ -13,14 +13,12 @@ import typing
 
 import apache_beam as beam
 
-from fetching.http import FetchPolicy
 from imaging.image_match import DEFAULT_MIN_CONFIRMATION
 from imaging.phash_index import DEFAULT_NEAR_DUPLICATE_THRESHOLD
 from monitoring import progress
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import PosterRecord
-from storage.files import encode_tfrecord_file
 from storage.files import parquet_encoder
 from storage.files import read_tfrecord_records
 from transforms import manifest
@@ -32,8 +30,7 @@ from transforms.dedupe import duplicate_groups
 from transforms.dedupe import rejected_pairs
 from transforms.fetch import PROGRESS_TASK
 from transforms.fetch import FetchPosters
-from transforms.fetch import ImageConfig
-from transforms.fetch import ResolveConfig
+from transforms.fetch_worker import FetchSettings
 from transforms.manifest import OutputLayout
 from transforms.sinks import WriteGroupedShards
 from transforms.sinks import WriteShards
@@ -50,10 +47,7 @@ class ScrapeConfig:
     catalog: str
     layout: OutputLayout
     catalog_format: CatalogFormat | None
-    policy: FetchPolicy
-    resolve: ResolveConfig
-    image: ImageConfig
-    concurrency: int = 16
+    fetch: FetchSettings
     near_duplicate_threshold: int = DEFAULT_NEAR_DUPLICATE_THRESHOLD
     min_confirmation: float = DEFAULT_MIN_CONFIRMATION
     num_shards: int = 4
@@ -64,11 +58,15 @@ class ScrapeConfig:
 class ScrapeOutputs(typing.NamedTuple):
     """The PCollections a scrape run produces."""
 
-    posters: beam.PCollection
     dead_letter: beam.PCollection
     duplicates: beam.PCollection
     written_files: beam.PCollection
     counts: dict[str, beam.PCollection]
+
+
+def framed_records(records: typing.Iterable[tuple[int, bytes]]) -> bytes:
+    """A TFRecord file of (movie id, PosterRecord framed when it was fetched) pairs."""
+    return b"".join(record for _, record in records)
 
 
 class ReadExistingPosters(beam.PTransform):
@@ -125,14 +123,7 @@ class ScrapePosters(beam.PTransform):
             _SkipExistingFn(), beam.pvalue.AsSingleton(existing_ids)
         ).with_outputs("already_present", main="entries")
         spread = todo.entries | "SpreadFetches" >> beam.Reshuffle()
-        fetched = spread | "FetchPosters" >> FetchPosters(
-            config.policy,
-            config.resolve,
-            config.image,
-            run_id,
-            config.concurrency,
-            config.fetch_processes,
-        )
+        fetched = spread | "FetchPosters" >> FetchPosters(config.fetch, config.fetch_processes)
         deduped = fetched.posters | "DedupePosters" >> DedupePosters(
             run_id,
             config.near_duplicate_threshold,
@@ -151,8 +142,8 @@ class ScrapePosters(beam.PTransform):
             layout.table_prefix(POSTERS_TABLE),
             TFRECORD_SUFFIX,
             config.num_shards,
-            encode_tfrecord_file,
-            sort_key=lambda r: r.movie_id,
+            framed_records,
+            sort_key=lambda movie_and_record: movie_and_record[0],
         )
         written_dead = dead_letter | "WriteDeadLetters" >> WriteShards(
             layout.table_prefix(DeadLetter.TABLE),
@@ -193,4 +184,4 @@ class ScrapePosters(beam.PTransform):
             | "CollectScored" >> beam.combiners.ToList()
             | "RejectedPairs" >> beam.Map(rejected_pairs, config.min_confirmation),
         }
-        return ScrapeOutputs(deduped.posters, dead_letter, duplicates, written_files, counts)
+        return ScrapeOutputs(dead_letter, duplicates, written_files, counts)

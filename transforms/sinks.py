@@ -44,11 +44,28 @@ class _WriteShardFn(beam.DoFn):
         yield path, len(records)
 
 
-class GroupByShard(beam.PTransform):
-    """records -> (shard index, records) for every one of ``num_shards`` shards.
+def _write_empty_shards(
+    written: list[tuple[str, int]],
+    prefix: str,
+    suffix: str,
+    num_shards: int,
+    encode: Callable[[Iterable[Any]], bytes],
+) -> Iterator[tuple[str, int]]:
+    """(path, 0) of each shard that no group wrote, after writing it (empty)."""
+    present = {path for path, _ in written}
+    for index in range(num_shards):
+        path = shard_path(prefix, index, num_shards, suffix)
+        if path not in present:
+            write_bytes(path, encode([]))
+            yield path, 0
 
-    A record's shard is ``shard_of(shard_key(record), num_shards)``; every shard is present, an
-    empty one holding only ``None`` (so that each still gets its file).
+
+class GroupByShard(beam.PTransform):
+    """records -> (shard index, records), for each shard that holds a record.
+
+    A record's shard is ``shard_of(shard_key(record), num_shards)``. No Flatten sits in front of
+    the GroupByKey (the FnApiRunner would copy every record once more through a stage of its
+    own); :class:`WriteGroupedShards` writes the shards that no record reached.
     """
 
     def __init__(self, num_shards: int, shard_key: Callable[[Any], Any]) -> None:
@@ -61,19 +78,18 @@ class GroupByShard(beam.PTransform):
     def expand(self, records: beam.PCollection) -> beam.PCollection:
         shard_key = self._shard_key
         num_shards = self._num_shards
-        keyed = records | "KeyByShard" >> beam.Map(
-            lambda r: (shard_of(shard_key(r), num_shards), r)
+        return (
+            records
+            | "KeyByShard" >> beam.Map(lambda r: (shard_of(shard_key(r), num_shards), r))
+            | "GroupByKey" >> beam.GroupByKey()
         )
-        every_shard = records.pipeline | "AllShards" >> beam.Create(
-            [(i, None) for i in range(num_shards)]
-        )
-        return (keyed, every_shard) | "WithEmptyShards" >> beam.Flatten() | beam.GroupByKey()
 
 
 class WriteGroupedShards(beam.PTransform):
     """(shard index, records) -> one deterministic file per shard; outputs (path, record count).
 
-    Records are sorted by ``sort_key`` within a file; ``None`` values are skipped.
+    Records are sorted by ``sort_key`` within a file; ``None`` values are skipped. Every one of
+    ``num_shards`` files is written: a shard with no group is written empty, once the groups are.
     """
 
     def __init__(
@@ -88,9 +104,16 @@ class WriteGroupedShards(beam.PTransform):
         if num_shards < 1:
             raise ValueError("num_shards must be >= 1")
         self._fn = _WriteShardFn(prefix, suffix, num_shards, encode, sort_key)
+        self._files = (prefix, suffix, num_shards, encode)
 
     def expand(self, groups: beam.PCollection) -> beam.PCollection:
-        return groups | "WriteShard" >> beam.ParDo(self._fn)
+        written = groups | "WriteShard" >> beam.ParDo(self._fn)
+        empty = (
+            written
+            | "WrittenShards" >> beam.combiners.ToList()
+            | "WriteEmptyShards" >> beam.FlatMap(_write_empty_shards, *self._files)
+        )
+        return (written, empty) | "EveryShard" >> beam.Flatten()
 
 
 class WriteShards(beam.PTransform):

@@ -15,6 +15,7 @@ from fetching.http import parse_retry_after
 from synthetic.catalog import make_catalog
 from synthetic.web import FaultPlan
 from synthetic.web import PosterWeb
+from tests.faulty_host import closed_port
 
 CATALOG = make_catalog(120, seed=3)
 KEY = "s3cret-key-value"
@@ -72,6 +73,19 @@ def test_happy_path_returns_the_catalog_bytes_and_sends_the_user_agent(fresh):
     agents = {r.user_agent for r in fresh.request_log}
     assert agents == {"poster-recs-tests/1.0 (+test)"}
     assert [r.path for r in fresh.request_log] == ["/robots.txt", f"/posters/{film.movie_id}.jpg"]
+
+
+def test_a_proxy_set_in_the_environment_is_still_used(fresh, monkeypatch):
+    """Without a proxy the environment is read once; with one, requests go through it."""
+    film = next(f for f in CATALOG.films if fresh.fault_for(f.movie_id) is None)
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{closed_port()}")
+    fetcher = PoliteFetcher(policy_for(fresh, max_attempts=1, respect_robots_txt=False))
+    with pytest.raises(FetchError) as caught:
+        fetcher.get(fresh.poster_url(film))
+    assert caught.value.reason == "connection_refused"
+    assert fresh.request_log == []
 
 
 @pytest.mark.parametrize("kind", ["http_500", "http_429", "slow"])

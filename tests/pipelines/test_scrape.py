@@ -23,6 +23,7 @@ from schemas import CatalogEntry
 from schemas import DeadLetter
 from schemas import DuplicateRecord
 from schemas import PosterRecord
+from storage.tfrecord import read_tfrecords
 from synthetic.catalog import make_catalog
 from synthetic.catalog import tmdb_genres
 from synthetic.catalog import write_links_csv
@@ -31,10 +32,11 @@ from synthetic.web import FaultPlan
 from synthetic.web import PosterWeb
 from tests.faulty_host import FaultyHost
 from tests.faulty_host import closed_port
-from transforms.fetch import FetchWorkerDied
-from transforms.fetch import FetchWorkers
-from transforms.fetch import ImageConfig
-from transforms.fetch import ResolveConfig
+from transforms.fetch_worker import FetchSettings
+from transforms.fetch_worker import FetchWorkerDied
+from transforms.fetch_worker import FetchWorkers
+from transforms.fetch_worker import ImageConfig
+from transforms.fetch_worker import ResolveConfig
 
 KEY = "pipeline-test-key-4711"
 CATALOG = make_catalog(80, seed=11)
@@ -408,7 +410,8 @@ def test_fetch_workers_split_the_host_rate_and_report_results(clean_web):
                          backoff_base_s=0.01, max_attempts=2)  # fmt: skip
     resolve_config = ResolveConfig(resolver="imdb", imdb_base=clean_web.imdb_base)
     films = CATALOG.films[:6]
-    workers = FetchWorkers(2, policy, resolve_config, ImageConfig(), "run-0001", concurrency=2)
+    settings = FetchSettings(policy, resolve_config, ImageConfig(), "run-0001", concurrency=2)
+    workers = FetchWorkers(2, settings)
     try:
         for film in films:
             workers.put(CatalogEntry(line_number=2, movie_id=film.movie_id, imdb_id=film.imdb_id,
@@ -418,14 +421,17 @@ def test_fetch_workers_split_the_host_rate_and_report_results(clean_web):
         assert workers.get(block=False) is None and workers.in_flight == 0
     finally:
         workers.close()
-    assert sorted(r.entry.movie_id for r in results) == sorted(f.movie_id for f in films)
-    assert all(len(r.image.signature) == 48 * 48 for r in results)
-    assert workers.shared_policy.requests_per_second_per_host == 500.0
+    assert sorted(r.movie_id for r in results) == sorted(f.movie_id for f in films)
+    assert all(len(r.signature) == 48 * 48 for r in results)
+    records = [PosterRecord.from_example(next(read_tfrecords(r.record))) for r in results]
+    assert [r.movie_id for r in records] == [r.movie_id for r in results]
+    assert workers.settings.policy.requests_per_second_per_host == 500.0
+    assert settings.policy.requests_per_second_per_host == 1000.0
 
 
 def test_a_dead_fetch_worker_fails_the_bundle_instead_of_hanging(clean_web):
     policy = FetchPolicy(allowed_hosts=(clean_web.host,))
-    workers = FetchWorkers(1, policy, ResolveConfig(), ImageConfig(), "run-0001", concurrency=1)
+    workers = FetchWorkers(1, FetchSettings(policy, ResolveConfig(), ImageConfig(), "run-0001", 1))
     try:
         (pid,) = workers.pids
         os.kill(pid, signal.SIGKILL)

@@ -103,6 +103,11 @@ def test_empty_input_still_writes_every_shard(tmp_path):
     assert all(pq.read_table(p).num_rows == 0 for p, _ in files)
 
 
+def test_shards_no_record_reaches_are_written_empty_beside_the_others(tmp_path):
+    files = _write(tmp_path, [_dead(1)])
+    assert len(files) == 3 and sorted(n for _, n in files) == [0, 0, 1]
+
+
 def _frames(rows) -> bytes:
     return b"".join(tfrecord_frame(r.to_example()) for r in rows)
 
