@@ -1,7 +1,8 @@
 # Two commands for a fresh machine (both create and use the project's own .venv):
 #   make demo   run the whole nightly job locally on the built-in synthetic poster web
 #   make test   lint and run the test suite (tests/cloud: the nightly job on emulated GCS and
-#               BigQuery, from the emulators extra)
+#               BigQuery, from the emulators extra) on two pytest-xdist workers, a test file
+#               to a worker (tests/scheduling.py)
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -22,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 benchmarks: $(STAMP)
 	$(PY) -m benchmarks.scrape_throughput

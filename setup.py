@@ -32,7 +32,9 @@ setuptools.setup(
     ),
     install_requires=REQUIRED,
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2", "ruff>=0.6", "scikit-learn>=1.5"],
+        # pytest-xdist: make test runs the suite on two worker processes (tests/scheduling.py).
+        "test": ["pytest>=8", "pytest-timeout>=2", "pytest-xdist>=3.8", "ruff>=0.6",
+                 "scikit-learn>=1.5"],
         # Local stand-ins for Cloud Storage and BigQuery, started by tests/cloud on 127.0.0.1.
         "emulators": ["gcp-storage-emulator>=2026.7", "bqemulator>=1.4"],
     },

@@ -25,6 +25,16 @@ def shared_data() -> pathlib.Path:
     return path
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Under ``-n N --dist loadfile`` (make test): tests/scheduling.py's file-to-worker rules."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from tests.scheduling import SharedSetupScheduling  # pytest-xdist: only when it runs
+
+    return SharedSetupScheduling(config, log)
+
+
 def local_pipeline():
     """A TestPipeline on the in-process runner (never Prism, which downloads a binary)."""
     from apache_beam.testing.test_pipeline import TestPipeline
