@@ -21,19 +21,26 @@ CATALOG = make_catalog(120, seed=3)
 KEY = "s3cret-key-value"
 
 
-def policy_for(web: PosterWeb, **overrides) -> FetchPolicy:
+def test_policy(*hosts: str, **overrides) -> FetchPolicy:
+    """A fast policy for tests: these hosts allowed, short back-off, overrides applied."""
     settings = dict(
         requests_per_second_per_host=1000.0,
         backoff_base_s=0.01,
         read_timeout_s=1.5,
         connect_timeout_s=2.0,
         max_attempts=3,
-        allowed_hosts=(web.host,),
-        secrets=(KEY,),
+        allowed_hosts=hosts,
         user_agent="poster-recs-tests/1.0 (+test)",
     )
     settings.update(overrides)
     return FetchPolicy(**settings)
+
+
+test_policy.__test__ = False  # a helper, not a test
+
+
+def policy_for(web: PosterWeb, **overrides) -> FetchPolicy:
+    return test_policy(web.host, **{"secrets": (KEY,), **overrides})
 
 
 def film_with(web: PosterWeb, kind: str):

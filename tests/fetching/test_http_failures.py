@@ -11,22 +11,13 @@ from fetching.http import FetchPolicy
 from fetching.http import PoliteFetcher
 from tests.faulty_host import FaultyHost
 from tests.faulty_host import closed_port
+from tests.fetching.test_http import test_policy
 
 UNRESOLVABLE = "posters.invalid"
 
 
 def policy(*hosts: str, **overrides) -> FetchPolicy:
-    settings = dict(
-        requests_per_second_per_host=1000.0,
-        backoff_base_s=0.01,
-        connect_timeout_s=2.0,
-        read_timeout_s=0.3,
-        max_attempts=3,
-        allowed_hosts=hosts,
-        user_agent="poster-recs-tests/1.0 (+test)",
-    )
-    settings.update(overrides)
-    return FetchPolicy(**settings)
+    return test_policy(*hosts, **{"read_timeout_s": 0.3, **overrides})
 
 
 def fetch_error(fetcher: PoliteFetcher, url: str) -> FetchError:
