@@ -165,7 +165,7 @@ def cold_evaluation(
     weight, trials = None, []
     if hybrid_poster and _matching(queries, posters[hybrid_poster]):
         poster = posters[hybrid_poster]
-        lists, popularity = _cold_hybrid(cold.visible, hidden, poster, queries, k)
+        lists, popularity = cold_hybrid_inputs(cold.visible, hidden, poster, queries, k)
         methods[HYBRID_COLD] = ev.cold_neighbour_recommender(lists, ranked)
         weight, trials = tune_cold_popularity(cold.visible, catalogue, holdout, poster, k, ranked)
         methods[HYBRID_COLD_POP] = ev.cold_neighbour_recommender(
@@ -175,7 +175,7 @@ def cold_evaluation(
     return ColdResult(len(hidden), top, recall, weight, trials)
 
 
-def _cold_hybrid(
+def cold_hybrid_inputs(
     visible: Sequence[WatchEvent],
     pool: set[int],
     poster: Vectors,
@@ -221,7 +221,7 @@ def tune_cold_popularity(
     dims = cowatch.CowatchConfig(dim=poster[1].shape[1])
     ids, vectors = cowatch.cowatch_vectors(cowatch.history_matrix(split.visible), dims)
     queries = dict(zip(ids.tolist(), vectors, strict=True))
-    lists, popularity = _cold_hybrid(split.visible, set(validation), poster, queries, k)
+    lists, popularity = cold_hybrid_inputs(split.visible, set(validation), poster, queries, k)
     by_user = collections.defaultdict(list)
     for e in split.visible:
         by_user[e.user_id].append(e)
