@@ -161,7 +161,9 @@ def test_watch_history_follows_tastes(catalog: SyntheticCatalog) -> None:
         other += [r[2] for r in mine if not genres_of[r[1]] & set(taste)]
     mean_hit = sum(hit_share) / n_users
     mean_base = sum(base_share) / n_users
-    assert mean_hit > mean_base + 0.25, (mean_hit, mean_base)
+    # The preferred look (LOOK_WATCH_WEIGHT) takes a share of the watches, so the lift from
+    # genres is about 0.19 here (0.17-0.22 over other seeds); users who ignored genres give 0.
+    assert mean_hit > mean_base + 0.15, (mean_hit, mean_base)
     assert sum(liked) / len(liked) > sum(other) / len(other) + 0.7
 
 
