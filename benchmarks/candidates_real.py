@@ -11,8 +11,13 @@ SqueezeNet v1.1 with its ImageNet weights as the backbone.
   popularity and the audience model's targets come from the training histories only.
 * **cold start** (:mod:`models.cold_start`): every watch of 20% of the films (seeded) is hidden;
   co-watch vectors and the audience model are learned from the visible history only; each user's
-  hidden films are ranked among all hidden films, Recall@20.
-* paired bootstrap 95% intervals of the differences the targets name.
+  hidden films are ranked among all hidden films, Recall@20. Three hold-outs (``--holdouts``,
+  seeds ``--seed``, +1, +2; each audience model trained with its hold-out's seed): one hold-out's
+  figures swing by several hundredths with the films it hides and the model's seed, so the
+  figures to judge are those over all of them (the ``all`` column and the RESULT line: every
+  (hold-out, user) pair counts once).
+* paired bootstrap 95% intervals of the differences the targets name, resampling the (hold-out,
+  user) pairs for cold start.
 
 The poster models are trained by :class:`models.training.PosterTrainer` (the training stage's
 code) on cached pooled SqueezeNet features: the warm-up phase (frozen backbone, linear embedding),
@@ -60,6 +65,8 @@ COLD_FRACTION = 0.2
 COLD_K = 20
 NEIGHBORS_K = 100
 GENRE_INPUT_SCALE = 3.0
+HOLDOUT_FOR_CEILING = 0
+"""The hold-out whose popularity ceiling is printed (one is enough to see it)."""
 _LOG = logging.getLogger("candidates_real")
 
 
@@ -194,9 +201,9 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def embeddings_for(events, f, genres, seed) -> dict[str, dict[str, np.ndarray]]:
-    """Poster vectors per method: warm (audience learned from the leave-last-out training part)
-    and cold (audience learned from the visible history only)."""
+def embeddings_for(events, f, seed) -> dict[str, dict[str, np.ndarray]]:
+    """Warm poster vectors per method (audience learned from the leave-last-out training part)
+    and the genre-trained model (no watch history: the same warm and cold)."""
     catalogue = set(f.ids.tolist())
     base = TrainConfig(weights=None, unfreeze_blocks=0, metric_epochs=0, seed=seed)
     # l2=None: each objective's own default (TrainConfig resolves it per objective).
@@ -204,27 +211,84 @@ def embeddings_for(events, f, genres, seed) -> dict[str, dict[str, np.ndarray]]:
     audience = dataclasses.replace(base, objective="audience", l2=None)
     split = ev.leave_last_out(events, catalogue)
     warm_targets = cowatch_targets([e for h in split.train.values() for e in h], catalogue)
+    return {
+        "warm_targets": warm_targets,
+        "warm": {
+            "ImageNet": unit(f.pooled),
+            "genre-trained": genre_model,
+            "audience": train_embedding(audience, f, warm_targets),
+        },
+    }
+
+
+def cold_embeddings(events, f, genre_model, seed) -> tuple[dict, dict[int, np.ndarray]]:
+    """One hold-out (``seed``): poster vectors per method, the audience models learned from the
+    visible history only (model seed = hold-out seed), and the visible co-watch vectors."""
+    catalogue = set(f.ids.tolist())
     cold = cold_split(events, Holdout(COLD_FRACTION, seed).hidden(catalogue))
     cold_targets = cowatch_targets(cold.visible, catalogue)
     leaked = set(cold_targets) & cold.hidden_films
     if leaked:
         raise AssertionError(f"{len(leaked)} hidden films have co-watch targets")
-    imagenet = unit(f.pooled)
-    return {
-        "warm_targets": warm_targets,
-        "cold_targets": cold_targets,
-        "warm": {
-            "ImageNet": imagenet,
-            "genre-trained": genre_model,
-            "audience": train_embedding(audience, f, warm_targets),
-        },
-        "cold": {
-            "ImageNet": imagenet,
-            "genre-trained": genre_model,
-            "audience": train_embedding(audience, f, cold_targets),
-            "audience + genre inputs": train_embedding(audience, f, cold_targets, True),
-        },
+    base = TrainConfig(weights=None, unfreeze_blocks=0, metric_epochs=0, seed=seed)
+    audience = dataclasses.replace(base, objective="audience", l2=None)
+    vectors = {
+        "ImageNet": unit(f.pooled),
+        "genre-trained": genre_model,
+        "audience": train_embedding(audience, f, cold_targets),
+        "audience + genre inputs": train_embedding(audience, f, cold_targets, True),
     }
+    return {name: (f.ids, v) for name, v in vectors.items()}, cold_targets
+
+
+def cold_run(events, f, genres, genre_model, config, seed) -> offline_eval.ColdResult:
+    """The cold-start evaluation of one hold-out, the genre-input model's rows added."""
+    catalogue = set(f.ids.tolist())
+    posters, targets = cold_embeddings(events, f, genre_model, seed)
+    holdout = Holdout(COLD_FRACTION, seed)
+    cold = offline_eval.cold_evaluation(
+        events, catalogue, holdout, genres, posters, "audience", config, targets, NEIGHBORS_K,
+        seed, COLD_K,
+    )  # fmt: skip
+    with_genres = offline_eval.cold_evaluation(
+        events, catalogue, holdout, {},
+        {"audience + genre inputs": posters["audience + genre inputs"]},
+        "audience + genre inputs", config, targets, NEIGHBORS_K, seed, COLD_K,
+    )  # fmt: skip
+    for name in (offline_eval.HYBRID_COLD, offline_eval.HYBRID_COLD_POP):
+        cold.recall[name + " + genre inputs"] = with_genres.recall[name]
+    print(f"hold-out {seed}: {cold.hidden_films} hidden films; poster-estimated popularity weight "
+          f"chosen on its validation hold-out {cold.popularity_weight} (genre inputs: "
+          f"{with_genres.popularity_weight})")  # fmt: skip
+    if seed == HOLDOUT_FOR_CEILING:
+        print_popularity_ceiling(events, catalogue, posters, targets, seed)
+    return cold
+
+
+def pooled(runs: list[offline_eval.ColdResult]) -> offline_eval.ColdResult:
+    """The hold-outs' per-user Recall@k side by side, (hold-out, user) as the unit: the mean is
+    the mean over hold-outs weighted by their users, and bootstrap intervals resample both."""
+    names = list(runs[0].recall)
+    recall = {n: np.concatenate([r.recall[n] for r in runs]) for n in names}
+    return offline_eval.ColdResult(sum(r.hidden_films for r in runs), COLD_K, recall)
+
+
+def format_holdouts(runs: list[offline_eval.ColdResult], seeds: list[int]) -> str:
+    """Recall@k per method and hold-out, and over all hold-outs."""
+    names = list(runs[0].recall)
+    width = max(len(n) for n in names) + 2
+    all_users = sum(len(next(iter(r.recall.values()))) for r in runs)
+    head = "".join(f"{'hold-out ' + str(s):>12}" for s in seeds)
+    lines = [
+        f"cold start, Recall@{COLD_K} over each hold-out's hidden films "
+        f"({', '.join(str(r.hidden_films) for r in runs)} hidden films; {all_users} user rows)",
+        f"{'method':<{width}}{head}{'all':>10}",
+    ]
+    for n in names:
+        row = "".join(f"{r.recall[n].mean():>12.4f}" for r in runs)
+        every = np.concatenate([r.recall[n] for r in runs]).mean()
+        lines.append(f"{n:<{width}}{row}{every:>10.4f}")
+    return "\n".join(lines)
 
 
 def print_popularity_ceiling(events, catalogue, posters, queries, seed) -> None:
@@ -273,7 +337,10 @@ def main() -> None:
     """Run the benchmark and print the tables, the intervals and the RESULT line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max_films", type=int, default=None, help="Only the N smallest ids.")
-    parser.add_argument("--seed", type=int, default=0, help="Seed of the hold-out and models.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the models, first hold-out.")
+    parser.add_argument(
+        "--holdouts", type=int, default=3, help="Cold-start hold-outs (seeds seed, seed+1, ...)."
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     data = shared_data_dir()
@@ -286,7 +353,7 @@ def main() -> None:
     trainer = PosterTrainer(TrainConfig(weights=str(weights), unfreeze_blocks=0), 6)
     f = extract_features(trainer, paths, genres)
     _LOG.info("features of %d posters in %.0f s", len(f.ids), time.perf_counter() - started)
-    embeddings = embeddings_for(events, f, genres, args.seed)
+    embeddings = embeddings_for(events, f, args.seed)
     config = CandidateConfig(top_k=100)
     catalogue = set(f.ids.tolist())
     warm_posters = {name: (f.ids, v) for name, v in embeddings["warm"].items()}
@@ -294,19 +361,10 @@ def main() -> None:
         events, catalogue, genres, warm_posters, "audience", config,
         embeddings["warm_targets"], NEIGHBORS_K, args.seed,
     )  # fmt: skip
-    cold_posters = {name: (f.ids, v) for name, v in embeddings["cold"].items()}
-    cold = offline_eval.cold_evaluation(
-        events, catalogue, Holdout(COLD_FRACTION, args.seed), genres, cold_posters, "audience",
-        config, embeddings["cold_targets"], NEIGHBORS_K, args.seed, COLD_K,
-    )  # fmt: skip
-    genre_cold = offline_eval.cold_evaluation(
-        events, catalogue, Holdout(COLD_FRACTION, args.seed), {},
-        {"audience + genre inputs": cold_posters["audience + genre inputs"]},
-        "audience + genre inputs", config, embeddings["cold_targets"], NEIGHBORS_K, args.seed,
-        COLD_K,
-    )  # fmt: skip
-    for name in (offline_eval.HYBRID_COLD, offline_eval.HYBRID_COLD_POP):
-        cold.recall[name + " + genre inputs"] = genre_cold.recall[name]
+    seeds = [args.seed + i for i in range(args.holdouts)]
+    genre_model = embeddings["warm"]["genre-trained"]
+    runs = [cold_run(events, f, genres, genre_model, config, s) for s in seeds]
+    cold = pooled(runs)
     print(f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {warm.blend}")
     print(ev.format_table(warm.means(), warm.users))
     print("\ncosine scores, percentiles 5/50/95: random pairs | each film's 10 nearest")
@@ -317,9 +375,8 @@ def main() -> None:
             for part in ("random_pairs", "top_neighbours")
         )
         print(f"  {name:<16}{line}")
-    users = len(next(iter(cold.recall.values())))
     print()
-    print(ev.format_cold_table(cold.means(), users, cold.hidden_films, COLD_K))
+    print(format_holdouts(runs, seeds))
     found = offline_eval.intervals(warm, cold, "audience", args.seed)
     for name in (offline_eval.HYBRID_COLD, offline_eval.HYBRID_COLD_POP):
         found[f"cold Recall@20: {name} + genre inputs - genre profile"] = ev.paired_bootstrap(
@@ -336,10 +393,6 @@ def main() -> None:
             2.5 * cold.recall["genre profile"], args.seed,
         )
     )
-    print_popularity_ceiling(events, catalogue, cold_posters, embeddings["cold_targets"], args.seed)
-    print(f"cold: weight of the poster-estimated popularity chosen on the validation hold-out: "
-          f"{cold.popularity_weight} (genre inputs: {genre_cold.popularity_weight}); trials "
-          f"{cold.trials}")  # fmt: skip
     print()
     print(offline_eval.format_intervals(found))
     hybrid, pop, cw = (warm.hits[n]["HR@100"] for n in (offline_eval.HYBRID, "popularity",
