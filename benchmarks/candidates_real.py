@@ -65,8 +65,6 @@ COLD_FRACTION = 0.2
 COLD_K = 20
 NEIGHBORS_K = 100
 GENRE_INPUT_SCALE = 3.0
-HOLDOUT_FOR_CEILING = 0
-"""The hold-out whose popularity ceiling is printed (one is enough to see it)."""
 _LOG = logging.getLogger("candidates_real")
 
 
@@ -241,8 +239,11 @@ def cold_embeddings(events, f, genre_model, seed) -> tuple[dict, dict[int, np.nd
     return {name: (f.ids, v) for name, v in vectors.items()}, cold_targets
 
 
-def cold_run(events, f, genres, genre_model, config, seed) -> offline_eval.ColdResult:
-    """The cold-start evaluation of one hold-out, the genre-input model's rows added."""
+def cold_run(
+    events, f, genres, genre_model, config, seed, ceiling=False
+) -> offline_eval.ColdResult:
+    """The cold-start evaluation of one hold-out, the genre-input model's rows added
+    (``ceiling``: also print its popularity ceiling)."""
     catalogue = set(f.ids.tolist())
     posters, targets = cold_embeddings(events, f, genre_model, seed)
     holdout = Holdout(COLD_FRACTION, seed)
@@ -260,7 +261,7 @@ def cold_run(events, f, genres, genre_model, config, seed) -> offline_eval.ColdR
     print(f"hold-out {seed}: {cold.hidden_films} hidden films; poster-estimated popularity weight "
           f"chosen on its validation hold-out {cold.popularity_weight} (genre inputs: "
           f"{with_genres.popularity_weight})")  # fmt: skip
-    if seed == HOLDOUT_FOR_CEILING:
+    if ceiling:
         print_popularity_ceiling(events, catalogue, posters, targets, seed)
     return cold
 
@@ -363,7 +364,7 @@ def main() -> None:
     )  # fmt: skip
     seeds = [args.seed + i for i in range(args.holdouts)]
     genre_model = embeddings["warm"]["genre-trained"]
-    runs = [cold_run(events, f, genres, genre_model, config, s) for s in seeds]
+    runs = [cold_run(events, f, genres, genre_model, config, s, s == seeds[0]) for s in seeds]
     cold = pooled(runs)
     print(f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {warm.blend}")
     print(ev.format_table(warm.means(), warm.users))
