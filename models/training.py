@@ -93,6 +93,7 @@ class TrainConfig:
     flip_augment: bool = True
     seed: int = 0
     objective: str = DEFAULT_OBJECTIVE
+    warmup_runs: int = 5
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -109,6 +110,13 @@ class TrainConfig:
             raise ValueError("need --triplet_margin >= 0, --l2 >= 0 and 0 <= dropout < 1")
         if self.patience < 1:
             raise ValueError("--patience must be >= 1")
+        if self.warmup_runs < 1:
+            raise ValueError("--warmup_runs must be >= 1")
+
+    @property
+    def averaged_runs(self) -> int:
+        """Warm-up runs whose embedding layers are averaged (``audience`` only; else 1)."""
+        return self.warmup_runs if self.objective == "audience" else 1
 
     @property
     def uses_audience(self) -> bool:
@@ -326,6 +334,7 @@ class PosterTrainer:
         )
         self._model: keras.Model | None = None
         self.history: dict[str, list[dict[str, float]]] = {}
+        self.warmup_members: list[tuple[np.ndarray, np.ndarray]] = []
 
     def build(self, train: SplitData) -> None:
         """Standardise pooled features with the training split's statistics; build the model.
@@ -478,10 +487,53 @@ class PosterTrainer:
         return PosterData(splits=splits, unlabelled=unlabelled)
 
     def warm_up(self, train: SplitData, validation: SplitData) -> None:
-        """Phase 1: the embedding layer and head on frozen pooled features (balanced BCE)."""
+        """Phase 1: the embedding layer and head on frozen pooled features (balanced BCE).
+
+        With the ``audience`` objective the phase runs ``warmup_runs`` times from different
+        seeds (fresh layers, seed + run) and keeps the mean of their embedding layers: on frozen
+        features the embedding is one linear layer after a fixed standardisation, so the mean
+        layer outputs the mean of the runs' embeddings (before normalising). One run's cold-start
+        figures move by a few hundredths with its seed; the mean is steadier and finds more
+        (benchmarks/candidates_real.py). The genre head, a probe under ``audience``, is averaged
+        too. ``warmup_members`` keeps each run's embedding (kernel, bias).
+        """
         epochs = self.config.warmup_epochs
         if not epochs:
             return
+        members = []
+        runs = self.config.averaged_runs
+        for run in range(runs):
+            if run:
+                self._fresh_layers(self.config.seed + run)
+            phase = "warm-up" if runs == 1 else f"warm-up run {run + 1}/{runs}"
+            history = self._warm_up_run(train, validation, self.config.seed + run, phase)
+            if not run:
+                self.history["warm_up"] = _epochs(history)
+            members.append((self.embedding.get_weights(), self.head.get_weights()))
+        self.warmup_members = [tuple(m[0]) for m in members]
+        if len(members) > 1:
+            _LOG.info("warm-up: mean of %d runs' embedding layers", len(members))
+            for layer, which in ((self.embedding, 0), (self.head, 1)):
+                weights = [m[which] for m in members]
+                layer.set_weights([np.mean([w[i] for w in weights], axis=0) for i in range(2)])
+
+    def _fresh_layers(self, seed: int) -> None:
+        """New, freshly initialised embedding and head layers (initialised from ``seed``)."""
+        keras.utils.set_random_seed(seed)
+        config = self.config
+        self.embedding = keras.layers.Dense(
+            config.embedding_dim, kernel_regularizer=_l2(config.l2), name=EMBEDDING_OUTPUT
+        )
+        self.head = keras.layers.Dense(
+            self.num_classes, kernel_regularizer=_l2(config.l2), name=LOGITS_OUTPUT
+        )
+        self._model = None
+
+    def _warm_up_run(
+        self, train: SplitData, validation: SplitData, seed: int, phase: str
+    ) -> keras.callbacks.History:
+        """One warm-up fit of the current embedding and head layers."""
+        epochs = self.config.warmup_epochs
         model = self._warmup_model(train.pooled.shape[1])
         losses, weights = self._losses(train.labels, metric=False)
         model.compile(
@@ -490,8 +542,8 @@ class PosterTrainer:
             loss_weights=weights,
         )
         inputs, _ = train.training_set("pooled")
-        keras.utils.set_random_seed(self.config.seed)
-        history = model.fit(
+        keras.utils.set_random_seed(seed)
+        return model.fit(
             inputs,
             self._targets(train, losses, "pooled"),
             validation_data=(validation.pooled, self._targets(validation, losses)),
@@ -499,9 +551,8 @@ class PosterTrainer:
             epochs=epochs,
             shuffle=True,
             verbose=0,
-            callbacks=[EpochLog("warm-up", epochs), self._best_epoch()],
+            callbacks=[EpochLog(phase, epochs), self._best_epoch()],
         )
-        self.history["warm_up"] = _epochs(history)
 
     def metric_learning(self, train: SplitData, validation: SplitData) -> None:
         """Phase 2: triplet + balanced BCE, unfreezing the tail's blocks one stage at a time."""

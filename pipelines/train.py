@@ -97,6 +97,13 @@ class TrainOptions(PipelineOptions):
             help="Genre warm-up epochs at most (frozen backbone; stops early, see --patience).",
         )
         group.add_argument(
+            "--warmup_runs",
+            type=int,
+            default=5,
+            help="With --objective=audience: warm-up runs from seeds seed, seed+1, ... whose "
+            "embedding layers are averaged (steadier and better cold-start figures than one).",
+        )
+        group.add_argument(
             "--metric_epochs",
             type=int,
             default=8,
@@ -218,6 +225,7 @@ def train_config(options: PipelineOptions, argv: list[str]):
         genre_set=opts.genre_set,
         embedding_dim=opts.embedding_dim,
         warmup_epochs=opts.warmup_epochs,
+        warmup_runs=opts.warmup_runs,
         metric_epochs=opts.metric_epochs,
         triplet_margin=opts.triplet_margin,
         unfreeze_blocks=opts.unfreeze_blocks,

@@ -326,6 +326,39 @@ def test_audience_objective_learns_the_cowatch_direction(objective):
     assert mean_cosine(probe(test.pooled), test.targets) > 0.8
 
 
+def test_audience_warm_up_keeps_the_mean_of_its_runs():
+    train, validation, test = _audience_parts(seed=1)
+    config = dataclasses.replace(
+        CONFIG, objective="audience", embedding_dim=8, l2=None, warmup_epochs=6, warmup_runs=3
+    )
+    trainer = PosterTrainer(config, len(CLASSES))
+    trainer.build(train)
+    trainer.warm_up(train, validation)
+    members = trainer.warmup_members
+    assert len(members) == 3
+    # Each run starts from its own seed: the runs' layers differ.
+    assert not np.allclose(members[0][0], members[1][0])
+    assert not np.allclose(members[1][0], members[2][0])
+    kernel, bias = trainer.embedding.get_weights()
+    np.testing.assert_allclose(kernel, np.mean([m[0] for m in members], axis=0), rtol=1e-6)
+    np.testing.assert_allclose(bias, np.mean([m[1] for m in members], axis=0), rtol=1e-6)
+    # The exported embedding is the mean of the runs' embeddings, before normalising.
+    x = np.asarray(trainer.normalisation(tf.constant(test.pooled)), np.float64)
+    mean = np.mean([x @ k + b for k, b in members], axis=0)
+    expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(trainer.pooled_embeddings(test.pooled), expected, atol=1e-5)
+    # The first run is what one run alone gives (the same seed, the same start).
+    single = PosterTrainer(dataclasses.replace(config, warmup_runs=1), len(CLASSES))
+    single.build(train)
+    single.warm_up(train, validation)
+    np.testing.assert_allclose(single.embedding.get_weights()[0], members[0][0], rtol=1e-5)
+    assert single.warmup_members and len(single.warmup_members) == 1
+    with pytest.raises(ValueError, match="--warmup_runs"):
+        dataclasses.replace(config, warmup_runs=0)
+    # Only the audience objective averages runs: genres and both keep one.
+    assert dataclasses.replace(config, objective="both").averaged_runs == 1
+
+
 def test_audience_objective_needs_cowatch_targets():
     config = dataclasses.replace(CONFIG, objective="audience", l2=None)
     with pytest.raises(ValueError, match="--cowatch_vectors"):
