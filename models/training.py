@@ -495,7 +495,8 @@ class PosterTrainer:
         layer outputs the mean of the runs' embeddings (before normalising). One run's cold-start
         figures move by a few hundredths with its seed; the mean is steadier and finds more
         (benchmarks/candidates_real.py). The genre head, a probe under ``audience``, is averaged
-        too. ``warmup_members`` keeps each run's embedding (kernel, bias).
+        too. ``warmup_members`` keeps each run's embedding (kernel, bias); the history's
+        ``warm_up`` holds the first run's epochs and ``warm_up_runs`` each run's summary.
         """
         epochs = self.config.warmup_epochs
         if not epochs:
@@ -506,9 +507,15 @@ class PosterTrainer:
             if run:
                 self._fresh_layers(self.config.seed + run)
             phase = "warm-up" if runs == 1 else f"warm-up run {run + 1}/{runs}"
-            history = self._warm_up_run(train, validation, self.config.seed + run, phase)
+            history = _epochs(self._warm_up_run(train, validation, self.config.seed + run, phase))
             if not run:
-                self.history["warm_up"] = _epochs(history)
+                self.history["warm_up"] = history
+            if runs > 1:  # every run in the train report: its epochs and best validation loss
+                best = min((e["val_loss"] for e in history if "val_loss" in e), default=None)
+                summary = {"run": float(run + 1), "epochs": float(len(history))}
+                self.history.setdefault("warm_up_runs", []).append(
+                    summary if best is None else {**summary, "best_val_loss": best}
+                )
             members.append((self.embedding.get_weights(), self.head.get_weights()))
         self.warmup_members = [tuple(m[0]) for m in members]
         if len(members) > 1:

@@ -336,6 +336,11 @@ def test_audience_warm_up_keeps_the_mean_of_its_runs():
     trainer.warm_up(train, validation)
     members = trainer.warmup_members
     assert len(members) == 3
+    # The train report lists every run, not only the first.
+    runs = trainer.history["warm_up_runs"]
+    assert [r["run"] for r in runs] == [1.0, 2.0, 3.0]
+    assert all(1 <= r["epochs"] <= 6 and "best_val_loss" in r for r in runs)
+    assert len(trainer.history["warm_up"]) == runs[0]["epochs"]
     # Each run starts from its own seed: the runs' layers differ.
     assert not np.allclose(members[0][0], members[1][0])
     assert not np.allclose(members[1][0], members[2][0])
