@@ -98,9 +98,10 @@ def scraped(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("killed")
     run(tmp, *SCRAPE, f"--output={tmp / 'reference'}", "--num_shards=4")
     out = tmp / "scrape"
-    # A final-named poster shard: Beam's temporary folder (beam-temp-*) appears first, and a
-    # kill then would leave nothing for the embed stage to refuse.
-    writing = str(out / "posters" / "run-0001" / "posters-*")
+    # A final-named poster shard (posters-*.tfrecord): each shard is first written under a
+    # temporary name (posters-*.tfrecord.tmp-writing), and a kill then would leave nothing for
+    # the embed stage to refuse.
+    writing = str(out / "posters" / "run-0001" / "posters-*.tfrecord")
     mid_write = kill_when(start(tmp, *SCRAPE, f"--output={out}", "--num_shards=3"), writing)
     embed_error = None
     try:  # embed over the killed scrape
