@@ -366,7 +366,10 @@ def main() -> None:
     genre_model = embeddings["warm"]["genre-trained"]
     runs = [cold_run(events, f, genres, genre_model, config, s, s == seeds[0]) for s in seeds]
     cold = pooled(runs)
-    print(f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {warm.blend}")
+    print(
+        f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {warm.blend}, "
+        f"co-watch users weighted: {cowatch.CowatchConfig().user_weighting}"
+    )
     print(ev.format_table(warm.means(), warm.users))
     print("\ncosine scores, percentiles 5/50/95: random pairs | each film's 10 nearest")
     for name, vectors in embeddings["warm"].items():

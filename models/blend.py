@@ -109,15 +109,18 @@ def hybrid_inputs(
     catalogue: set[int],
     k: int = 50,
     queries: Mapping[int, np.ndarray] | None = None,
+    user_weighting: str = cowatch.CowatchConfig.user_weighting,
 ) -> HybridInputs:
     """Co-watch neighbours and popularity of the split's training part, and poster neighbours.
 
     ``poster`` is (film ids, unit vectors). With ``queries`` (an audience model's co-watch
     targets), a film that has one searches the posters with it: the posters whose predicted
-    audience is its audience; other films search with their own poster.
+    audience is its audience; other films search with their own poster. The co-watch neighbours
+    weight users as the co-watch stage does (``user_weighting``).
     """
     history = [e for events in split.train.values() for e in events]
-    lists = cowatch.cowatch_neighbors(cowatch.history_matrix(history), k)
+    matrix = cowatch.history_matrix(history)
+    lists = cowatch.cowatch_neighbors(matrix, k, user_weighting=user_weighting)
     lists = {f: [(n, s) for n, s in v if n in catalogue] for f, v in lists.items()}
     ids, vectors = poster
     search = vectors.copy()
@@ -143,12 +146,13 @@ def tune_blend(
     base: CandidateConfig,
     k: int = 50,
     queries: Mapping[int, np.ndarray] | None = None,
+    user_weighting: str = cowatch.CowatchConfig.user_weighting,
 ) -> tuple[Blend, list[dict]]:
     """The blend with the best validation HR@100 (time-ordered split), and every trial."""
     validation = ev.leave_last_out(events, catalogue)
     if not validation.held_out:
         raise ValueError("no user has a catalogue watch to validate the blend on")
-    inputs = hybrid_inputs(validation, poster, catalogue, k, queries)
+    inputs = hybrid_inputs(validation, poster, catalogue, k, queries, user_weighting)
     blend = Blend()
     trials: list[dict] = []
 

@@ -8,7 +8,12 @@ how many users watched both films of a pair. Two products come out of it:
   fewer than ``min_watches`` users get no vector. These are the targets of the poster model's
   audience objective and the co-watch index.
 * **neighbours**: item-item cosine of the co-watch counts, ``C_ij / sqrt(n_i n_j)``, top ``k``
-  per film (itself excluded, ties by lower id): the co-watch half of the hybrid neighbours.
+  per film (itself excluded, ties by lower id): the co-watch half of the hybrid neighbours. With
+  a ``user_weighting`` each user counts ``w_u`` instead of 1, in the co-watch counts and in the
+  watcher totals alike (``C_ij = sum_u w_u x_ui x_uj``, ``n_i = sum_u w_u x_ui``), so the score
+  is still a cosine in 0..1: ``inverse`` (``w_u = 1 / films the user watched``) keeps a user who
+  watched everything from tying every pair of films together; ``log`` is ``1 / log2(1 + n_u)``.
+  The co-watch kNN *baseline* of the evaluation is the unweighted ``none``.
 
 Everything is deterministic for a given history and configuration (fixed SVD start vector,
 signs fixed so each component's largest entry is positive).
@@ -28,6 +33,7 @@ from scipy.sparse.linalg import svds
 from schemas import WatchEvent
 
 MODEL_NAME = "cowatch"
+USER_WEIGHTINGS = ("inverse", "log", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +43,16 @@ class CowatchConfig:
     dim: int = 64
     min_watches: int = 2
     neighbors_k: int = 50
+    user_weighting: str = "inverse"
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.min_watches < 1 or self.neighbors_k < 1:
             raise ValueError("--cowatch_dim, --cowatch_min_watches and --neighbors_k must be >= 1")
+        if self.user_weighting not in USER_WEIGHTINGS:
+            raise ValueError(
+                f"--cowatch_user_weighting must be one of {USER_WEIGHTINGS}, "
+                f"not {self.user_weighting!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,9 +119,7 @@ def _truncated_svd(matrix: sp.csr_matrix, dim: int) -> tuple[np.ndarray, np.ndar
     return u * np.where(signs == 0, 1.0, signs), s
 
 
-def cowatch_vectors(
-    history: HistoryMatrix, config: CowatchConfig
-) -> tuple[np.ndarray, np.ndarray]:
+def cowatch_vectors(history: HistoryMatrix, config: CowatchConfig) -> tuple[np.ndarray, np.ndarray]:
     """(film ids, unit float32 vectors) of the films with at least ``min_watches`` watchers."""
     eligible = history.watch_counts() >= config.min_watches
     if eligible.sum() < 3:
@@ -130,14 +140,31 @@ def cowatch_vectors(
     return sub.films[keep], unit.astype(np.float32)
 
 
+def user_weights(history: HistoryMatrix, weighting: str) -> np.ndarray:
+    """How much each user (row) counts in the co-watch neighbours (see the module docstring)."""
+    if weighting not in USER_WEIGHTINGS:
+        raise ValueError(f"user weighting must be one of {USER_WEIGHTINGS}, not {weighting!r}")
+    watched = np.asarray(history.matrix.sum(axis=1)).ravel()
+    if weighting == "inverse":
+        return 1.0 / np.maximum(watched, 1.0)
+    if weighting == "log":
+        return 1.0 / np.log2(1.0 + np.maximum(watched, 1.0))
+    return np.ones_like(watched, dtype=np.float64)
+
+
 def cowatch_neighbors(
-    history: HistoryMatrix, k: int, min_watches: int = 1
+    history: HistoryMatrix, k: int, min_watches: int = 1, user_weighting: str = "none"
 ) -> dict[int, list[tuple[int, float]]]:
-    """Each film's top-k co-watch neighbours: cosine of co-watch counts, ties by lower id."""
-    counts = cowatch_counts(history)
-    watchers = history.watch_counts()
+    """Each film's top-k co-watch neighbours: cosine of (user-weighted) co-watch counts, ties by
+    lower id; ``min_watches`` counts watchers unweighted."""
+    weights = user_weights(history, user_weighting)
+    weighted = sp.diags(weights) @ history.matrix
+    counts = (history.matrix.T @ weighted).tocsr()
+    counts.setdiag(0)
+    counts.eliminate_zeros()
+    totals = np.asarray(weighted.sum(axis=0)).ravel()
     films = history.films
-    eligible = watchers >= min_watches
+    eligible = history.watch_counts() >= min_watches
     lists: dict[int, list[tuple[int, float]]] = {}
     for row in np.flatnonzero(eligible):
         start, end = counts.indptr[row], counts.indptr[row + 1]
@@ -147,7 +174,7 @@ def cowatch_neighbors(
         if not len(cols):
             lists[int(films[row])] = []
             continue
-        scores = counts.data[start:end][mask] / np.sqrt(watchers[row] * watchers[cols])
+        scores = counts.data[start:end][mask] / np.sqrt(totals[row] * totals[cols])
         order = np.lexsort((films[cols], -np.round(scores, 12)))[:k]
         lists[int(films[row])] = [(int(films[cols[i]]), float(scores[i])) for i in order]
     return lists

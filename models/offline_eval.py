@@ -5,8 +5,10 @@ Used by ``pipelines.evaluate`` (and so by the nightly job and its report) and by
 
 * **warm** (leave-last-out): random, popularity, item-item co-watch kNN, the genre profile, poster
   kNN of every given poster model, and the hybrid whose blend :func:`models.blend.tune_blend`
-  chooses on a time-ordered validation split of the training histories. Co-watch neighbours and
-  popularity are computed from the training histories only.
+  chooses on a time-ordered validation split of the training histories; beside the hybrid, its
+  co-watch half alone (co-watch kNN with the co-watch stage's user weighting, no poster, no
+  recency, no popularity). Co-watch neighbours and popularity are computed from the training
+  histories only.
 * **cold start** (:mod:`models.cold_start`): every watch of the hidden films is removed; each
   user's hidden films are ranked among all hidden films from the visible history (Recall@k), by
   the methods that need no hidden film's history: random, the genre profile, poster kNN of the
@@ -43,6 +45,8 @@ HYBRID_COLD_POP = "hybrid + popularity estimated from poster"
 COLD_POPULARITY_GRID = (0.0, 0.1, 0.3, 0.5, 1.0)
 """Weights of the poster-estimated popularity tried on the cold validation hold-out."""
 COWATCH = "co-watch kNN"
+COWATCH_WEIGHTED = "co-watch kNN, users weighted"
+"""The hybrid's co-watch neighbours alone (the co-watch stage's ``--cowatch_user_weighting``)."""
 GENRES = "genre profile"
 BASELINE_K = 50
 """Neighbours per film of the item-item co-watch kNN baseline (cosine on co-watch counts)."""
@@ -101,8 +105,10 @@ def warm_evaluation(
     queries: Mapping[int, np.ndarray] | None = None,
     k: int = 50,
     seed: int = 0,
+    user_weighting: str = cowatch.CowatchConfig.user_weighting,
 ) -> WarmResult:
-    """Leave-last-out hits of every method; the hybrid uses ``posters[hybrid_poster]``."""
+    """Leave-last-out hits of every method; the hybrid uses ``posters[hybrid_poster]`` and
+    co-watch neighbours whose users are weighted by ``user_weighting``."""
     split = ev.leave_last_out(events, catalogue)
     train = [e for h in split.train.values() for e in h]
     methods = {
@@ -121,8 +127,11 @@ def warm_evaluation(
     if hybrid_poster:
         poster = posters[hybrid_poster]
         matching = _matching(queries, poster)
-        blend, trials = blend_lib.tune_blend(train, poster, catalogue, config, k, matching)
-        inputs = blend_lib.hybrid_inputs(split, poster, catalogue, k, matching)
+        blend, trials = blend_lib.tune_blend(
+            train, poster, catalogue, config, k, matching, user_weighting
+        )
+        inputs = blend_lib.hybrid_inputs(split, poster, catalogue, k, matching, user_weighting)
+        methods[COWATCH_WEIGHTED] = ev.neighbour_recommender(inputs.cowatch_lists, config)
         methods[HYBRID] = blend_lib.hybrid_recommender(inputs, blend, config, k)
     hits = {name: ev.per_user_hits(split, recommend) for name, recommend in methods.items()}
     return WarmResult(users=len(split.held_out), hits=hits, blend=blend, trials=trials)

@@ -4,7 +4,8 @@ A Beam pipeline reads the history (``--watch_history``: CSV, Parquet, local or g
 ``bq://PROJECT.DATASET.TABLE``), sends unreadable rows to the dead-letter table and writes the
 valid events as a Parquet snapshot; then, where this command runs (as the index stage does), the
 snapshot becomes film vectors (PPMI of co-watch counts + truncated SVD) and each film's top
-``--neighbors_k`` co-watch neighbours (cosine of co-watch counts), see :mod:`models.cowatch`.
+``--neighbors_k`` co-watch neighbours (cosine of co-watch counts, each user weighted by
+``--cowatch_user_weighting``), see :mod:`models.cowatch`.
 The version is ``cowatch-`` + a digest of the snapshot and the settings, so a new history gives a
 new version and the same history the same one. Under ``--output`` (an embed-style vectors root,
 so the index stage can index the vectors too)::
@@ -83,6 +84,15 @@ class CowatchOptions(PipelineOptions):
             help="Films watched by fewer users get no co-watch vector or neighbours.",
         )
         group.add_argument(
+            "--cowatch_user_weighting",
+            choices=cowatch.USER_WEIGHTINGS,
+            default="inverse",
+            help="How much each user counts in the co-watch neighbours: inverse (1 / films the "
+            "user watched: chosen on the validation split of the real history), log "
+            "(1 / log2(1 + films watched)) or none (every watcher counts 1: the co-watch kNN "
+            "baseline).",
+        )
+        group.add_argument(
             "--holdout_fraction",
             type=float,
             default=0.0,
@@ -112,6 +122,20 @@ def holdout_of(options: PipelineOptions) -> Holdout:
     """The cold-start hold-out of parsed options."""
     opts = options.view_as(CowatchOptions)
     return Holdout(fraction=opts.holdout_fraction, seed=opts.holdout_seed)
+
+
+def user_weighting_of(root: str, version: str) -> str:
+    """The ``--cowatch_user_weighting`` a co-watch version's neighbours were computed with, from
+    its report (versions written before the setting existed weighted every user 1: ``none``)."""
+    path = FileSystems.join(root, version, REPORT_FILE)
+    if not FileSystems.exists(path):
+        raise InputError(
+            f"--cowatch_version={version}: no {REPORT_FILE} under {root} — give a version the "
+            "co-watch stage (python -m pipelines.cowatch) published there"
+        )
+    with FileSystems.open(path) as handle:
+        report = json.loads(handle.read())
+    return report.get("config", {}).get("user_weighting", "none")
 
 
 def snapshot_history(options: PipelineOptions, uri: str, layout: OutputLayout, test_pipeline=None):
@@ -167,7 +191,9 @@ def compute_and_write(
     version = f"{cowatch.MODEL_NAME}-{digest}"
     matrix = cowatch.history_matrix(visible)
     ids, vectors = cowatch.cowatch_vectors(matrix, config)
-    lists = cowatch.cowatch_neighbors(matrix, config.neighbors_k, config.min_watches)
+    lists = cowatch.cowatch_neighbors(
+        matrix, config.neighbors_k, config.min_watches, config.user_weighting
+    )
     latest = max(e.watched_at for e in visible)
     folder = FileSystems.join(root, version)
     published = OutputLayout(folder, "run-0001")  # one run per version, published last
@@ -215,6 +241,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     config = cowatch.CowatchConfig(
         dim=opts.cowatch_dim, min_watches=opts.cowatch_min_watches,
         neighbors_k=options.view_as(NeighborsOptions).neighbors_k,
+        user_weighting=opts.cowatch_user_weighting,
     )  # fmt: skip
     holdout = holdout_of(options)
     layout = OutputLayout.next_run(FileSystems.join(root, RUNS_FOLDER))

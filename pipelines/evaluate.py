@@ -36,6 +36,7 @@ from pipelines.common import CommonOptions
 from pipelines.common import main
 from pipelines.cowatch import CowatchOptions
 from pipelines.cowatch import holdout_of
+from pipelines.cowatch import user_weighting_of
 from pipelines.embed import EmbedOptions
 from pipelines.index import IndexOptions
 from pipelines.index import resolve_version
@@ -152,9 +153,10 @@ def run(argv: Sequence[str] | None = None) -> dict:
     )  # fmt: skip
     seed = opts.eval_seed
     hybrid = labels[version] if nightly.cowatch_version else None
+    weighting = user_weighting_of(root, nightly.cowatch_version) if hybrid else "none"
     warm = offline_eval.warm_evaluation(
         events, catalogue, genres, posters, hybrid, config,
-        _queries(root, nightly.cowatch_version), nightly.neighbors_k, seed,
+        _queries(root, nightly.cowatch_version), nightly.neighbors_k, seed, weighting,
     )  # fmt: skip
     cold = None
     if opts.cold_model_version:
@@ -184,6 +186,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         "model_version": version,
         "baseline_model_versions": baselines,
         "cowatch_version": nightly.cowatch_version,
+        "cowatch_user_weighting": weighting if hybrid else None,
         "cold_model_version": opts.cold_model_version,
         "watch_history": nightly.watch_history,
         "users_evaluated": warm.users,

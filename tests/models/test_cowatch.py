@@ -46,6 +46,55 @@ def test_cowatch_neighbours_find_the_audience():
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
 
 
+def light_and_heavy_watchers() -> list[WatchEvent]:
+    """Films 1 and 2 are all that 3 users watched; films 1 and 3 are two of the 42 films that
+    each of 5 heavy users watched (1, 3 and 100..139)."""
+    events = []
+    for user, films in [(u, [1, 2]) for u in (1, 2, 3)] + [
+        (u, [1, 3, *range(100, 140)]) for u in range(10, 15)
+    ]:
+        for i, film in enumerate(films):
+            events.append(WatchEvent(user_id=user, movie_id=film, rating=4.0,
+                                     watched_at=T0 + datetime.timedelta(days=i)))  # fmt: skip
+    return events
+
+
+def test_user_weighting_keeps_heavy_watchers_from_tying_every_film_together():
+    matrix = cowatch.history_matrix(light_and_heavy_watchers())
+    plain = dict(cowatch.cowatch_neighbors(matrix, k=50, user_weighting="none")[1])
+    # none: C / sqrt(n n): 3 of film 1's 8 watchers saw film 2, 5 saw film 3 (and 100..139)
+    assert plain[2] == pytest.approx(3 / np.sqrt(8 * 3)) and plain[3] == pytest.approx(
+        5 / np.sqrt(8 * 5)
+    )
+    assert plain[3] > plain[2]
+    inverse = cowatch.cowatch_neighbors(matrix, k=50, user_weighting="inverse")[1]
+    # inverse: light users count 1/2, heavy ones 1/42, in the counts and the totals alike
+    light, heavy = 3 / 2, 5 / 42
+    assert inverse[0] == (2, pytest.approx(light / np.sqrt((light + heavy) * light)))
+    assert dict(inverse)[3] == pytest.approx(heavy / np.sqrt((light + heavy) * heavy))
+    log = dict(cowatch.cowatch_neighbors(matrix, k=50, user_weighting="log")[1])
+    assert plain[2] < log[2] < dict(inverse)[2] and log[2] > log[3]
+    for weighting in cowatch.USER_WEIGHTINGS:
+        lists = cowatch.cowatch_neighbors(matrix, k=50, user_weighting=weighting)
+        assert all(0 < s <= 1 + 1e-9 for v in lists.values() for _, s in v)
+    with pytest.raises(ValueError, match="user_weighting"):
+        cowatch.CowatchConfig(user_weighting="sqrt")
+
+
+def test_the_stage_writes_neighbours_with_its_user_weighting(tmp_path):
+    events = light_and_heavy_watchers()
+    first = {}
+    for weighting in ("none", "inverse"):
+        config = cowatch.CowatchConfig(dim=2, min_watches=1, user_weighting=weighting)
+        report = cowatch_stage.compute_and_write(events, str(tmp_path), config, Holdout(0.0))
+        version = report["model_version"]
+        assert cowatch_stage.user_weighting_of(str(tmp_path), version) == weighting
+        lists = dict(read_lists(f"{tmp_path}/{version}/{cowatch_stage.NEIGHBORS_TABLE}/*.parquet"))
+        first[weighting] = lists[1][0][0]
+    assert first == {"none": 3, "inverse": 2}
+    assert cowatch.CowatchConfig().user_weighting == "inverse"
+
+
 def test_cowatch_vectors_separate_the_audiences():
     ids, vectors = cowatch.cowatch_vectors(
         cowatch.history_matrix(two_audiences()), cowatch.CowatchConfig(dim=4)
