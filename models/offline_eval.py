@@ -250,7 +250,9 @@ def intervals(
     """Paired bootstrap 95% intervals of the differences the targets name."""
     out: dict[str, dict[str, float]] = {}
     if warm is not None and HYBRID in warm.hits:
-        for other in (COWATCH, "popularity"):
+        for other in (COWATCH, "popularity", COWATCH_WEIGHTED):
+            if other not in warm.hits:
+                continue
             out[f"warm HR@100: hybrid - {other}"] = ev.paired_bootstrap(
                 warm.hits[HYBRID]["HR@100"], warm.hits[other]["HR@100"], seed
             )
