@@ -86,7 +86,7 @@ class CowatchOptions(PipelineOptions):
         group.add_argument(
             "--cowatch_user_weighting",
             choices=cowatch.USER_WEIGHTINGS,
-            default="inverse",
+            default=cowatch.CowatchConfig.user_weighting,
             help="How much each user counts in the co-watch neighbours: inverse (1 / films the "
             "user watched: chosen on the validation split of the real history), log "
             "(1 / log2(1 + films watched)) or none (every watcher counts 1: the co-watch kNN "

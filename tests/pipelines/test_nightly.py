@@ -51,9 +51,11 @@ def test_evaluation_and_report_cover_the_baselines(summary):
     methods = set(result["evaluation"]["results"])
     assert methods == {
         "random", "popularity", "co-watch kNN", "genre profile", "poster kNN: small_cnn",
-        "poster kNN: pixels", "hybrid (tuned blend)",
+        "poster kNN: pixels", "co-watch kNN, users weighted", "hybrid (tuned blend)",
     }  # fmt: skip
     assert result["neighbors"]["blend"] == result["evaluation"]["blend"]
+    # the hybrid's co-watch half weighs users as the co-watch stage's neighbours did (its default)
+    assert result["evaluation"]["cowatch_user_weighting"] == "inverse"
     html = open(result["report"], encoding="utf-8").read()
     assert "<svg" in html and "data:image/png;base64," in html
 
