@@ -635,6 +635,12 @@ def _evaluation_html(report: dict | None) -> str:
         f"{_esc(report.get('catalogue_films'))} films with vectors; the best figure per "
         "metric is bold.</p>"
     )
+    if report.get("cowatch_user_weighting"):
+        head += (
+            "<p>The hybrid's co-watch neighbours weight each user "
+            f"<code>{_esc(report['cowatch_user_weighting'])}</code> (the co-watch stage's "
+            "--cowatch_user_weighting); the co-watch kNN baseline counts every user 1.</p>"
+        )
     return head + _table(["method", *metrics], rows) + _cold_and_blend_html(report)
 
 

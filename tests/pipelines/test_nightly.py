@@ -58,6 +58,7 @@ def test_evaluation_and_report_cover_the_baselines(summary):
     assert result["evaluation"]["cowatch_user_weighting"] == "inverse"
     html = open(result["report"], encoding="utf-8").read()
     assert "<svg" in html and "data:image/png;base64," in html
+    assert "co-watch neighbours weight each user <code>inverse</code>" in html
 
 
 def test_the_console_fits_on_one_screen(summary):
