@@ -202,14 +202,20 @@ def unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
+def objective_config(objective: str, seed: int) -> TrainConfig:
+    """The warm-up phase alone on cached features, with the objective's own l2 (``l2=None``:
+    TrainConfig resolves it per objective)."""
+    return TrainConfig(
+        weights=None, unfreeze_blocks=0, metric_epochs=0, seed=seed, objective=objective, l2=None
+    )
+
+
 def embeddings_for(events, f, seed) -> dict[str, dict[str, np.ndarray]]:
     """Warm poster vectors per method (audience learned from the leave-last-out training part)
     and the genre-trained model (no watch history: the same warm and cold)."""
     catalogue = set(f.ids.tolist())
-    base = TrainConfig(weights=None, unfreeze_blocks=0, metric_epochs=0, seed=seed)
-    # l2=None: each objective's own default (TrainConfig resolves it per objective).
-    genre_model = train_embedding(dataclasses.replace(base, objective="genres", l2=None), f)
-    audience = dataclasses.replace(base, objective="audience", l2=None)
+    genre_model = train_embedding(objective_config("genres", seed), f)
+    audience = objective_config("audience", seed)
     split = ev.leave_last_out(events, catalogue)
     warm_targets = cowatch_targets([e for h in split.train.values() for e in h], catalogue)
     return {
@@ -231,8 +237,7 @@ def cold_embeddings(events, f, genre_model, seed) -> tuple[dict, dict[int, np.nd
     leaked = set(cold_targets) & cold.hidden_films
     if leaked:
         raise AssertionError(f"{len(leaked)} hidden films have co-watch targets")
-    base = TrainConfig(weights=None, unfreeze_blocks=0, metric_epochs=0, seed=seed)
-    audience = dataclasses.replace(base, objective="audience", l2=None)
+    audience = objective_config("audience", seed)
     vectors = {
         "ImageNet": unit(f.pooled),
         "genre-trained": genre_model,
@@ -279,9 +284,10 @@ def pooled(runs: list[offline_eval.ColdResult]) -> offline_eval.ColdResult:
 
 def format_holdouts(runs: list[offline_eval.ColdResult], seeds: list[int]) -> str:
     """Recall@k per method and hold-out, and over all hold-outs."""
-    names = list(runs[0].recall)
+    every = pooled(runs).recall
+    names = list(every)
     width = max(len(n) for n in names) + 2
-    all_users = sum(len(next(iter(r.recall.values()))) for r in runs)
+    all_users = len(next(iter(every.values())))
     head = "".join(f"{'hold-out ' + str(s):>12}" for s in seeds)
     lines = [
         f"cold start, Recall@{COLD_K} over each hold-out's hidden films "
@@ -290,8 +296,7 @@ def format_holdouts(runs: list[offline_eval.ColdResult], seeds: list[int]) -> st
     ]
     for n in names:
         row = "".join(f"{r.recall[n].mean():>12.4f}" for r in runs)
-        every = np.concatenate([r.recall[n] for r in runs]).mean()
-        lines.append(f"{n:<{width}}{row}{every:>10.4f}")
+        lines.append(f"{n:<{width}}{row}{every[n].mean():>10.4f}")
     return "\n".join(lines)
 
 

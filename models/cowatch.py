@@ -84,9 +84,11 @@ def history_matrix(events: Iterable[WatchEvent]) -> HistoryMatrix:
     return HistoryMatrix(users=users, films=films, matrix=matrix)
 
 
-def cowatch_counts(history: HistoryMatrix) -> sp.csr_matrix:
-    """Film x film co-watch counts (users who watched both), zero diagonal."""
-    counts = (history.matrix.T @ history.matrix).tocsr()
+def cowatch_counts(history: HistoryMatrix, weights: np.ndarray | None = None) -> sp.csr_matrix:
+    """Film x film co-watch counts (users who watched both, each counting ``weights[user]``
+    when given, else 1), zero diagonal."""
+    rows = history.matrix if weights is None else sp.diags(weights) @ history.matrix
+    counts = (history.matrix.T @ rows).tocsr()
     counts.setdiag(0)
     counts.eliminate_zeros()
     return counts
@@ -158,11 +160,8 @@ def cowatch_neighbors(
     """Each film's top-k co-watch neighbours: cosine of (user-weighted) co-watch counts, ties by
     lower id; ``min_watches`` counts watchers unweighted."""
     weights = user_weights(history, user_weighting)
-    weighted = sp.diags(weights) @ history.matrix
-    counts = (history.matrix.T @ weighted).tocsr()
-    counts.setdiag(0)
-    counts.eliminate_zeros()
-    totals = np.asarray(weighted.sum(axis=0)).ravel()
+    counts = cowatch_counts(history, weights)
+    totals = history.matrix.T @ weights  # each film's watchers, weighted
     films = history.films
     eligible = history.watch_counts() >= min_watches
     lists: dict[int, list[tuple[int, float]]] = {}

@@ -326,13 +326,7 @@ class PosterTrainer:
         self._trunk_fn = tf.function(lambda x: self.trunk(x, training=False), reduce_retracing=True)
         self.normalisation: keras.layers.Normalization | None = None
         self.dropout = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")
-        self.embedding = keras.layers.Dense(
-            config.embedding_dim, kernel_regularizer=_l2(config.l2), name=EMBEDDING_OUTPUT
-        )
-        self.head = keras.layers.Dense(
-            num_classes, kernel_regularizer=_l2(config.l2), name=LOGITS_OUTPUT
-        )
-        self._model: keras.Model | None = None
+        self._new_layers()
         self.history: dict[str, list[dict[str, float]]] = {}
         self.warmup_members: list[tuple[np.ndarray, np.ndarray]] = []
 
@@ -524,9 +518,8 @@ class PosterTrainer:
                 weights = [m[which] for m in members]
                 layer.set_weights([np.mean([w[i] for w in weights], axis=0) for i in range(2)])
 
-    def _fresh_layers(self, seed: int) -> None:
-        """New, freshly initialised embedding and head layers (initialised from ``seed``)."""
-        keras.utils.set_random_seed(seed)
+    def _new_layers(self) -> None:
+        """New embedding and head layers (initialised when first built), no model built yet."""
         config = self.config
         self.embedding = keras.layers.Dense(
             config.embedding_dim, kernel_regularizer=_l2(config.l2), name=EMBEDDING_OUTPUT
@@ -534,7 +527,12 @@ class PosterTrainer:
         self.head = keras.layers.Dense(
             self.num_classes, kernel_regularizer=_l2(config.l2), name=LOGITS_OUTPUT
         )
-        self._model = None
+        self._model: keras.Model | None = None
+
+    def _fresh_layers(self, seed: int) -> None:
+        """New, freshly initialised embedding and head layers (initialised from ``seed``)."""
+        keras.utils.set_random_seed(seed)
+        self._new_layers()
 
     def _warm_up_run(
         self, train: SplitData, validation: SplitData, seed: int, phase: str
