@@ -30,6 +30,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
+from models.collab import COLLAB_MODELS
+from models.collab import FilmGram
 from schemas import WatchEvent
 
 MODEL_NAME = "cowatch"
@@ -44,10 +46,20 @@ class CowatchConfig:
     min_watches: int = 2
     neighbors_k: int = 50
     user_weighting: str = "inverse"
+    model: str = "ease"
+    ease_lambda: float = 300.0
+    max_films: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.dim < 1 or self.min_watches < 1 or self.neighbors_k < 1:
-            raise ValueError("--cowatch_dim, --cowatch_min_watches and --neighbors_k must be >= 1")
+        if min(self.dim, self.min_watches, self.neighbors_k, self.max_films) < 1:
+            raise ValueError(
+                "--cowatch_dim, --cowatch_min_watches, --cowatch_max_films and --neighbors_k "
+                "must be >= 1"
+            )
+        if self.model not in COLLAB_MODELS:
+            raise ValueError(f"--cowatch_model must be one of {COLLAB_MODELS}, not {self.model!r}")
+        if self.ease_lambda <= 0:
+            raise ValueError(f"--ease_lambda must be > 0, not {self.ease_lambda}")
         if self.user_weighting not in USER_WEIGHTINGS:
             raise ValueError(
                 f"--cowatch_user_weighting must be one of {USER_WEIGHTINGS}, "
@@ -94,43 +106,52 @@ def cowatch_counts(history: HistoryMatrix, weights: np.ndarray | None = None) ->
     return counts
 
 
-def ppmi(counts: sp.csr_matrix) -> sp.csr_matrix:
-    """Positive pointwise mutual information of a symmetric co-occurrence matrix."""
-    total = counts.sum()
-    marginal = np.asarray(counts.sum(axis=1)).ravel()
-    coo = counts.tocoo()
+def ppmi(counts: np.ndarray) -> np.ndarray:
+    """Positive pointwise mutual information of a dense symmetric co-occurrence matrix
+    (float32; zero where the counts are zero)."""
+    counts = np.asarray(counts, dtype=np.float32)
+    total = float(counts.sum(dtype=np.float64))
+    marginal = counts.sum(axis=1, dtype=np.float64).astype(np.float32)
     if total == 0:
-        return sp.csr_matrix(counts.shape)
-    pmi = np.log(coo.data * total / (marginal[coo.row] * marginal[coo.col]))
-    keep = pmi > 0
-    return sp.csr_matrix((pmi[keep], (coo.row[keep], coo.col[keep])), shape=counts.shape)
+        return np.zeros_like(counts)
+    out = counts * np.float32(total)
+    out /= np.maximum(marginal, 1e-30)[:, None]
+    out /= np.maximum(marginal, 1e-30)[None, :]
+    positive = out > 1.0
+    np.log(out, out=out, where=positive)
+    out[~positive] = 0.0
+    return out
 
 
-def _truncated_svd(matrix: sp.csr_matrix, dim: int) -> tuple[np.ndarray, np.ndarray]:
+def _truncated_svd(matrix: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(U, s) of the ``dim`` largest singular values, deterministic in value and sign."""
     n = matrix.shape[0]
     if dim >= n - 1:
-        u, s, _ = np.linalg.svd(matrix.toarray())
+        u, s, _ = np.linalg.svd(matrix.astype(np.float64))
         u, s = u[:, :dim], s[:dim]
     else:
-        start = np.full(n, 1.0 / np.sqrt(n))
-        u, s, _ = svds(matrix.astype(np.float64), k=dim, v0=start)
+        start = np.full(n, 1.0 / np.sqrt(n), dtype=matrix.dtype)
+        u, s, _ = svds(matrix, k=dim, v0=start)
         order = np.argsort(-s)
-        u, s = u[:, order], s[order]
+        u, s = u[:, order].astype(np.float64), s[order].astype(np.float64)
     signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
     return u * np.where(signs == 0, 1.0, signs), s
 
 
-def cowatch_vectors(history: HistoryMatrix, config: CowatchConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(film ids, unit float32 vectors) of the films with at least ``min_watches`` watchers."""
-    eligible = history.watch_counts() >= config.min_watches
+def gram_vectors(fg: FilmGram, config: CowatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(film ids, unit float32 vectors) of the Gram's films with ``min_watches`` watchers: PPMI
+    of the co-watch counts (zero diagonal), truncated SVD ``U * sqrt(s)``."""
+    eligible = fg.watchers() >= config.min_watches
     if eligible.sum() < 3:
         raise ValueError(
             f"only {int(eligible.sum())} films have {config.min_watches}+ watchers: too few for "
             "co-watch vectors (lower --cowatch_min_watches or give more history)"
         )
-    sub = HistoryMatrix(history.users, history.films[eligible], history.matrix[:, eligible])
-    matrix = ppmi(cowatch_counts(sub))
+    sub = fg.subset(eligible)
+    counts = np.array(sub.gram, dtype=np.float32)
+    np.fill_diagonal(counts, 0.0)
+    matrix = ppmi(counts)
+    del counts
     dim = min(config.dim, matrix.shape[0] - 1)
     u, s = _truncated_svd(matrix, dim)
     vectors = u * np.sqrt(np.maximum(s, 0.0))
@@ -140,6 +161,17 @@ def cowatch_vectors(history: HistoryMatrix, config: CowatchConfig) -> tuple[np.n
     keep = norms[:, 0] > 0
     unit = vectors[keep] / norms[keep]
     return sub.films[keep], unit.astype(np.float32)
+
+
+def film_gram(history: HistoryMatrix) -> FilmGram:
+    """The dense Gram (co-watch counts, watchers on the diagonal) of an in-memory history."""
+    gram = (history.matrix.T @ history.matrix).toarray().astype(np.float32)
+    return FilmGram(history.films, gram)
+
+
+def cowatch_vectors(history: HistoryMatrix, config: CowatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(film ids, unit float32 vectors) of an in-memory history (see :func:`gram_vectors`)."""
+    return gram_vectors(film_gram(history), config)
 
 
 def user_weights(history: HistoryMatrix, weighting: str) -> np.ndarray:

@@ -1,12 +1,14 @@
 """Co-watch stage: watch history in, co-watch film vectors and co-watch neighbours out.
 
 A Beam pipeline reads the history (``--watch_history``: CSV, Parquet, local or gs://, or
-``bq://PROJECT.DATASET.TABLE``), sends unreadable rows to the dead-letter table and writes the
-valid events as a Parquet snapshot; then, where this command runs (as the index stage does), the
-snapshot becomes film vectors (PPMI of co-watch counts + truncated SVD) and each film's top
-``--neighbors_k`` co-watch neighbours (cosine of co-watch counts, each user weighted by
-``--cowatch_user_weighting``), see :mod:`models.cowatch`.
-The version is ``cowatch-`` + a digest of the snapshot and the settings, so a new history gives a
+``bq://PROJECT.DATASET.TABLE``) in splittable pieces, sends unreadable rows to the dead-letter
+table, groups the events by user bucket and accumulates every film's watchers and the Gram
+(co-watch counts) of the ``--cowatch_max_films`` most watched films (:mod:`transforms.history`);
+nothing that grows with events or users leaves Beam. Where this command runs (as the index stage
+does), the Gram becomes each film's top ``--neighbors_k`` co-watch neighbours (EASE by default,
+:mod:`models.collab`) and film vectors (PPMI of co-watch counts + truncated SVD,
+:mod:`models.cowatch`): a solve over films, whose memory ARCHITECTURE.md gives.
+The version is ``cowatch-`` + a digest of the history and the settings, so a new history gives a
 new version and the same history the same one. Under ``--output`` (an embed-style vectors root,
 so the index stage can index the vectors too)::
 
@@ -14,7 +16,7 @@ so the index stage can index the vectors too)::
     {version}/cowatch_neighbors/cowatch_neighbors-00000-of-00001.parquet   schemas.NeighborRow
     {version}/cowatch.json                                           settings and counts
     {version}/manifests/run-0001.json          the same, written last: publishes the version
-    _cowatch_runs/{history,dead_letter}/run-NNNN/, manifests/         snapshot, bad rows, runs
+    _cowatch_runs/{stats,dead_letter}/run-NNNN/, manifests/   history statistics, bad rows, runs
 
 With ``--holdout_fraction`` the cold-start protocol's hidden films (:mod:`models.cold_start`)
 lose every watch before anything is computed, for a model that is evaluated on them.
@@ -27,16 +29,19 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 from collections.abc import Mapping
 from collections.abc import Sequence
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
 
+from models import collab
 from models import cowatch
 from models.cold_start import Holdout
 from models.scoring import SOURCE_COWATCH
@@ -53,20 +58,25 @@ from pipelines.neighbors import NeighborsOptions
 from schemas import DeadLetter
 from schemas import EmbeddingRow
 from schemas import NeighborRow
-from schemas import WatchEvent
 from storage.files import parquet_encoder
 from storage.files import read_parquet_records
 from storage.files import shard_path
 from storage.files import write_bytes
 from storage.history import HISTORY_STAGE
-from transforms.candidates import ReadWatchHistory
+from transforms.history import ComputeHistoryStats
+from transforms.history import GroupUsers
+from transforms.history import HistoryStats
+from transforms.history import ReadWatchHistory
+from transforms.history import StatsConfig
+from transforms.history import read_npz
+from transforms.history import write_npz
 from transforms.manifest import OutputLayout
 from transforms.sinks import WriteShards
 
 NEIGHBORS_TABLE = "cowatch_neighbors"
-HISTORY_TABLE = "history"
 REPORT_FILE = "cowatch.json"
 RUNS_FOLDER = "_cowatch_runs"
+DEAD_LETTER_SHARDS = 4
 _LOG = logging.getLogger(__name__)
 
 
@@ -84,13 +94,25 @@ class CowatchOptions(PipelineOptions):
             help="Films watched by fewer users get no co-watch vector or neighbours.",
         )
         group.add_argument(
-            "--cowatch_user_weighting",
-            choices=cowatch.USER_WEIGHTINGS,
-            default=cowatch.CowatchConfig.user_weighting,
-            help="How much each user counts in the co-watch neighbours: inverse (1 / films the "
-            "user watched: chosen on the validation split of the real history), log "
-            "(1 / log2(1 + films watched)) or none (every watcher counts 1: the co-watch kNN "
-            "baseline).",
+            "--cowatch_model",
+            choices=collab.COLLAB_MODELS,
+            default=cowatch.CowatchConfig.model,
+            help="The co-watch neighbours: ease (EASE, Steck 2019: chosen on the validation "
+            "split of the real history) or cosine (item-item cosine of co-watch counts: the "
+            "co-watch kNN baseline).",
+        )
+        group.add_argument(
+            "--ease_lambda",
+            type=float,
+            default=cowatch.CowatchConfig.ease_lambda,
+            help="EASE's L2 penalty (chosen on the validation split of the real history).",
+        )
+        group.add_argument(
+            "--cowatch_max_films",
+            type=int,
+            default=cowatch.CowatchConfig.max_films,
+            help="Films the co-watch model holds: the most watched (its Gram is 4 x N^2 bytes "
+            "and its solve about 12 x N^2; other films get poster neighbours only).",
         )
         group.add_argument(
             "--holdout_fraction",
@@ -124,36 +146,50 @@ def holdout_of(options: PipelineOptions) -> Holdout:
     return Holdout(fraction=opts.holdout_fraction, seed=opts.holdout_seed)
 
 
-def user_weighting_of(root: str, version: str) -> str:
-    """The ``--cowatch_user_weighting`` a co-watch version's neighbours were computed with, from
-    its report (versions written before the setting existed weighted every user 1: ``none``)."""
-    path = FileSystems.join(root, version, REPORT_FILE)
-    if not FileSystems.exists(path):
-        raise InputError(
-            f"--cowatch_version={version}: no {REPORT_FILE} under {root} — give a version the "
-            "co-watch stage (python -m pipelines.cowatch) published there"
-        )
-    with FileSystems.open(path) as handle:
-        report = json.loads(handle.read())
-    return report.get("config", {}).get("user_weighting", "none")
+STATS_TABLE = "stats"
 
 
-def snapshot_history(options: PipelineOptions, uri: str, layout: OutputLayout, test_pipeline=None):
-    """Read the history with Beam; write the valid events (Parquet) and the dead letters;
-    returns the finished run (its ``watch_history`` counters count the rows)."""
+def history_pipeline(
+    options: PipelineOptions, uri: str, layout: OutputLayout, config: cowatch.CowatchConfig,
+    holdout: Holdout, test_pipeline=None,
+):  # fmt: skip
+    """Read the history with Beam and write its statistics (every film's watchers, the Gram of
+    the modelled films, a digest) and dead letters under the run; returns the finished run
+    (its ``watch_history`` counters count the rows)."""
     pipeline = make_pipeline(options, test_pipeline)
     history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(uri, layout.run_id)
-    _ = history.events | "WriteSnapshot" >> WriteShards(
-        layout.table_prefix(HISTORY_TABLE), ".parquet", 1, parquet_encoder(WatchEvent),
-        lambda e: (e.user_id, e.watched_at, e.movie_id),
-    )  # fmt: skip
+    users = history.batches | "GroupUsers" >> GroupUsers()
+    folder = layout.table_prefix(STATS_TABLE)
+    _ = (
+        users
+        | "FilmsSeen" >> beam.Map(lambda kv: np.unique(kv[1].movie_id))
+        | "AllFilms" >> beam.CombineGlobally(_union)
+        | "SaveFilms" >> beam.Map(lambda ids: write_npz(f"{folder}-films.npz", ids=ids))
+    )
+    visible = users
+    if holdout.fraction:
+        visible = users | "DropHiddenFilms" >> beam.Map(_drop_hidden, holdout)
+    stats = StatsConfig(min_watches=config.min_watches, max_films=config.max_films)
+    _ = visible | "HistoryStats" >> ComputeHistoryStats(stats, save_to=folder)
     _ = history.dead_letter | "WriteDeadLetters" >> WriteShards(
-        layout.table_prefix(DeadLetter.TABLE), ".parquet", 1, parquet_encoder(DeadLetter),
-        lambda d: (d.line_number or 0, d.input_row),
+        layout.table_prefix(DeadLetter.TABLE), ".parquet", DEAD_LETTER_SHARDS,
+        parquet_encoder(DeadLetter), lambda d: (d.line_number or 0, d.input_row),
     )  # fmt: skip
     result = pipeline.run()
     result.wait_until_finish()
     return result
+
+
+def _union(arrays) -> np.ndarray:
+    arrays = [np.asarray(a, np.int64) for a in arrays]
+    return np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, np.int64)
+
+
+def _drop_hidden(keyed, holdout: Holdout):
+    bucket, batch = keyed
+    films, inverse = np.unique(batch.movie_id, return_inverse=True)
+    hidden = np.fromiter((holdout.is_hidden(int(m)) for m in films), bool, len(films))
+    return bucket, batch.take(~hidden[inverse])
 
 
 def vector_rows(ids, vectors, version: str, digest: str, when: datetime.datetime):
@@ -167,7 +203,7 @@ def vector_rows(ids, vectors, version: str, digest: str, when: datetime.datetime
 
 
 def neighbor_table_rows(lists, version: str, as_of: datetime.date):
-    """The co-watch neighbour lists as NeighborRow records (run_date: the snapshot's last day)."""
+    """The co-watch neighbour lists as NeighborRow records (run_date: the history's last day)."""
     for movie_id in sorted(lists):
         for rank, (nid, score) in enumerate(lists[movie_id], start=1):
             yield NeighborRow(
@@ -176,25 +212,31 @@ def neighbor_table_rows(lists, version: str, as_of: datetime.date):
             )  # fmt: skip
 
 
+def version_of(stats: HistoryStats, config: cowatch.CowatchConfig, holdout: Holdout) -> str:
+    """The co-watch version: a digest of the visible history and the settings."""
+    text = f"{stats.digest}|{dataclasses.asdict(config)}|{holdout.describe()}"
+    return f"{cowatch.MODEL_NAME}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
 def compute_and_write(
-    events: list[WatchEvent], root: str, config: cowatch.CowatchConfig, holdout: Holdout
-) -> dict:
-    """Vectors, neighbours and the report of a history snapshot under ``root``/{version}."""
-    hidden = holdout.hidden({e.movie_id for e in events})
-    visible = [e for e in events if e.movie_id not in hidden]
-    if not visible:
+    stats: HistoryStats, films_seen: np.ndarray, root: str, config: cowatch.CowatchConfig,
+    holdout: Holdout,
+) -> dict:  # fmt: skip
+    """Neighbours, vectors and the report of the history statistics under ``root``/{version}
+    (the solve over the modelled films runs here: see ARCHITECTURE.md for its memory)."""
+    hidden = holdout.hidden(films_seen.tolist())
+    if not stats.events:
         raise InputError(
             "the watch history has no events left to learn co-watch vectors from — check "
             "--watch_history (its dead letters say why rows were refused) and --holdout_fraction"
         )
-    digest = cowatch.history_digest(visible, config, holdout.describe())
-    version = f"{cowatch.MODEL_NAME}-{digest}"
-    matrix = cowatch.history_matrix(visible)
-    ids, vectors = cowatch.cowatch_vectors(matrix, config)
-    lists = cowatch.cowatch_neighbors(
-        matrix, config.neighbors_k, config.min_watches, config.user_weighting
+    version = version_of(stats, config, holdout)
+    digest = version.rpartition("-")[2]
+    ids, vectors = cowatch.gram_vectors(stats.gram, config)
+    lists = collab.collab_neighbors(
+        stats.gram, config.model, config.neighbors_k, config.ease_lambda
     )
-    latest = max(e.watched_at for e in visible)
+    latest = datetime.datetime.fromtimestamp(stats.latest, tz=datetime.UTC)
     folder = FileSystems.join(root, version)
     published = OutputLayout(folder, "run-0001")  # one run per version, published last
     if FileSystems.exists(published.manifest_path):
@@ -209,11 +251,11 @@ def compute_and_write(
     )
     report = {
         "model_version": version,
-        "history_digest": digest,
-        "events": len(events),
-        "events_used": len(visible),
-        "users": int(len(matrix.users)),
-        "films_in_history": int(len(matrix.films)),
+        "history_digest": stats.digest,
+        "events_used": stats.events,
+        "users": stats.users,
+        "films_in_history": int(len(stats.film_ids)),
+        "films_modelled": int(len(stats.gram.films)),
         "films_with_vector": int(len(ids)),
         "films_with_neighbors": sum(1 for v in lists.values() if v),
         "hidden_films": sorted(hidden),
@@ -237,40 +279,49 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     )
     checks.watch_history(uri)
     checks.writable_output(root)
-    opts = options.view_as(CowatchOptions)
-    config = cowatch.CowatchConfig(
-        dim=opts.cowatch_dim, min_watches=opts.cowatch_min_watches,
-        neighbors_k=options.view_as(NeighborsOptions).neighbors_k,
-        user_weighting=opts.cowatch_user_weighting,
-    )  # fmt: skip
+    config = config_of(options)
     holdout = holdout_of(options)
     layout = OutputLayout.next_run(FileSystems.join(root, RUNS_FOLDER))
     if not options.view_as(TestOptions).dry_run:
         layout.discard_unpublished()  # what a killed run left, before its run number is reused
-    result = snapshot_history(options, uri, layout, test_pipeline)
+    result = history_pipeline(options, uri, layout, config, holdout, test_pipeline)
     if options.view_as(TestOptions).dry_run:
         return {}
-    own = {"include_unpublished": True}  # this run's snapshot: published when the run ends
-    events = read_parquet_records(layout.table_glob(HISTORY_TABLE, ".parquet"), WatchEvent, **own)
+    folder = layout.table_prefix(STATS_TABLE)
+    stats = HistoryStats.load(folder)
+    films_seen = read_npz(f"{folder}-films.npz")["ids"]
+    own = {"include_unpublished": True}  # this run's dead letters: published when the run ends
     dead = read_parquet_records(layout.table_glob(DeadLetter.TABLE, ".parquet"), DeadLetter, **own)
-    report = compute_and_write(events, root, config, holdout)
-    rows_read = log_counters(result, HISTORY_STAGE).get("rows_read", 0)
+    report = compute_and_write(stats, films_seen, root, config, holdout)
+    counters = log_counters(result, HISTORY_STAGE)
+    rows_read, events = counters.get("rows_read", 0), counters.get("events", 0)
     report.update(
-        run_id=layout.run_id, watch_history=uri, input_rows=rows_read, dead_lettered=len(dead),
+        run_id=layout.run_id, watch_history=uri, input_rows=rows_read, events=events,
+        dead_lettered=len(dead),
         dead_letter_reasons=dict(collections.Counter(f"{d.stage}/{d.reason}" for d in dead)),
-        accounting_ok=rows_read == len(events) + len(dead),
+        accounting_ok=rows_read == events + len(dead),
     )  # fmt: skip
     if dead:
         _LOG.warning("%d watch-history rows could not be read: %s", len(dead),
                      layout.table_glob(DeadLetter.TABLE, ".parquet"))  # fmt: skip
     _LOG.info(
-        "co-watch %s: %d films with vectors from %d events of %d users",
-        report["model_version"], report["films_with_vector"], report["events_used"],
-        report["users"],
+        "co-watch %s (%s): %d films modelled, %d with vectors, from %d events of %d users",
+        report["model_version"], config.model, report["films_modelled"],
+        report["films_with_vector"], report["events_used"], report["users"],
     )  # fmt: skip
     public = {k: v for k, v in report.items() if k != "hidden_films"}
     write_bytes(layout.manifest_path, json.dumps(public, indent=2, sort_keys=True).encode())
     return report
+
+
+def config_of(options: PipelineOptions) -> cowatch.CowatchConfig:
+    """The co-watch model's settings of parsed options."""
+    opts = options.view_as(CowatchOptions)
+    return cowatch.CowatchConfig(
+        dim=opts.cowatch_dim, min_watches=opts.cowatch_min_watches,
+        neighbors_k=options.view_as(NeighborsOptions).neighbors_k, model=opts.cowatch_model,
+        ease_lambda=opts.ease_lambda, max_films=opts.cowatch_max_films,
+    )  # fmt: skip
 
 
 def report_text(report: Mapping) -> str:

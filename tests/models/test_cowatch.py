@@ -7,6 +7,7 @@ import datetime
 import numpy as np
 import pytest
 
+from models import collab
 from models import cowatch
 from models.cold_start import Holdout
 from models.cold_start import cold_split
@@ -14,6 +15,8 @@ from pipelines import cowatch as cowatch_stage
 from schemas import EmbeddingRow
 from schemas import WatchEvent
 from storage.files import read_parquet_records
+from storage.history import EventBatch
+from transforms.history import stats_of_batch
 from transforms.neighbors import read_lists
 
 T0 = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -81,18 +84,34 @@ def test_user_weighting_keeps_heavy_watchers_from_tying_every_film_together():
         cowatch.CowatchConfig(user_weighting="sqrt")
 
 
-def test_the_stage_writes_neighbours_with_its_user_weighting(tmp_path):
+def stats_of(events, holdout: Holdout = Holdout(0.0)):
+    """The history statistics of the events the hold-out leaves, and every film seen."""
+    visible = [e for e in events if not holdout.is_hidden(e.movie_id)]
+    films_seen = np.unique([e.movie_id for e in events])
+    return stats_of_batch(EventBatch.of_events(visible)), films_seen
+
+
+def test_the_stage_writes_ease_neighbours_or_the_cosine_baseline(tmp_path):
     events = light_and_heavy_watchers()
-    first = {}
-    for weighting in ("none", "inverse"):
-        config = cowatch.CowatchConfig(dim=2, min_watches=1, user_weighting=weighting)
-        report = cowatch_stage.compute_and_write(events, str(tmp_path), config, Holdout(0.0))
+    lists = {}
+    for model in ("cosine", "ease"):
+        config = cowatch.CowatchConfig(dim=2, min_watches=1, model=model, ease_lambda=1.0)
+        report = cowatch_stage.compute_and_write(*stats_of(events), str(tmp_path), config,
+                                                 Holdout(0.0))  # fmt: skip
+        assert report["config"]["model"] == model
         version = report["model_version"]
-        assert cowatch_stage.user_weighting_of(str(tmp_path), version) == weighting
-        lists = dict(read_lists(f"{tmp_path}/{version}/{cowatch_stage.NEIGHBORS_TABLE}/*.parquet"))
-        first[weighting] = lists[1][0][0]
-    assert first == {"none": 3, "inverse": 2}
-    assert cowatch.CowatchConfig().user_weighting == "inverse"
+        lists[model] = dict(
+            read_lists(f"{tmp_path}/{version}/{cowatch_stage.NEIGHBORS_TABLE}/*.parquet")
+        )
+    fg = stats_of(events)[0].gram
+    for model, expected in (("cosine", collab.cosine_neighbors(fg, 50)),
+                            ("ease", collab.ease_neighbors(fg, 1.0, 50))):  # fmt: skip
+        assert set(lists[model]) == set(expected)
+        for film, found in lists[model].items():
+            assert [n for n, _ in found] == [n for n, _ in expected[film]]
+            assert np.allclose([s for _, s in found], [s for _, s in expected[film]], atol=1e-6)
+    assert lists["cosine"][1][0][0] == 3 and lists["ease"][1][0][0] == 2
+    assert cowatch.CowatchConfig().model == "ease"
 
 
 def test_cowatch_vectors_separate_the_audiences():
@@ -137,7 +156,7 @@ def test_cold_split_never_lets_a_hidden_watch_into_training(tmp_path):
         {(e.user_id, e.movie_id) for e in events if e.movie_id in hidden}
     )
     report = cowatch_stage.compute_and_write(
-        events, str(tmp_path), cowatch.CowatchConfig(dim=4), holdout
+        *stats_of(events, holdout), str(tmp_path), cowatch.CowatchConfig(dim=4), holdout
     )
     assert set(report["hidden_films"]) == hidden
     assert report["events_used"] == len(split.visible)
@@ -149,7 +168,7 @@ def test_cold_split_never_lets_a_hidden_watch_into_training(tmp_path):
     assert lists and not any(n in hidden for v in lists.values() for n, _ in v)
     assert not set(lists) & hidden
     again = cowatch_stage.compute_and_write(
-        events, str(tmp_path), cowatch.CowatchConfig(dim=4), Holdout(0.0)
+        *stats_of(events), str(tmp_path), cowatch.CowatchConfig(dim=4), Holdout(0.0)
     )
     assert again["model_version"] != version
 
