@@ -53,7 +53,9 @@ from storage.files import read_tfrecord_records
 from storage.history import HISTORY_STAGE
 from storage.posters import posters_glob
 from transforms.candidates import BuildCandidates
-from transforms.candidates import ReadWatchHistory
+from transforms.history import USER_BUCKETS
+from transforms.history import GroupUsers
+from transforms.history import ReadWatchHistory
 from transforms.manifest import write_json_report
 from transforms.neighbors import SIMILARITIES
 from transforms.neighbors import FindNeighbors
@@ -65,6 +67,7 @@ from transforms.neighbors import read_lists
 from transforms.sinks import WriteShards
 from transforms.warehouse import WAREHOUSE_STAGE
 from transforms.warehouse import Warehouse
+from transforms.warehouse import WriteWarehouseShards
 from transforms.warehouse import WriteWarehouseTable
 from transforms.warehouse import clear_staging
 from transforms.warehouse import clear_unpublished
@@ -328,11 +331,12 @@ def write_tables(pipeline: beam.Pipeline, lists: beam.PCollection, job: Neighbor
     ]
     if job.watch_history:
         history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(job.watch_history, run_id)
-        rows, _ = (history.events, lists) | "BuildCandidates" >> BuildCandidates(
+        users = history.batches | "GroupUsers" >> GroupUsers(USER_BUCKETS)
+        tables = (users, lists) | "BuildCandidates" >> BuildCandidates(
             job.candidates, run_date, use_popularity=job.blend is not None
         )
-        dead.append(rows | "WriteCandidates" >> WriteWarehouseTable(
-            warehouse, CandidateRow, run_date, lambda r: (r.user_id, r.rank), run_id=run_id
+        dead.append(tables | "WriteCandidates" >> WriteWarehouseShards(
+            warehouse, CandidateRow, run_date, USER_BUCKETS, run_id=run_id
         ))  # fmt: skip
         dead.append(history.dead_letter)
     _ = dead | "AllDeadLetters" >> beam.Flatten() | "WriteDeadLetters" >> WriteShards(

@@ -20,12 +20,17 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime
+import io
 import json
 import math
 import os
+from collections.abc import Iterator
 from collections.abc import Sequence
 
 import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import DeadLetter
@@ -34,6 +39,8 @@ from schemas import Record
 from storage import bigquery
 from storage import local_warehouse
 from storage.files import parquet_encoder
+from storage.files import shard_path
+from storage.files import write_bytes
 from transforms.sinks import WriteShards
 
 WAREHOUSE_STAGE = "warehouse"
@@ -143,15 +150,7 @@ class _RefuseNonFiniteFn(beam.DoFn):
             yield row
             return
         self._refused.inc()
-        yield beam.pvalue.TaggedOutput(
-            REFUSED,
-            DeadLetter(
-                run_id=self._run_id, stage=WAREHOUSE_STAGE, reason=f"{bad[0]}_not_finite",
-                detail=f"{self._table} row not written: {', '.join(bad)} not finite",
-                input_row=json.dumps(to_bigquery_row(row), sort_keys=True), attempts=0,
-                movie_id=getattr(row, "movie_id", None),
-            ),
-        )  # fmt: skip
+        yield beam.pvalue.TaggedOutput(REFUSED, _refusal(row, type(row), self._run_id))
 
 
 class WriteWarehouseTable(beam.PTransform):
@@ -188,6 +187,79 @@ class WriteWarehouseTable(beam.PTransform):
         return rows | "WriteParquet" >> WriteShards(
             prefix, ".parquet", self._num_shards, parquet_encoder(table), self._sort_key
         )
+
+
+class _WriteTableShardFn(beam.DoFn):
+    """(shard, Arrow table) -> the shard's Parquet file (rows with a non-finite number left
+    out, as REFUSED dead letters); the main output is the path written."""
+
+    def __init__(self, prefix: str, shards: int, table: type[Record], run_id: str) -> None:
+        self._prefix = prefix
+        self._shards = shards
+        self._table = table
+        self._run_id = run_id
+        self._refused = beam.metrics.Metrics.counter(WAREHOUSE_STAGE, f"{table.TABLE}_refused")
+
+    def process(self, keyed: tuple[int, pa.Table]) -> Iterator:
+        shard, arrow = keyed
+        finite = np.ones(arrow.num_rows, bool)
+        for name, spec in self._table.columns():
+            if spec.kind in (Kind.FLOAT32, Kind.FLOAT64) and not spec.repeated:
+                values = arrow.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+                finite &= np.isfinite(values)
+        if not finite.all():
+            for row in self._table.from_arrow(arrow.filter(pa.array(~finite))):
+                self._refused.inc()
+                yield beam.pvalue.TaggedOutput(REFUSED, _refusal(row, self._table, self._run_id))
+            arrow = arrow.filter(pa.array(finite))
+        path = shard_path(self._prefix, shard, self._shards, ".parquet")
+        buffer = io.BytesIO()
+        pq.write_table(arrow, buffer, compression="zstd")
+        write_bytes(path, buffer.getvalue())
+        yield path
+
+
+def _refusal(row: Record, table: type[Record], run_id: str) -> DeadLetter:
+    bad = non_finite_columns(row)
+    return DeadLetter(
+        run_id=run_id, stage=WAREHOUSE_STAGE, reason=f"{bad[0]}_not_finite",
+        detail=f"{table.TABLE} row not written: {', '.join(bad)} not finite",
+        input_row=json.dumps(to_bigquery_row(row), sort_keys=True), attempts=0,
+        movie_id=getattr(row, "movie_id", None),
+    )  # fmt: skip
+
+
+def _at_least_one_file(written: list[str], prefix: str, shards: int, table: type[Record]) -> None:
+    """An empty shard 0 when no shard was written, so the date is published (with no rows)."""
+    if not written:
+        write_bytes(shard_path(prefix, 0, shards, ".parquet"), parquet_encoder(table)([]))
+
+
+class WriteWarehouseShards(beam.PTransform):
+    """Writes one table's rows for one run date, given as (shard, Arrow table) pairs (a shard
+    per bucket of users: user-sized tables are never gathered in one place); outputs the rows
+    it refused (a NaN or infinite number) as DeadLetter records."""
+
+    def __init__(
+        self, warehouse: Warehouse, table: type[Record], run_date: datetime.date, shards: int,
+        run_id: str | None = None,
+    ) -> None:  # fmt: skip
+        super().__init__()
+        self._prefix = os.path.join(warehouse.staging_dir(table, run_date), table.TABLE)
+        self._table = table
+        self._shards = shards
+        self._run_id = run_id or run_date.isoformat()
+
+    def expand(self, tables: beam.PCollection) -> beam.PCollection:
+        fn = _WriteTableShardFn(self._prefix, self._shards, self._table, self._run_id)
+        written = tables | "WriteShard" >> beam.ParDo(fn).with_outputs(REFUSED, main="paths")
+        _ = (
+            written.paths
+            | "WrittenShards" >> beam.combiners.ToList()
+            | "AtLeastOneFile" >> beam.Map(
+                _at_least_one_file, self._prefix, self._shards, self._table)
+        )  # fmt: skip
+        return written[REFUSED]
 
 
 def clear_unpublished(warehouse: Warehouse) -> list[str]:

@@ -19,7 +19,7 @@ from models.scoring import similarity_scores
 from schemas import WatchEvent
 from tests.conftest import local_pipeline
 from tests.storage.test_history import BAD_HISTORY
-from transforms.candidates import ReadWatchHistory
+from transforms.history import ReadWatchHistory
 from transforms.neighbors import rank_neighbors
 
 UTC = datetime.UTC
@@ -91,8 +91,8 @@ def test_read_watch_history_routes_and_counts_every_row(tmp_path):
     path.write_text(BAD_HISTORY)
     pipeline = local_pipeline()
     history = pipeline | ReadWatchHistory(str(path), "run")
-    assert_that(history.events | "Films" >> beam.Map(lambda e: e.movie_id), equal_to([10, 20]),
-                label="Events")  # fmt: skip
+    films = history.batches | "Films" >> beam.FlatMap(lambda b: b.movie_id.tolist())
+    assert_that(films, equal_to([10, 20]), label="Events")
     reasons = history.dead_letter | "Reasons" >> beam.Map(lambda d: d.reason)
     expected = ["rating_not_finite"] * 2 + ["rating_out_of_range"] * 2 + [
         "timestamp_invalid"] * 2 + ["bad_user_id"] * 2 + ["bad_movie_id"] * 2 + ["bad_row"]

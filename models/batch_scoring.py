@@ -1,0 +1,208 @@
+"""Candidates for a batch of complete users at once: :func:`models.scoring.rank_candidates`
+over NumPy columns and one sparse product, the same ranking for every user.
+
+The neighbour lists of every film sit in one sparse films x films matrix
+(:class:`CandidateModel`, film-sized); a batch's events become a sparse users x films matrix of
+watch weights (rating x age decay x position decay, repeats summed), and one product gives every
+user's scores. Then, user by user over small arrays, watched films are dropped, the popularity
+blend and backfill applied, the top ``top_k`` kept (ties to the more popular, then the lower id)
+and each candidate's contributing watched films found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.scoring import MAX_CONTRIBUTORS
+from models.scoring import CandidateConfig
+from models.scoring import Popularity
+from storage.history import EventBatch
+
+_DAY = 86_400.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CandidateModel:
+    """Every film's neighbour list as one sparse matrix over ``films`` (sorted ids), and the
+    films' popularity (a score each, and the most popular first, as positions)."""
+
+    films: np.ndarray
+    neighbours: sp.csr_matrix
+    has_list: np.ndarray
+    popularity: np.ndarray | None
+    ranked: np.ndarray | None
+
+    @classmethod
+    def build(
+        cls, lists: Iterable[tuple[int, np.ndarray, np.ndarray]],
+        popularity: Popularity | None = None,
+    ) -> CandidateModel:  # fmt: skip
+        """From (film, neighbour ids, scores) lists, and the popularity when it blends in."""
+        lists = sorted(lists, key=lambda item: item[0])
+        owners = np.array([m for m, _, _ in lists], dtype=np.int64)
+        parts = [owners] + [np.asarray(ids, np.int64) for _, ids, _ in lists]
+        if popularity is not None:
+            parts.append(np.fromiter(popularity.score, np.int64, len(popularity.score)))
+        films = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        rows = np.repeat(np.searchsorted(films, owners), [len(ids) for _, ids, _ in lists])
+        cols = np.searchsorted(films, np.concatenate(
+            [np.asarray(ids, np.int64) for _, ids, _ in lists] or [np.zeros(0, np.int64)]))
+        data = np.concatenate(
+            [np.asarray(s, np.float64) for _, _, s in lists] or [np.zeros(0)])  # fmt: skip
+        matrix = sp.csr_matrix((data, (rows, cols)), shape=(len(films), len(films)))
+        has_list = np.zeros(len(films), bool)
+        has_list[np.searchsorted(films, owners)] = True
+        score = ranked = None
+        if popularity is not None:
+            score = np.zeros(len(films))
+            for film, value in popularity.score.items():
+                score[np.searchsorted(films, film)] = value
+            ranked = np.searchsorted(films, np.array(popularity.ranked, dtype=np.int64))
+        return cls(films, matrix, has_list, score, ranked)
+
+    def positions(self, ids: np.ndarray) -> np.ndarray:
+        """Each id's position among ``films``, -1 where it is not one of them."""
+        pos = np.searchsorted(self.films, ids)
+        pos = np.minimum(pos, max(len(self.films) - 1, 0))
+        found = (self.films[pos] == ids) if len(self.films) else np.zeros(len(ids), bool)
+        return np.where(found, pos, -1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RankedBatch:
+    """The candidate rows of a batch of users, best first per user, as columns."""
+
+    user_id: np.ndarray
+    rank: np.ndarray
+    movie_id: np.ndarray
+    score: np.ndarray
+    contributors: list[np.ndarray]
+    users: int
+    events: int
+    events_without_list: int
+    backfill_rows: int
+
+
+def event_weights(batch: EventBatch, config: CandidateConfig, reference: float) -> np.ndarray:
+    """Each event's weight: rating / 5 (0 below ``min_rating``) x 0.5 ** (age / half-life) x
+    0.5 ** (position among the user's watches, latest first / ``recency_events``). The batch
+    must be sorted by user, time, film."""
+    rating = batch.rating.astype(np.float64)
+    weight = np.where(rating < config.min_rating, 0.0, rating / 5.0)
+    age = np.maximum(0.0, (reference - batch.watched_at.astype(np.float64)) / _DAY)
+    weight = weight * 0.5 ** (age / config.half_life_days)
+    if config.recency_events:
+        starts = np.flatnonzero(np.r_[True, batch.user_id[1:] != batch.user_id[:-1]])
+        ends = np.r_[starts[1:], len(batch)]
+        last = np.repeat(ends - 1, ends - starts)
+        weight = weight * 0.5 ** ((last - np.arange(len(batch))) / config.recency_events)
+    return weight
+
+
+def rank_batch(
+    batch: EventBatch, model: CandidateModel, config: CandidateConfig, reference: float
+) -> RankedBatch:
+    """Every user's top-k candidates (the batch holds complete users sorted by user, time,
+    film; ``reference``: Unix seconds the age decay is measured from)."""
+    users, user_row = np.unique(batch.user_id, return_inverse=True)
+    pos = model.positions(batch.movie_id)
+    weight = event_weights(batch, config, reference)
+    listed = pos >= 0
+    listed[listed] = model.has_list[pos[listed]]
+    use = listed & (weight != 0.0)
+    n = len(model.films)
+    weights = sp.csr_matrix((weight[use], (user_row[use], pos[use])), shape=(len(users), n))
+    scores = (weights @ model.neighbours).tocsr()
+    known = pos >= 0
+    watched_rows = sp.csr_matrix(
+        (np.ones(int(known.sum()), bool), (user_row[known], pos[known])), shape=(len(users), n)
+    )
+    distinct = np.unique(np.stack([user_row, batch.movie_id], axis=1), axis=0)
+    watched_count = np.bincount(distinct[:, 0], minlength=len(users))
+    slot = np.full(n, -1)
+    out_user, out_rank, out_movie, out_score, contributors = [], [], [], [], []
+    pop = model.popularity
+    for u in range(len(users)):
+        lo, hi = scores.indptr[u], scores.indptr[u + 1]
+        cand, value = scores.indices[lo:hi], scores.data[lo:hi]
+        seen = watched_rows.indices[watched_rows.indptr[u] : watched_rows.indptr[u + 1]]
+        keep = ~np.isin(cand, seen)
+        cand, value = cand[keep], value[keep]
+        if pop is not None:
+            best = value.max(initial=0.0)
+            value = value / best if best > 0 else np.zeros_like(value)
+            limit = config.top_k + int(watched_count[u])
+            fill = model.ranked[:limit]
+            fill = fill[~np.isin(fill, seen)][: config.top_k]
+            extra = fill[~np.isin(fill, cand)]
+            cand = np.concatenate([cand, extra])
+            value = np.concatenate([value, np.zeros(len(extra))])
+            value = value + config.popularity_weight * pop[cand]
+            ties = -pop[cand]
+        else:
+            ties = np.zeros(len(cand))
+        rounded = np.round(value, 9)
+        order = np.lexsort((model.films[cand], ties, -rounded))[: config.top_k]
+        chosen = cand[order]
+        out_user.append(np.full(len(chosen), users[u]))
+        out_rank.append(np.arange(1, len(chosen) + 1))
+        out_movie.append(model.films[chosen])
+        out_score.append(rounded[order])
+        contributors.extend(_contributors(weights, model, u, chosen, slot))
+    return RankedBatch(
+        user_id=np.concatenate(out_user or [np.zeros(0, np.int64)]),
+        rank=np.concatenate(out_rank or [np.zeros(0, np.int64)]),
+        movie_id=np.concatenate(out_movie or [np.zeros(0, np.int64)]),
+        score=np.concatenate(out_score or [np.zeros(0)]),
+        contributors=contributors, users=len(users), events=len(batch),
+        events_without_list=int((~listed).sum()),
+        backfill_rows=sum(1 for c in contributors if not len(c)),
+    )  # fmt: skip
+
+
+def _contributors(
+    weights: sp.csr_matrix, model: CandidateModel, user: int, chosen: np.ndarray,
+    slot: np.ndarray,
+) -> list[np.ndarray]:  # fmt: skip
+    """Each chosen film's watched films by contribution (weight x neighbour score), best first,
+    at most MAX_CONTRIBUTORS; ties by lower id. ``slot``: a films-long array of -1, left so."""
+    lo, hi = weights.indptr[user], weights.indptr[user + 1]
+    films, film_weight = weights.indices[lo:hi], weights.data[lo:hi]
+    matrix = model.neighbours
+    starts, ends = matrix.indptr[films], matrix.indptr[films + 1]
+    lengths = ends - starts
+    index = np.repeat(starts - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(
+        lengths.sum())  # fmt: skip
+    cols = matrix.indices[index]
+    source = np.repeat(films, lengths)
+    part = np.repeat(film_weight, lengths) * matrix.data[index]
+    slot[chosen] = np.arange(len(chosen))
+    inside = slot[cols] >= 0
+    cols, source, part = cols[inside], source[inside], part[inside]
+    order = np.lexsort((model.films[source], -part, slot[cols]))
+    cols, source = cols[order], source[order]
+    where = slot[cols]
+    slot[chosen] = -1
+    found = [np.zeros(0, np.int64)] * len(chosen)
+    if len(cols):
+        bounds = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])
+        for start, end in zip(bounds, np.r_[bounds[1:], len(cols)], strict=True):
+            stop = min(end, start + MAX_CONTRIBUTORS)
+            found[where[start]] = model.films[source[start:stop]]
+    return found
+
+
+def popularity_of(
+    counts: Mapping[int, float], lists: Mapping[int, Sequence[tuple]]
+) -> Popularity:
+    """The popularity that blends in: watcher counts of the films with a neighbour list, and
+    for a listed film nobody watched yet the estimate from its neighbours."""
+    known = {m: counts[m] for m in lists if counts.get(m)}
+    new = {m: v for m, v in lists.items() if not counts.get(m)}
+    return Popularity.with_estimates(known, new)
