@@ -45,7 +45,8 @@ def world(seed: int = 1):
 def test_a_batch_ranks_every_user_as_rank_candidates_does(config, with_popularity):
     events, lists, counts = world()
     popularity = bs.popularity_of(counts, lists) if with_popularity else None
-    arrays = [(m, np.array([n for n, _ in v]), np.array([s for _, s in v])) for m, v in lists.items()]
+    arrays = [(m, np.array([n for n, _ in v]), np.array([s for _, s in v]))
+              for m, v in lists.items()]  # fmt: skip
     model = bs.CandidateModel.build(arrays, popularity)
     reference = reference_time(datetime.date(2026, 1, 1))
     ordered = sorted(events, key=lambda e: (e.user_id, e.watched_at, e.movie_id))

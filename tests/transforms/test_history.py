@@ -59,8 +59,9 @@ def test_byte_ranges_read_every_row_once_with_line_numbers(tmp_path, monkeypatch
                 (got if isinstance(item, EventBatch) else dead).append(item)
         merged = EventBatch.concat(got)
         assert len(merged) == len(lines) - 2, step
-        assert sorted(zip(merged.user_id, merged.movie_id, merged.watched_at)) == sorted(
-            zip(batch.user_id, batch.movie_id, batch.watched_at))  # fmt: skip
+        found = zip(merged.user_id, merged.movie_id, merged.watched_at, strict=True)
+        assert sorted(found) == sorted(
+            zip(batch.user_id, batch.movie_id, batch.watched_at, strict=True))  # fmt: skip
         assert sorted((d.reason, d.line_number) for d in dead) == [
             ("bad_user_id", 103), ("rating_not_finite", 102)]  # fmt: skip
     slow = [e for e in read_history_file(str(path), "run") if not hasattr(e, "reason")]
