@@ -2,7 +2,8 @@
 
 Nothing here is hand-set. :func:`tune_blend` holds out each user's latest catalogue watch of the
 *training* history (a time-ordered validation split: everything the held-out test watch would
-see is older than it), rebuilds co-watch neighbours and popularity from what remains, and picks
+see is older than it), rebuilds co-watch neighbours (the Gram updated exactly, then the
+co-watch model) and popularity from what remains, and picks
 by validation HR@100 (then HR@10), one setting at a time over :data:`GRID`: the position decay
 of a user's history, the weight of poster neighbours, the weight of popularity and the poster
 similarity (cosine or L2). The chosen :class:`Blend` and every trial go to the run's report.
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models import candidate_eval as ev
-from models import cowatch
+from models.collab import CollabModel
 from models.scoring import SIMILARITIES
 from models.scoring import CandidateConfig
 from models.scoring import Popularity
@@ -105,22 +106,21 @@ class HybridInputs:
 
 def hybrid_inputs(
     split: ev.Split,
+    population: ev.Population,
     poster: tuple[np.ndarray, np.ndarray],
     catalogue: set[int],
     k: int = 50,
     queries: Mapping[int, np.ndarray] | None = None,
-    user_weighting: str = cowatch.CowatchConfig.user_weighting,
+    model: CollabModel = CollabModel(),
 ) -> HybridInputs:
-    """Co-watch neighbours and popularity of the split's training part, and poster neighbours.
+    """Co-watch neighbours (``model`` on the Gram) and popularity of the split's training
+    ``population``, and poster neighbours.
 
     ``poster`` is (film ids, unit vectors). With ``queries`` (an audience model's co-watch
     targets), a film that has one searches the posters with it: the posters whose predicted
-    audience is its audience; other films search with their own poster. The co-watch neighbours
-    weight users as the co-watch stage does (``user_weighting``).
+    audience is its audience; other films search with their own poster.
     """
-    history = [e for events in split.train.values() for e in events]
-    matrix = cowatch.history_matrix(history)
-    lists = cowatch.cowatch_neighbors(matrix, k, user_weighting=user_weighting)
+    lists = model.neighbors(population.gram, k)
     lists = {f: [(n, s) for n, s in v if n in catalogue] for f, v in lists.items()}
     ids, vectors = poster
     search = vectors.copy()
@@ -128,7 +128,7 @@ def hybrid_inputs(
         if queries is not None and film in queries:
             search[row] = queries[film]
     dots = ev.neighbour_lists(ids, vectors, k, queries=search)
-    return HybridInputs(lists, dots, ev.training_popularity(split, catalogue))
+    return HybridInputs(lists, dots, population.popularity(catalogue))
 
 
 def hybrid_recommender(
@@ -146,13 +146,21 @@ def tune_blend(
     base: CandidateConfig,
     k: int = 50,
     queries: Mapping[int, np.ndarray] | None = None,
-    user_weighting: str = cowatch.CowatchConfig.user_weighting,
+    model: CollabModel = CollabModel(),
+    population: ev.Population | None = None,
 ) -> tuple[Blend, list[dict]]:
-    """The blend with the best validation HR@100 (time-ordered split), and every trial."""
+    """The blend with the best validation HR@100 (time-ordered split), and every trial.
+
+    ``events`` are the training histories of the users it validates on; ``population`` what
+    every user's training history adds up to (default: ``events`` are every user's).
+    """
     validation = ev.leave_last_out(events, catalogue)
     if not validation.held_out:
         raise ValueError("no user has a catalogue watch to validate the blend on")
-    inputs = hybrid_inputs(validation, poster, catalogue, k, queries, user_weighting)
+    population = population or ev.Population.of_events(events)
+    inputs = hybrid_inputs(
+        validation, population.after_split(validation), poster, catalogue, k, queries, model
+    )
     blend = Blend()
     trials: list[dict] = []
 

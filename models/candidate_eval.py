@@ -17,6 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models.collab import FilmGram
+from models.collab import gram_of_users
+from models.collab import select_films
 from models.scann_index import exact_search
 from models.scoring import CandidateConfig
 from models.scoring import Popularity
@@ -98,17 +101,48 @@ def neighbour_recommender(
     return recommend
 
 
-def training_popularity(split: Split, catalogue: set[int]) -> Popularity:
-    """Watchers per catalogue film in the training histories (never the held-out watches)."""
-    counts = collections.Counter(
-        m for h in split.train.values() for m in {e.movie_id for e in h}
-    )
-    return Popularity.from_counts(counts, catalogue)
+@dataclasses.dataclass(frozen=True)
+class Population:
+    """What the evaluation knows of every user's history, in film-sized arrays only: the Gram
+    of the modelled films and every film's distinct watchers. The evaluated users (a sample)
+    bring their own events; holding out their watches changes these exactly
+    (:meth:`after_split`)."""
+
+    gram: FilmGram
+    watchers: Mapping[int, int]
+
+    @classmethod
+    def of_events(cls, events: Sequence[WatchEvent], max_films: int = 100_000) -> Population:
+        """The population of an in-memory history (every user known: benchmarks, tests)."""
+        pairs = {(e.user_id, e.movie_id) for e in events}
+        watchers = collections.Counter(m for _, m in pairs)
+        ids = np.array(sorted(watchers), dtype=np.int64)
+        counts = np.array([watchers[m] for m in ids.tolist()])
+        films = select_films(ids, counts, 1, max_films)
+        users = np.array([u for u, _ in pairs], dtype=np.int64)
+        movies = np.array([m for _, m in pairs], dtype=np.int64)
+        return cls(FilmGram(films, gram_of_users(films, users, movies)), dict(watchers))
+
+    def after_split(self, split: Split) -> Population:
+        """The population once the split's held-out watches leave it (its training part)."""
+        users = sorted(split.held_out)
+        after = [np.array(sorted({e.movie_id for e in split.train[u]}), np.int64) for u in users]
+        held = [split.held_out[u].movie_id for u in users]
+        before = [np.union1d(a, [h]) for a, h in zip(after, held, strict=True)]
+        watchers = dict(self.watchers)
+        for films, film in zip(after, held, strict=True):
+            if film not in films:
+                watchers[film] = watchers.get(film, 0) - 1
+        return Population(self.gram.with_histories_changed(before, after), watchers)
+
+    def popularity(self, catalogue: set[int]) -> Popularity:
+        """Watchers per catalogue film."""
+        return Popularity.from_counts({m: c for m, c in self.watchers.items() if c > 0}, catalogue)
 
 
-def popularity_recommender(split: Split, catalogue: set[int], k: int) -> Recommender:
+def popularity_recommender(popularity: Popularity, k: int) -> Recommender:
     """The most-watched films of the training histories, minus what the user watched."""
-    ranked = training_popularity(split, catalogue).ranked
+    ranked = popularity.ranked
 
     def recommend(user: int, history: Sequence[WatchEvent], held: WatchEvent) -> list[int]:
         watched = {e.movie_id for e in history}

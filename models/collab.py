@@ -195,10 +195,26 @@ def cosine_neighbors(fg: FilmGram, k: int) -> dict[int, list[tuple[int, float]]]
     return lists
 
 
+@dataclasses.dataclass(frozen=True)
+class CollabModel:
+    """Which collaborative model gives the co-watch neighbours, and its penalty."""
+
+    model: str = "ease"
+    ease_lambda: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.model not in COLLAB_MODELS:
+            raise ValueError(f"--cowatch_model must be one of {COLLAB_MODELS}, not {self.model!r}")
+
+    def neighbors(self, fg: FilmGram, k: int) -> dict[int, list[tuple[int, float]]]:
+        """Each film's top-``k`` neighbours by this model."""
+        if self.model == "ease":
+            return ease_neighbors(fg, self.ease_lambda, k)
+        return cosine_neighbors(fg, k)
+
+
 def collab_neighbors(
     fg: FilmGram, model: str, k: int, lam: float
 ) -> dict[int, list[tuple[int, float]]]:
     """Each film's neighbours by the collaborative ``model`` (``ease`` or ``cosine``)."""
-    if model not in COLLAB_MODELS:
-        raise ValueError(f"--cowatch_model must be one of {COLLAB_MODELS}, not {model!r}")
-    return ease_neighbors(fg, lam, k) if model == "ease" else cosine_neighbors(fg, k)
+    return CollabModel(model, lam).neighbors(fg, k)

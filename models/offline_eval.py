@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
 
@@ -32,6 +33,8 @@ from models import candidate_eval as ev
 from models import cowatch
 from models.cold_start import Holdout
 from models.cold_start import cold_split
+from models.collab import CollabModel
+from models.collab import cosine_neighbors
 from models.scoring import POPULARITY_NEIGHBOURS
 from models.scoring import CandidateConfig
 from models.scoring import Popularity
@@ -45,8 +48,10 @@ HYBRID_COLD_POP = "hybrid + popularity estimated from poster"
 COLD_POPULARITY_GRID = (0.0, 0.1, 0.3, 0.5, 1.0)
 """Weights of the poster-estimated popularity tried on the cold validation hold-out."""
 COWATCH = "co-watch kNN"
-COWATCH_WEIGHTED = "co-watch kNN, users weighted"
-"""The hybrid's co-watch neighbours alone (the co-watch stage's ``--cowatch_user_weighting``)."""
+COWATCH_MODEL = "co-watch model alone"
+"""The hybrid's co-watch neighbours alone (the co-watch stage's ``--cowatch_model``: EASE)."""
+HYBRID_NO_POSTER = "hybrid, poster weight 0"
+"""The tuned blend with its poster weight set to 0: the hybrid minus it is the posters' share."""
 GENRES = "genre profile"
 BASELINE_K = 50
 """Neighbours per film of the item-item co-watch kNN baseline (cosine on co-watch counts)."""
@@ -105,17 +110,20 @@ def warm_evaluation(
     queries: Mapping[int, np.ndarray] | None = None,
     k: int = 50,
     seed: int = 0,
-    user_weighting: str = cowatch.CowatchConfig.user_weighting,
+    model: CollabModel = CollabModel(),
+    population: ev.Population | None = None,
 ) -> WarmResult:
-    """Leave-last-out hits of every method; the hybrid uses ``posters[hybrid_poster]`` and
-    co-watch neighbours whose users are weighted by ``user_weighting``."""
+    """Leave-last-out hits of every method for the users of ``events`` (every user, or a
+    sample whose ``population`` holds everyone's film-sized statistics); the hybrid uses
+    ``posters[hybrid_poster]`` and the co-watch ``model``."""
     split = ev.leave_last_out(events, catalogue)
     train = [e for h in split.train.values() for e in h]
+    trained = (population or ev.Population.of_events(events)).after_split(split)
     methods = {
         "random": ev.random_recommender(catalogue, config.top_k, seed),
-        "popularity": ev.popularity_recommender(split, catalogue, config.top_k),
+        "popularity": ev.popularity_recommender(trained.popularity(catalogue), config.top_k),
     }
-    lists = cowatch.cowatch_neighbors(cowatch.history_matrix(train), BASELINE_K)
+    lists = cosine_neighbors(trained.gram, BASELINE_K)
     lists = {m: [(n, s) for n, s in v if n in catalogue] for m, v in lists.items()}
     methods[COWATCH] = ev.neighbour_recommender(lists, config)
     if genres:
@@ -128,11 +136,13 @@ def warm_evaluation(
         poster = posters[hybrid_poster]
         matching = _matching(queries, poster)
         blend, trials = blend_lib.tune_blend(
-            train, poster, catalogue, config, k, matching, user_weighting
+            train, poster, catalogue, config, k, matching, model, trained
         )
-        inputs = blend_lib.hybrid_inputs(split, poster, catalogue, k, matching, user_weighting)
-        methods[COWATCH_WEIGHTED] = ev.neighbour_recommender(inputs.cowatch_lists, config)
+        inputs = blend_lib.hybrid_inputs(split, trained, poster, catalogue, k, matching, model)
+        methods[COWATCH_MODEL] = ev.neighbour_recommender(inputs.cowatch_lists, config)
         methods[HYBRID] = blend_lib.hybrid_recommender(inputs, blend, config, k)
+        no_poster = dataclasses.replace(blend, poster_weight=0.0)
+        methods[HYBRID_NO_POSTER] = blend_lib.hybrid_recommender(inputs, no_poster, config, k)
     hits = {name: ev.per_user_hits(split, recommend) for name, recommend in methods.items()}
     return WarmResult(users=len(split.held_out), hits=hits, blend=blend, trials=trials)
 
@@ -149,8 +159,12 @@ def cold_evaluation(
     k: int = 50,
     seed: int = 0,
     top: int = 20,
+    population: ev.Population | None = None,
 ) -> ColdResult:
-    """Cold-start Recall@top of every method (``posters`` must never have seen hidden films)."""
+    """Cold-start Recall@top of every method for the users of ``events`` (every user, or a
+    sample whose ``population`` holds everyone's film-sized statistics); ``posters`` must never
+    have seen hidden films."""
+    population = population or ev.Population.of_events(events)
     cold = cold_split(events, holdout.hidden(catalogue))
     if not cold.hidden_films:
         raise ValueError("the hold-out hides no film of the catalogue: raise --holdout_fraction")
@@ -174,9 +188,12 @@ def cold_evaluation(
     weight, trials = None, []
     if hybrid_poster and _matching(queries, posters[hybrid_poster]):
         poster = posters[hybrid_poster]
-        lists, popularity = cold_hybrid_inputs(cold.visible, hidden, poster, queries, k)
+        seen = _visible_watchers(population, cold.hidden_films)
+        lists, popularity = cold_hybrid_inputs(seen, hidden, poster, queries, k)
         methods[HYBRID_COLD] = ev.cold_neighbour_recommender(lists, ranked)
-        weight, trials = tune_cold_popularity(cold.visible, catalogue, holdout, poster, k, ranked)
+        weight, trials = tune_cold_popularity(
+            cold.visible, catalogue, holdout, poster, k, ranked, population
+        )
         methods[HYBRID_COLD_POP] = ev.cold_neighbour_recommender(
             lists, dataclasses.replace(ranked, popularity_weight=weight), popularity
         )
@@ -184,19 +201,25 @@ def cold_evaluation(
     return ColdResult(len(hidden), top, recall, weight, trials)
 
 
+def _visible_watchers(population: ev.Population, hidden: Iterable[int]) -> dict[int, int]:
+    """Watchers of the films no hold-out hides (a hidden film has no visible watch)."""
+    hidden = set(hidden)
+    return {m: c for m, c in population.watchers.items() if c > 0 and m not in hidden}
+
+
 def cold_hybrid_inputs(
-    visible: Sequence[WatchEvent],
+    watchers: Mapping[int, int],
     pool: set[int],
     poster: Vectors,
     queries: Mapping[int, np.ndarray],
     k: int,
 ) -> tuple[dict, Popularity]:
     """The hybrid's cold-start inputs: each film's nearest ``pool`` posters searched with its
-    co-watch vector, and the ``pool`` films' popularity estimated from their posters."""
+    co-watch vector, and the ``pool`` films' popularity estimated from their posters (from the
+    ``watchers`` of the visible films)."""
     ids, vectors = poster
     search = np.stack([queries.get(int(m), v) for m, v in zip(ids, vectors, strict=True)])
     lists = ev.neighbour_lists(ids, vectors, k, pool, search)
-    watchers = collections.Counter(m for _, m in {(e.user_id, e.movie_id) for e in visible})
     known = {int(m) for m in ids if watchers.get(int(m))}
     near = ev.neighbour_lists(ids, vectors, POPULARITY_NEIGHBOURS, among=known)
     estimates = estimated_popularity({m: watchers[m] for m in known}, near, sorted(pool))
@@ -210,6 +233,7 @@ def tune_cold_popularity(
     poster: Vectors,
     k: int,
     ranked: CandidateConfig,
+    population: ev.Population | None = None,
 ) -> tuple[float, list[dict]]:
     """The weight of poster-estimated popularity with the best Recall on a validation hold-out.
 
@@ -221,16 +245,23 @@ def tune_cold_popularity(
     The poster model itself was fitted to most validation films' posters, so the choice is
     noisy; the grid stops at 1, where an estimated popularity can at most tie the user's best
     neighbour match (scores are divided by the best): popularity never outweighs the history.
+    ``visible`` are the evaluated users' visible events; ``population`` (default: theirs)
+    holds everyone's film-sized statistics, hidden films included.
     """
-    shown = {int(m) for m in catalogue} & {e.movie_id for e in visible}
+    population = population or ev.Population.of_events(visible)
+    hidden = holdout.hidden(catalogue)
+    seen = _visible_watchers(population, hidden)
+    shown = {int(m) for m in catalogue} & set(seen)
     validation = Holdout(holdout.fraction, holdout.seed + 1).hidden(shown)
     split = cold_split(visible, validation)
     if not split.targets:
         return 0.0, []
     dims = cowatch.CowatchConfig(dim=poster[1].shape[1])
-    ids, vectors = cowatch.cowatch_vectors(cowatch.history_matrix(split.visible), dims)
+    gone = np.isin(population.gram.films, list(hidden | validation))
+    ids, vectors = cowatch.gram_vectors(population.gram.subset(~gone), dims)
     queries = dict(zip(ids.tolist(), vectors, strict=True))
-    lists, popularity = cold_hybrid_inputs(split.visible, set(validation), poster, queries, k)
+    left = {m: c for m, c in seen.items() if m not in validation}
+    lists, popularity = cold_hybrid_inputs(left, set(validation), poster, queries, k)
     by_user = collections.defaultdict(list)
     for e in split.visible:
         by_user[e.user_id].append(e)
@@ -250,7 +281,7 @@ def intervals(
     """Paired bootstrap 95% intervals of the differences the targets name."""
     out: dict[str, dict[str, float]] = {}
     if warm is not None and HYBRID in warm.hits:
-        for other in (COWATCH, "popularity", COWATCH_WEIGHTED):
+        for other in (COWATCH, "popularity", COWATCH_MODEL, HYBRID_NO_POSTER):
             if other not in warm.hits:
                 continue
             out[f"warm HR@100: hybrid - {other}"] = ev.paired_bootstrap(

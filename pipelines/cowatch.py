@@ -149,6 +149,19 @@ def holdout_of(options: PipelineOptions) -> Holdout:
 STATS_TABLE = "stats"
 
 
+def collab_settings_of(root: str, version: str) -> dict:
+    """The settings (``model``, ``ease_lambda``, ``max_films``...) a co-watch version was
+    computed with, from its report."""
+    path = FileSystems.join(root, version, REPORT_FILE)
+    if not FileSystems.exists(path):
+        raise InputError(
+            f"--cowatch_version={version}: no {REPORT_FILE} under {root} — give a version the "
+            "co-watch stage (python -m pipelines.cowatch) published there"
+        )
+    with FileSystems.open(path) as handle:
+        return json.loads(handle.read()).get("config", {})
+
+
 def history_pipeline(
     options: PipelineOptions, uri: str, layout: OutputLayout, config: cowatch.CowatchConfig,
     holdout: Holdout, test_pipeline=None,

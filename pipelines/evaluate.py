@@ -18,15 +18,22 @@ of the differences. Writes ``{output}/reports/evaluation-*.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Mapping
 from collections.abc import Sequence
 
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import TestOptions
 
 from models import candidate_eval as ev
 from models import offline_eval
+from models.collab import CollabModel
+from models.cowatch import CowatchConfig
 from models.scoring import CandidateConfig
 from models.vectors import read_vector_table
 from models.vectors import vectors_glob
@@ -34,18 +41,22 @@ from pipelines import checks
 from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import main
+from pipelines.common import make_pipeline
 from pipelines.cowatch import CowatchOptions
+from pipelines.cowatch import collab_settings_of
 from pipelines.cowatch import holdout_of
-from pipelines.cowatch import user_weighting_of
 from pipelines.embed import EmbedOptions
 from pipelines.index import IndexOptions
 from pipelines.index import resolve_version
 from pipelines.neighbors import WATCH_HISTORY_HELP
 from pipelines.neighbors import NeighborsOptions
 from pipelines.neighbors import film_genres
-from schemas import WatchEvent
-from storage.history import read_history_file
 from storage.posters import posters_glob
+from transforms.history import ComputeHistoryStats
+from transforms.history import GroupUsers
+from transforms.history import HistoryStats
+from transforms.history import ReadWatchHistory
+from transforms.history import StatsConfig
 from transforms.manifest import write_json_report
 
 
@@ -73,7 +84,18 @@ class EvaluateOptions(PipelineOptions):
             help="Cold start: the co-watch version computed with the same hold-out (the "
             "hybrid searches posters with its vectors).",
         )
-        group.add_argument("--eval_seed", type=int, default=0, help="Seed of the random baseline.")
+        group.add_argument(
+            "--eval_users",
+            type=int,
+            default=DEFAULT_EVAL_USERS,
+            help="Users the evaluation and the blend tuning run on: a seeded sample (--eval_seed) "
+            "whose size bounds their cost (about a minute per 300 users); the co-watch model, "
+            "popularity and Gram still come from every user. 0: every user.",
+        )
+        group.add_argument(
+            "--eval_seed", type=int, default=0, help="Seed of the user sample and of the random "
+            "baseline.",
+        )  # fmt: skip
 
 
 COMMAND = Command(
@@ -89,7 +111,6 @@ COMMAND = Command(
     ),
     required=("--vectors", "--watch_history", "--output"),
     hides=("--num_shards",),
-    beam=False,
     overrides={
         "--output": {"help": "Where the JSON report goes ({output}/reports/)."},
         "--watch_history": {"help": WATCH_HISTORY_HELP},
@@ -101,9 +122,22 @@ COMMAND = Command(
 )  # fmt: skip
 
 
-def read_events(uri: str) -> list[WatchEvent]:
-    """Watch events of a local or gs:// CSV or Parquet file (bad rows are skipped and counted)."""
-    return [e for e in read_history_file(uri, "evaluate") if isinstance(e, WatchEvent)]
+DEFAULT_EVAL_USERS = 1000
+STATS_FOLDER = "_evaluation_stats"
+
+
+def history_stats(
+    options: PipelineOptions, uri: str, folder: str, config: StatsConfig, test_pipeline=None
+) -> HistoryStats:
+    """Every film's watchers, the Gram and the sampled users' events, computed by Beam."""
+    pipeline = make_pipeline(options, test_pipeline)
+    history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(uri, "evaluate")
+    users = history.batches | "GroupUsers" >> GroupUsers()
+    _ = users | "HistoryStats" >> ComputeHistoryStats(config, save_to=folder)
+    pipeline.run().wait_until_finish()
+    if options.view_as(TestOptions).dry_run:
+        return None
+    return HistoryStats.load(folder)
 
 
 def label_of(version: str) -> str:
@@ -124,7 +158,7 @@ def _queries(root: str, version: str | None) -> dict | None:
     return {int(m): v for m, v in zip(ids.tolist(), vectors, strict=True)}
 
 
-def run(argv: Sequence[str] | None = None) -> dict:
+def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None) -> dict:
     """Run the evaluation; returns the report."""
     options = COMMAND.parse(argv)
     index_opts = options.view_as(IndexOptions)
@@ -146,17 +180,30 @@ def run(argv: Sequence[str] | None = None) -> dict:
     catalogue = set(posters[labels[version]][0].tolist())
     posters_flag = options.view_as(EmbedOptions).posters
     genres = dict(film_genres(posters_glob(posters_flag))) if posters_flag else {}
-    events = read_events(nightly.watch_history)
+    hybrid = labels[version] if nightly.cowatch_version else None
+    settings = collab_settings_of(root, nightly.cowatch_version) if hybrid else {}
+    model = CollabModel(settings.get("model", "ease"), settings.get("ease_lambda", 300.0))
+    sample = opts.eval_users if opts.eval_users > 0 else 2**62
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
+    folder = FileSystems.join(output, STATS_FOLDER, stamp)
+    stats = history_stats(options, nightly.watch_history, folder, StatsConfig(
+        min_watches=1, max_films=settings.get("max_films", CowatchConfig.max_films),
+        sample_users=sample, sample_seed=opts.eval_seed,
+    ), test_pipeline)  # fmt: skip
+    if stats is None:
+        return {}
+    FileSystems.delete([folder])
+    population = ev.Population(stats.gram, dict(zip(
+        stats.film_ids.tolist(), stats.watchers.tolist(), strict=True)))  # fmt: skip
+    events = list(stats.sample.events())
     config = CandidateConfig(
         top_k=max(100, nightly.candidates_k), half_life_days=nightly.half_life_days,
         min_rating=nightly.min_rating,
     )  # fmt: skip
     seed = opts.eval_seed
-    hybrid = labels[version] if nightly.cowatch_version else None
-    weighting = user_weighting_of(root, nightly.cowatch_version) if hybrid else "none"
     warm = offline_eval.warm_evaluation(
         events, catalogue, genres, posters, hybrid, config,
-        _queries(root, nightly.cowatch_version), nightly.neighbors_k, seed, weighting,
+        _queries(root, nightly.cowatch_version), nightly.neighbors_k, seed, model, population,
     )  # fmt: skip
     cold = None
     if opts.cold_model_version:
@@ -166,6 +213,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
         cold = offline_eval.cold_evaluation(
             events, catalogue, holdout_of(options), genres, history_free, cold_label, config,
             _queries(root, opts.cold_cowatch_version), nightly.neighbors_k, seed,
+            population=population,
         )  # fmt: skip
     found = offline_eval.intervals(warm, cold, cold_label if cold else None, seed)
     tables = [ev.format_table(warm.means(), warm.users)]
@@ -186,12 +234,17 @@ def run(argv: Sequence[str] | None = None) -> dict:
         "model_version": version,
         "baseline_model_versions": baselines,
         "cowatch_version": nightly.cowatch_version,
-        "cowatch_user_weighting": weighting if hybrid else None,
+        "cowatch_model": dataclasses.asdict(model) if hybrid else None,
         "cold_model_version": opts.cold_model_version,
         "watch_history": nightly.watch_history,
         "users_evaluated": warm.users,
-        "events": len(events),
-        "events_without_vector": sum(e.movie_id not in catalogue for e in events),
+        "eval_users": opts.eval_users,
+        "eval_seed": opts.eval_seed,
+        "users_in_history": stats.users,
+        "users_sampled": int(len(np.unique(stats.sample.user_id))),
+        "events": stats.events,
+        "sample_events": len(events),
+        "sample_events_without_vector": sum(e.movie_id not in catalogue for e in events),
         "catalogue_films": len(catalogue),
         "results": warm.means(),
         "cold_start": None if cold is None else {
@@ -205,7 +258,6 @@ def run(argv: Sequence[str] | None = None) -> dict:
         "table": table,
         "short_table": "\n\n".join(tables) + "".join(f"\n{line}" for line in chosen),
     }  # fmt: skip
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     report["report_path"] = write_json_report(output, f"evaluation-{version}-{stamp}", report)
     return report
 

@@ -630,16 +630,28 @@ def _evaluation_html(report: dict | None) -> str:
         )
         for method, r in results.items()
     ]
+    sampled = ""
+    if report.get("users_in_history") and report.get("users_sampled", 0) < report.get(
+        "users_in_history", 0
+    ):
+        sampled = (
+            f" (a seeded sample of {_esc(report.get('users_sampled'))} of the "
+            f"{_esc(report.get('users_in_history'))} users, --eval_users; co-watch model and "
+            "popularity from every user)"
+        )
     head = (
-        f"<p>Leave-last-out over {_esc(report.get('users_evaluated'))} users and "
+        f"<p>Leave-last-out over {_esc(report.get('users_evaluated'))} users{sampled} and "
         f"{_esc(report.get('catalogue_films'))} films with vectors; the best figure per "
         "metric is bold.</p>"
     )
-    if report.get("cowatch_user_weighting"):
+    model = report.get("cowatch_model")
+    if model:
         head += (
-            "<p>The hybrid's co-watch neighbours weight each user "
-            f"<code>{_esc(report['cowatch_user_weighting'])}</code> (the co-watch stage's "
-            "--cowatch_user_weighting); the co-watch kNN baseline counts every user 1.</p>"
+            "<p>The hybrid's co-watch neighbours come from "
+            f"<code>{_esc(model.get('model'))}</code> (lambda {_esc(model.get('ease_lambda'))}; "
+            "the co-watch stage's --cowatch_model); the co-watch kNN baseline is the cosine of "
+            "co-watch counts. \"hybrid, poster weight 0\" is the tuned blend without posters: "
+            "the hybrid minus it is what posters add warm.</p>"
         )
     return head + _table(["method", *metrics], rows) + _cold_and_blend_html(report)
 

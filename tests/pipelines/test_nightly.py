@@ -51,14 +51,20 @@ def test_evaluation_and_report_cover_the_baselines(summary):
     methods = set(result["evaluation"]["results"])
     assert methods == {
         "random", "popularity", "co-watch kNN", "genre profile", "poster kNN: small_cnn",
-        "poster kNN: pixels", "co-watch kNN, users weighted", "hybrid (tuned blend)",
+        "poster kNN: pixels", "co-watch model alone", "hybrid (tuned blend)",
+        "hybrid, poster weight 0",
     }  # fmt: skip
     assert result["neighbors"]["blend"] == result["evaluation"]["blend"]
-    # the hybrid's co-watch half weighs users as the co-watch stage's neighbours did (its default)
-    assert result["evaluation"]["cowatch_user_weighting"] == "inverse"
+    # the hybrid's co-watch half is the co-watch stage's model (EASE by default)
+    evaluation = result["evaluation"]
+    assert evaluation["cowatch_model"] == {"model": "ease", "ease_lambda": 300.0}
+    # the test world's users are fewer than --eval_users: every user is evaluated
+    assert evaluation["users_sampled"] == evaluation["users_in_history"] > 0
+    shares = [k for k in evaluation["intervals"] if k.endswith("hybrid, poster weight 0")]
+    assert shares == ["warm HR@100: hybrid - hybrid, poster weight 0"]
     html = open(result["report"], encoding="utf-8").read()
     assert "<svg" in html and "data:image/png;base64," in html
-    assert "co-watch neighbours weight each user <code>inverse</code>" in html
+    assert "co-watch neighbours come from <code>ease</code>" in html
 
 
 def test_the_console_fits_on_one_screen(summary):
