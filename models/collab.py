@@ -76,10 +76,18 @@ def _positions(films: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return pos[films[pos] == ids] if len(films) else pos[:0]
 
 
-def add_pairs(gram: np.ndarray, x: sp.csr_matrix, sign: float = 1.0) -> None:
-    """``gram += sign * x^T x`` in place, for a sparse binary users x films matrix ``x``."""
-    product = (x.T.tocsr() @ x).tocoo()
-    gram[product.row, product.col] += np.float32(sign) * product.data.astype(np.float32)
+def add_pairs(gram: np.ndarray, x: sp.csr_matrix, sign: float = 1.0, rows: int = 2048) -> None:
+    """``gram += sign * x^T x`` in place, for a sparse binary users x films matrix ``x``: a block
+    of film rows at a time, added densely where the block is dense, else entry by entry."""
+    columns = x.tocsc()
+    for start in range(0, x.shape[1], rows):
+        stop = min(start + rows, x.shape[1])
+        block = (columns[:, start:stop].T.tocsr() @ x).tocsr()
+        if block.nnz * 8 > block.shape[0] * block.shape[1]:
+            gram[start:stop] += np.float32(sign) * block.toarray().astype(np.float32, copy=False)
+        elif block.nnz:
+            coo = block.tocoo()
+            gram[coo.row + start, coo.col] += np.float32(sign) * coo.data.astype(np.float32)
 
 
 def select_films(ids: np.ndarray, watchers: np.ndarray, min_watches: int, max_films: int):
@@ -100,10 +108,10 @@ def gram_of_users(films: np.ndarray, users: np.ndarray, movies: np.ndarray) -> n
 
 def accumulate_users(
     gram: np.ndarray, films: np.ndarray, users: np.ndarray, movies: np.ndarray,
-    max_pairs: int = 30_000_000,
+    max_pairs: int = 200_000_000,
 ) -> None:  # fmt: skip
-    """Add complete users' (user, film) events to ``gram`` (binary: repeats count once), a few
-    users at a time so the sparse product never holds more than ``max_pairs`` pairs."""
+    """Add complete users' (user, film) events to ``gram`` (binary: repeats count once), users
+    in chunks whose pairs (sum of squared films per user) stay under ``max_pairs``."""
     if not len(films) or not len(users):
         return
     pos = np.searchsorted(films, movies)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import svds
+from scipy.sparse.linalg import eigsh
 
 from models.collab import COLLAB_MODELS
 from models.collab import FilmGram
@@ -124,16 +124,18 @@ def ppmi(counts: np.ndarray) -> np.ndarray:
 
 
 def _truncated_svd(matrix: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(U, s) of the ``dim`` largest singular values, deterministic in value and sign."""
+    """(U, s) of the ``dim`` largest singular values of a symmetric matrix, deterministic in
+    value and sign. For a symmetric matrix these are its eigenvectors and absolute eigenvalues
+    (Lanczos, ``eigsh``, with a fixed start vector)."""
     n = matrix.shape[0]
     if dim >= n - 1:
         u, s, _ = np.linalg.svd(matrix.astype(np.float64))
         u, s = u[:, :dim], s[:dim]
     else:
         start = np.full(n, 1.0 / np.sqrt(n), dtype=matrix.dtype)
-        u, s, _ = svds(matrix, k=dim, v0=start)
-        order = np.argsort(-s)
-        u, s = u[:, order].astype(np.float64), s[order].astype(np.float64)
+        values, vectors = eigsh(matrix, k=dim, which="LM", v0=start)
+        order = np.lexsort((np.arange(dim), -np.abs(values)))
+        u, s = vectors[:, order].astype(np.float64), np.abs(values[order]).astype(np.float64)
     signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
     return u * np.where(signs == 0, 1.0, signs), s
 

@@ -30,6 +30,7 @@ import collections
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import logging
 from collections.abc import Mapping
@@ -37,6 +38,7 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
+import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import TestOptions
@@ -97,15 +99,14 @@ class CowatchOptions(PipelineOptions):
             "--cowatch_model",
             choices=collab.COLLAB_MODELS,
             default=cowatch.CowatchConfig.model,
-            help="The co-watch neighbours: ease (EASE, Steck 2019: chosen on the validation "
-            "split of the real history) or cosine (item-item cosine of co-watch counts: the "
-            "co-watch kNN baseline).",
+            help="The co-watch neighbours: ease (EASE, Steck 2019, on the Gram of co-watch "
+            "counts) or cosine (item-item cosine of co-watch counts: the co-watch kNN baseline).",
         )
         group.add_argument(
             "--ease_lambda",
             type=float,
             default=cowatch.CowatchConfig.ease_lambda,
-            help="EASE's L2 penalty (chosen on the validation split of the real history).",
+            help="EASE's L2 penalty lambda.",
         )
         group.add_argument(
             "--cowatch_max_films",
@@ -215,14 +216,25 @@ def vector_rows(ids, vectors, version: str, digest: str, when: datetime.datetime
         )  # fmt: skip
 
 
-def neighbor_table_rows(lists, version: str, as_of: datetime.date):
-    """The co-watch neighbour lists as NeighborRow records (run_date: the history's last day)."""
-    for movie_id in sorted(lists):
-        for rank, (nid, score) in enumerate(lists[movie_id], start=1):
-            yield NeighborRow(
-                movie_id=movie_id, rank=rank, neighbor_id=nid, score=score,
-                source=SOURCE_COWATCH, model_version=version, run_date=as_of,
-            )  # fmt: skip
+def neighbor_table(lists, version: str, as_of: datetime.date):
+    """The co-watch neighbour lists as one Arrow table of NeighborRow (run_date: the history's
+    last day), films in id order, each film's neighbours by rank."""
+    c = NeighborRow.c
+    films = sorted(lists)
+    sizes = [len(lists[m]) for m in films]
+    return NeighborRow.arrow_of_columns({
+        c.movie_id: np.repeat(np.array(films, dtype=np.int64), sizes),
+        c.rank: np.concatenate([np.arange(1, n + 1) for n in sizes] or [np.zeros(0, int)]),
+        c.neighbor_id: [n for m in films for n, _ in lists[m]],
+        c.score: [s for m in films for _, s in lists[m]],
+        c.source: SOURCE_COWATCH, c.model_version: version, c.run_date: as_of,
+    }, sum(sizes))  # fmt: skip
+
+
+def _parquet_bytes(table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
 
 
 def version_of(stats: HistoryStats, config: cowatch.CowatchConfig, holdout: Holdout) -> str:
@@ -260,7 +272,7 @@ def compute_and_write(
     write_bytes(shard_path(prefix, 0, 1, ".parquet"), encode(rows))
     write_bytes(
         shard_path(FileSystems.join(folder, NEIGHBORS_TABLE, NEIGHBORS_TABLE), 0, 1, ".parquet"),
-        parquet_encoder(NeighborRow)(neighbor_table_rows(lists, version, latest.date())),
+        _parquet_bytes(neighbor_table(lists, version, latest.date())),
     )
     report = {
         "model_version": version,

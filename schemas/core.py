@@ -245,6 +245,19 @@ class Record:
         return pa.Table.from_pylist([r.to_dict() for r in rows], schema=schema)
 
     @classmethod
+    def arrow_of_columns(cls, columns: dict[str, Any], rows: int) -> pa.Table:
+        """An Arrow table of the table's schema from whole columns (arrays or lists); a column
+        given as a single value (a str, a date, a number) is that value in every row."""
+        schema = cls.arrow_schema()
+        arrays = []
+        for field in schema:
+            value = columns[field.name]
+            if isinstance(value, str | int | float | datetime.date):
+                value = [value] * rows
+            arrays.append(pa.array(value, field.type))
+        return pa.Table.from_arrays(arrays, schema=schema)
+
+    @classmethod
     def from_arrow(cls: type[R], table: pa.Table) -> list[R]:
         """Rows of an Arrow table with the table's columns."""
         return [cls.from_dict(row) for row in table.select(cls.column_names()).to_pylist()]

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
 
 from models.batch_scoring import CandidateModel
 from models.batch_scoring import RankedBatch
@@ -59,19 +58,11 @@ def _model(lists: list, counts: tuple | None) -> CandidateModel:
 def candidate_table(ranked: RankedBatch, config: CandidateConfig, run_date: datetime.date):
     """The candidate rows of a ranked batch as an Arrow table of the candidates schema."""
     c = CandidateRow.c
-    rows = len(ranked.user_id)
-    columns = {
-        c.user_id: pa.array(ranked.user_id, pa.int64()),
-        c.rank: pa.array(ranked.rank, pa.int64()),
-        c.movie_id: pa.array(ranked.movie_id, pa.int64()),
-        c.score: pa.array(ranked.score, pa.float64()),
-        c.model_version: pa.array([config.model_version] * rows, pa.string()),
-        c.run_date: pa.array([run_date] * rows, pa.date32()),
-        c.contributing_movie_ids: pa.array([x.tolist() for x in ranked.contributors],
-                                           pa.list_(pa.int64())),
-    }  # fmt: skip
-    schema = CandidateRow.arrow_schema()
-    return pa.Table.from_arrays([columns[f.name] for f in schema], schema=schema)
+    return CandidateRow.arrow_of_columns({
+        c.user_id: ranked.user_id, c.rank: ranked.rank, c.movie_id: ranked.movie_id,
+        c.score: ranked.score, c.model_version: config.model_version, c.run_date: run_date,
+        c.contributing_movie_ids: [x.tolist() for x in ranked.contributors],
+    }, len(ranked.user_id))  # fmt: skip
 
 
 class _RankBucketFn(beam.DoFn):
