@@ -12,6 +12,7 @@ and each candidate's contributing watched films found.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Mapping
 from collections.abc import Sequence
@@ -89,7 +90,9 @@ class RankedBatch:
     backfill_rows: int
 
 
-def event_weights(batch: EventBatch, config: CandidateConfig, reference: float) -> np.ndarray:
+def event_weights(
+    batch: EventBatch, config: CandidateConfig, reference: float | np.ndarray
+) -> np.ndarray:
     """Each event's weight: rating / 5 (0 below ``min_rating``) x 0.5 ** (age / half-life) x
     0.5 ** (position among the user's watches, latest first / ``recency_events``). The batch
     must be sorted by user, time, film."""
@@ -106,10 +109,12 @@ def event_weights(batch: EventBatch, config: CandidateConfig, reference: float) 
 
 
 def rank_batch(
-    batch: EventBatch, model: CandidateModel, config: CandidateConfig, reference: float
-) -> RankedBatch:
+    batch: EventBatch, model: CandidateModel, config: CandidateConfig,
+    reference: float | np.ndarray, contributors: bool = True,
+) -> RankedBatch:  # fmt: skip
     """Every user's top-k candidates (the batch holds complete users sorted by user, time,
-    film; ``reference``: Unix seconds the age decay is measured from)."""
+    film; ``reference``: Unix seconds the age decay is measured from, one for all or one per
+    event; ``contributors=False`` leaves the contributing films out)."""
     users, user_row = np.unique(batch.user_id, return_inverse=True)
     pos = model.positions(batch.movie_id)
     weight = event_weights(batch, config, reference)
@@ -126,7 +131,7 @@ def rank_batch(
     distinct = np.unique(np.stack([user_row, batch.movie_id], axis=1), axis=0)
     watched_count = np.bincount(distinct[:, 0], minlength=len(users))
     slot = np.full(n, -1)
-    out_user, out_rank, out_movie, out_score, contributors = [], [], [], [], []
+    out_user, out_rank, out_movie, out_score, found = [], [], [], [], []
     pop = model.popularity
     for u in range(len(users)):
         lo, hi = scores.indptr[u], scores.indptr[u + 1]
@@ -154,15 +159,16 @@ def rank_batch(
         out_rank.append(np.arange(1, len(chosen) + 1))
         out_movie.append(model.films[chosen])
         out_score.append(rounded[order])
-        contributors.extend(_contributors(weights, model, u, chosen, slot))
+        if contributors:
+            found.extend(_contributors(weights, model, u, chosen, slot))
     return RankedBatch(
         user_id=np.concatenate(out_user or [np.zeros(0, np.int64)]),
         rank=np.concatenate(out_rank or [np.zeros(0, np.int64)]),
         movie_id=np.concatenate(out_movie or [np.zeros(0, np.int64)]),
         score=np.concatenate(out_score or [np.zeros(0)]),
-        contributors=contributors, users=len(users), events=len(batch),
+        contributors=found, users=len(users), events=len(batch),
         events_without_list=int((~listed).sum()),
-        backfill_rows=sum(1 for c in contributors if not len(c)),
+        backfill_rows=sum(1 for c in found if not len(c)),
     )  # fmt: skip
 
 
@@ -196,6 +202,68 @@ def _contributors(
             stop = min(end, start + MAX_CONTRIBUTORS)
             found[where[start]] = model.films[source[start:stop]]
     return found
+
+
+def lists_matrix(lists: Mapping[int, Sequence[tuple]], films: np.ndarray) -> sp.csr_matrix:
+    """Neighbour lists ((id, score, ...) items) as a sparse films x films matrix over the
+    sorted ``films`` (every id in the lists must be one of them)."""
+    owners = [m for m in lists if lists[m]]
+    sizes = [len(lists[m]) for m in owners]
+    rows = np.repeat(np.searchsorted(films, np.array(owners, dtype=np.int64)), sizes)
+    cols = np.searchsorted(films, np.array([n[0] for m in owners for n in lists[m]], np.int64))
+    data = np.array([n[1] for m in owners for n in lists[m]], dtype=np.float64)
+    return sp.csr_matrix((data, (rows, cols)), shape=(len(films), len(films)))
+
+
+def top_k_rows(matrix: sp.csr_matrix, films: np.ndarray, k: int) -> sp.csr_matrix:
+    """Each row's ``k`` largest entries (scores rounded to 1e-9 first, ties by lower id)."""
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    keep = np.zeros(matrix.nnz, bool)
+    for row in range(matrix.shape[0]):
+        lo, hi = matrix.indptr[row], matrix.indptr[row + 1]
+        if hi - lo <= k:
+            keep[lo:hi] = True
+            continue
+        values = np.round(matrix.data[lo:hi], 9)
+        order = np.lexsort((films[matrix.indices[lo:hi]], -values))[:k]
+        keep[lo + order] = True
+    rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))[keep]
+    return sp.csr_matrix((matrix.data[keep], (rows, matrix.indices[keep])), shape=matrix.shape)
+
+
+def merged_model(
+    cowatch: Mapping[int, Sequence[tuple]], poster: Mapping[int, Sequence[tuple]],
+    poster_weight: float, k: int, popularity: Popularity | None = None,
+    poster_score: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> CandidateModel:  # fmt: skip
+    """The model of :func:`models.scoring.merge_neighbors` applied to every film at once:
+    co-watch + ``poster_weight`` x poster scores (a film without co-watch neighbours keeps its
+    poster neighbours, weighted at least 1), each film's top ``k``; ``poster_score`` turns the
+    poster lists' values into the scores that blend (applied to all of them at once)."""
+    ids = [np.array(list(d), dtype=np.int64) for d in (cowatch, poster)]
+    ids += [np.array([n[0] for v in d.values() for n in v], np.int64) for d in (cowatch, poster)]
+    if popularity is not None:
+        ids.append(np.fromiter(popularity.score, np.int64, len(popularity.score)))
+    films = np.unique(np.concatenate(ids))
+    c, p = lists_matrix(cowatch, films).tocoo(), lists_matrix(poster, films).tocoo()
+    has_cowatch = np.isin(films, [m for m, v in cowatch.items() if v])
+    weight = np.where(has_cowatch, poster_weight, max(poster_weight, 1.0))[p.row]
+    used = weight > 0  # a zero weight adds no poster neighbour (not even with score 0)
+    rows = np.concatenate([c.row, p.row[used]])
+    cols = np.concatenate([c.col, p.col[used]])
+    values = p.data[used] if poster_score is None else poster_score(p.data[used])
+    data = np.concatenate([c.data, weight[used] * values])
+    summed = sp.csr_matrix((data, (rows, cols)), shape=c.shape)  # duplicates summed, zeros kept
+    merged = top_k_rows(summed, films, k)
+    has_list = np.isin(films, np.concatenate(ids[:2]))
+    base = CandidateModel.build([], popularity) if popularity is not None else None
+    score = ranked = None
+    if base is not None:
+        score = np.zeros(len(films))
+        score[np.searchsorted(films, base.films)] = base.popularity
+        ranked = np.searchsorted(films, base.films[base.ranked])
+    return CandidateModel(films, merged, has_list, score, ranked)
 
 
 def popularity_of(

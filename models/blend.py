@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models import candidate_eval as ev
+from models.batch_scoring import merged_model
 from models.collab import CollabModel
 from models.scoring import SIMILARITIES
 from models.scoring import CandidateConfig
@@ -133,10 +134,14 @@ def hybrid_inputs(
 
 def hybrid_recommender(
     inputs: HybridInputs, blend: Blend, base: CandidateConfig, k: int = 50
-) -> ev.Recommender:
-    """Candidates of the blend over one split's inputs."""
-    lists = hybrid_lists(inputs.cowatch_lists, inputs.poster_dots, blend, k)
-    return ev.neighbour_recommender(lists, blend.candidate_config(base), inputs.popularity)
+) -> ev.BatchRecommender:
+    """Candidates of the blend over one split's inputs (every film's lists merged at once,
+    as :func:`hybrid_lists` merges them)."""
+    model = merged_model(
+        inputs.cowatch_lists, inputs.poster_dots, blend.poster_weight, k, inputs.popularity,
+        lambda dots: poster_similarity(dots, blend.similarity),
+    )
+    return ev.BatchRecommender(model, blend.candidate_config(base))
 
 
 def tune_blend(

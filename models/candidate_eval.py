@@ -17,6 +17,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from models.batch_scoring import CandidateModel
+from models.batch_scoring import rank_batch
 from models.collab import FilmGram
 from models.collab import gram_of_users
 from models.collab import select_films
@@ -25,6 +27,7 @@ from models.scoring import CandidateConfig
 from models.scoring import Popularity
 from models.scoring import rank_candidates
 from schemas import WatchEvent
+from storage.history import EventBatch
 
 Recommender = Callable[[int, Sequence[WatchEvent], WatchEvent], list[int]]
 Lists = Mapping[int, Sequence[tuple]]
@@ -89,16 +92,37 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
+@dataclasses.dataclass(frozen=True)
+class BatchRecommender:
+    """Candidates exactly as the nightly job ranks them (:func:`rank_batch`), for every user of
+    a split at once, as of each user's held-out watch."""
+
+    model: CandidateModel
+    config: CandidateConfig
+
+    def ranked(self, split: Split) -> dict[int, np.ndarray]:
+        """Each held-out user's candidate film ids, best first."""
+        users = sorted(split.held_out)
+        events = [e for u in users for e in sorted(
+            split.train[u], key=lambda e: (e.watched_at, e.movie_id))]  # fmt: skip
+        batch = EventBatch.of_events(events)
+        held = {u: split.held_out[u].watched_at.timestamp() for u in users}
+        reference = np.array([held[u] for u in batch.user_id.tolist()], dtype=np.float64)
+        out = rank_batch(batch, self.model, self.config, reference, contributors=False)
+        starts = np.searchsorted(out.user_id, users, side="left")
+        ends = np.searchsorted(out.user_id, users, side="right")
+        return {u: out.movie_id[a:b] for u, a, b in zip(users, starts, ends, strict=True)}
+
+
 def neighbour_recommender(
     lists: Lists, config: CandidateConfig, popularity: Popularity | None = None
-) -> Recommender:
+) -> BatchRecommender:
     """Candidates exactly as the nightly job ranks them, as of the held-out watch."""
-
-    def recommend(user: int, history: Sequence[WatchEvent], held: WatchEvent) -> list[int]:
-        ranked = rank_candidates(history, lists, config, held.watched_at, popularity)
-        return [movie_id for movie_id, _, _ in ranked]
-
-    return recommend
+    arrays = [
+        (m, np.array([n[0] for n in v], dtype=np.int64), np.array([n[1] for n in v]))
+        for m, v in lists.items()
+    ]
+    return BatchRecommender(CandidateModel.build(arrays, popularity), config)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,13 +224,19 @@ def random_recommender(catalogue: set[int], k: int, seed: int = 0) -> Recommende
     return recommend
 
 
-def per_user_hits(split: Split, recommend: Recommender) -> dict[str, np.ndarray]:
+def per_user_hits(
+    split: Split, recommend: Recommender | BatchRecommender
+) -> dict[str, np.ndarray]:
     """Per held-out user (in user order): hit@10, hit@100 and the NDCG@10 term."""
     users = sorted(split.held_out)
     hr10, hr100, ndcg = (np.zeros(len(users)) for _ in range(3))
+    batch = recommend.ranked(split) if isinstance(recommend, BatchRecommender) else None
     for row, user in enumerate(users):
         held = split.held_out[user]
-        ranked = recommend(user, split.train[user], held)
+        if batch is not None:
+            ranked = batch[user].tolist()
+        else:
+            ranked = recommend(user, split.train[user], held)
         if held.movie_id in ranked:
             position = ranked.index(held.movie_id) + 1
             hr100[row] = position <= 100
@@ -215,7 +245,7 @@ def per_user_hits(split: Split, recommend: Recommender) -> dict[str, np.ndarray]
     return {"HR@10": hr10, "HR@100": hr100, "NDCG@10": ndcg}
 
 
-def hit_metrics(split: Split, recommend: Recommender) -> dict[str, float]:
+def hit_metrics(split: Split, recommend: Recommender | BatchRecommender) -> dict[str, float]:
     """HR@10, HR@100 and NDCG@10 of a recommender over the held-out films."""
     hits = per_user_hits(split, recommend)
     return {name: float(values.mean()) if len(values) else 0.0 for name, values in hits.items()}

@@ -65,3 +65,29 @@ def test_a_batch_ranks_every_user_as_rank_candidates_does(config, with_popularit
         assert [tuple(out.contributors[i].tolist()) for i in rows] == [c for _, _, c in expected]
     backfilled = sum(1 for c in out.contributors if not len(c))
     assert out.backfill_rows == backfilled and (backfilled > 0) == with_popularity
+
+
+def test_merged_model_ranks_as_the_merged_lists_do():
+    from models.scoring import merge_neighbors
+
+    events, cowatch, counts = world(2)
+    rng = np.random.default_rng(5)
+    poster = {}
+    for film in range(1, 110):
+        ids = rng.choice(np.arange(1, 110), size=12, replace=False)
+        poster[film] = [(int(i), float(np.round(rng.random() - 0.2, 3))) for i in ids if i != film]
+    popularity = bs.popularity_of(counts, cowatch)
+    config = CandidateConfig(top_k=30, recency_events=20, popularity_weight=0.2)
+    reference = reference_time(datetime.date(2026, 1, 1))
+    ordered = sorted(events, key=lambda e: (e.user_id, e.watched_at, e.movie_id))
+    for weight in (0.0, 0.3):
+        merged = {f: merge_neighbors(cowatch.get(f, ()), poster.get(f, ()), weight, 10)
+                  for f in sorted(set(cowatch) | set(poster))}  # fmt: skip
+        model = bs.merged_model(cowatch, poster, weight, 10, popularity)
+        out = bs.rank_batch(EventBatch.of_events(ordered), model, config, reference.timestamp())
+        for user in sorted({e.user_id for e in events}):
+            mine = [e for e in events if e.user_id == user]
+            expected = rank_candidates(mine, merged, config, reference, popularity)
+            rows = np.flatnonzero(out.user_id == user)
+            assert out.movie_id[rows].tolist() == [m for m, _, _ in expected]
+            assert np.allclose(out.score[rows], [s for _, s, _ in expected], atol=1e-9)
