@@ -30,6 +30,7 @@ benchmarks: $(STAMP)
 	$(PY) -m benchmarks.hash_grouping
 	$(PY) -m benchmarks.candidates_real
 	$(PY) -m benchmarks.dedupe_quality
+	$(PY) -m benchmarks.nightly_scale
 
 # Peer benchmark env: img2dataset (+ imagehash) in its own .venv-bench, never in .venv.
 BENCH_VENV := .venv-bench

@@ -148,6 +148,9 @@ def holdout_of(options: PipelineOptions) -> Holdout:
 
 
 STATS_TABLE = "stats"
+STATS_FOLDER = "history_stats"
+"""Under a version: its history's statistics (watchers, Gram, digest), which the evaluation
+reuses rather than accumulating the Gram again."""
 
 
 def collab_settings_of(root: str, version: str) -> dict:
@@ -288,6 +291,7 @@ def compute_and_write(
         "config": dataclasses.asdict(config),
         "as_of": latest.isoformat(),
     }  # fmt: skip
+    stats.save(FileSystems.join(folder, STATS_FOLDER))  # the evaluation reuses the Gram
     write_bytes(FileSystems.join(folder, REPORT_FILE), json.dumps(report, indent=2).encode())
     write_bytes(published.manifest_path, json.dumps(report, indent=2).encode())
     return report

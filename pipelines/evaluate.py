@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import logging
 from collections.abc import Mapping
 from collections.abc import Sequence
 
@@ -42,6 +43,7 @@ from pipelines.common import Command
 from pipelines.common import CommonOptions
 from pipelines.common import main
 from pipelines.common import make_pipeline
+from pipelines.cowatch import STATS_FOLDER as COWATCH_STATS
 from pipelines.cowatch import CowatchOptions
 from pipelines.cowatch import collab_settings_of
 from pipelines.cowatch import holdout_of
@@ -122,14 +124,16 @@ COMMAND = Command(
 )  # fmt: skip
 
 
+_LOG = logging.getLogger(__name__)
 DEFAULT_EVAL_USERS = 1000
-STATS_FOLDER = "_evaluation_stats"
+WORK_FOLDER = "_evaluation_stats"
 
 
 def history_stats(
     options: PipelineOptions, uri: str, folder: str, config: StatsConfig, test_pipeline=None
-) -> HistoryStats:
-    """Every film's watchers, the Gram and the sampled users' events, computed by Beam."""
+) -> HistoryStats | None:
+    """Every film's watchers, the Gram (unless ``config.gram`` is off) and the sampled users'
+    events, computed by Beam; None on a dry run."""
     pipeline = make_pipeline(options, test_pipeline)
     history = pipeline | "ReadWatchHistory" >> ReadWatchHistory(uri, "evaluate")
     users = history.batches | "GroupUsers" >> GroupUsers()
@@ -137,7 +141,37 @@ def history_stats(
     pipeline.run().wait_until_finish()
     if options.view_as(TestOptions).dry_run:
         return None
-    return HistoryStats.load(folder)
+    found = HistoryStats.load(folder)
+    FileSystems.delete([folder])
+    return found
+
+
+def population_of(
+    options: PipelineOptions, uri: str, folder: str, config: StatsConfig, saved: str | None,
+    test_pipeline=None,
+) -> tuple[HistoryStats | None, ev.Population | None, bool]:  # fmt: skip
+    """The history's statistics and population. With ``saved`` (the co-watch version's
+    statistics folder) the Gram is taken from there when the history's digest matches, else
+    accumulated again."""
+    reuse = saved is not None and FileSystems.exists(FileSystems.join(saved, "stats.json"))
+    reused = False
+    stats = history_stats(
+        options, uri, folder, dataclasses.replace(config, gram=not reuse), test_pipeline
+    )
+    if stats is None:
+        return None, None, False
+    if reuse:
+        kept = HistoryStats.load(saved)
+        if kept.digest == stats.digest:
+            _LOG.info("the co-watch version's Gram is this history's: reused")
+            stats = dataclasses.replace(stats, gram=kept.gram)
+            reused = True
+        else:
+            _LOG.warning("--watch_history differs from the history --cowatch_version was "
+                         "computed from: accumulating its Gram again")  # fmt: skip
+            stats = history_stats(options, uri, folder, config, test_pipeline)
+    watchers = dict(zip(stats.film_ids.tolist(), stats.watchers.tolist(), strict=True))
+    return stats, ev.Population(stats.gram, watchers), reused
 
 
 def label_of(version: str) -> str:
@@ -185,16 +219,15 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     model = CollabModel(settings.get("model", "ease"), settings.get("ease_lambda", 300.0))
     sample = opts.eval_users if opts.eval_users > 0 else 2**62
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
-    folder = FileSystems.join(output, STATS_FOLDER, stamp)
-    stats = history_stats(options, nightly.watch_history, folder, StatsConfig(
+    folder = FileSystems.join(output, WORK_FOLDER, stamp)
+    saved = (FileSystems.join(root, nightly.cowatch_version, COWATCH_STATS)
+             if nightly.cowatch_version else None)  # fmt: skip
+    stats, population, reused = population_of(options, nightly.watch_history, folder, StatsConfig(
         min_watches=1, max_films=settings.get("max_films", CowatchConfig.max_films),
         sample_users=sample, sample_seed=opts.eval_seed,
-    ), test_pipeline)  # fmt: skip
+    ), saved, test_pipeline)  # fmt: skip
     if stats is None:
         return {}
-    FileSystems.delete([folder])
-    population = ev.Population(stats.gram, dict(zip(
-        stats.film_ids.tolist(), stats.watchers.tolist(), strict=True)))  # fmt: skip
     events = list(stats.sample.events())
     config = CandidateConfig(
         top_k=max(100, nightly.candidates_k), half_life_days=nightly.half_life_days,
@@ -241,6 +274,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         "eval_users": opts.eval_users,
         "eval_seed": opts.eval_seed,
         "users_in_history": stats.users,
+        "gram_of_cowatch_version_reused": reused,
         "users_sampled": int(len(np.unique(stats.sample.user_id))),
         "events": stats.events,
         "sample_events": len(events),

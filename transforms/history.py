@@ -44,6 +44,10 @@ from storage.history import read_row_group
 DEAD_LETTER = "dead_letter"
 USER_BUCKETS = 512
 """Keys users are spread over: complete users per key, and the parallelism of per-user steps."""
+NO_GRAM = "no gram"
+GRAM_GROUPS = 32
+"""Keys the user buckets are regrouped into for the Gram: at most one films x films partial per
+key and bundle goes to the final sum (a bundle per bucket would shuffle one per bucket)."""
 BQ_BATCH = 50_000
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -300,15 +304,15 @@ class _GramPartialFn(beam.DoFn):
         self._buffer: list[EventBatch] = []
         self._buffered = 0
 
-    def process(self, keyed: tuple[int, EventBatch], films: np.ndarray) -> None:
-        _, batch = keyed
+    def process(self, group: tuple[int, Iterable[EventBatch]], films: np.ndarray) -> None:
         if self._gram is None:
             self._gram = np.zeros((len(films), len(films)), np.float32)
             self._films = films
-        self._buffer.append(batch)
-        self._buffered += len(batch)
-        if self._buffered >= self.FLUSH_EVENTS:
-            self._flush()
+        for batch in group[1]:
+            self._buffer.append(batch)
+            self._buffered += len(batch)
+            if self._buffered >= self.FLUSH_EVENTS:
+                self._flush()
 
     def _flush(self) -> None:
         batch = EventBatch.concat(self._buffer)
@@ -341,6 +345,7 @@ class StatsConfig:
     max_films: int = 10_000
     sample_users: int = 0
     sample_seed: int = 0
+    gram: bool = True
 
 
 def _user_keys(keyed: tuple[int, EventBatch], seed: int, n: int) -> np.ndarray:
@@ -437,7 +442,12 @@ def _stats(_, counts, gram, digest, sample, films, latest, users) -> HistoryStat
     film_ids, watchers = counts
     total, events = digest
     text = hashlib.sha256(f"{total}:{events}".encode()).hexdigest()
-    matrix = gram if gram is not None else np.zeros((len(films), len(films)), np.float32)
+    if gram is None:  # no user: the films, and no counts between them
+        matrix = np.zeros((len(films), len(films)), np.float32)
+    elif isinstance(gram, str):  # not computed (StatsConfig.gram False): no films either
+        films, matrix = films[:0], np.zeros((0, 0), np.float32)
+    else:
+        matrix = gram
     return HistoryStats(
         film_ids=film_ids, watchers=watchers, gram=collab.FilmGram(films, matrix), digest=text,
         events=events, users=users, latest=latest, sample=EventBatch.concat(sample),
@@ -466,11 +476,16 @@ class ComputeHistoryStats(beam.PTransform):
         films = counts | "ModelledFilms" >> beam.Map(
             lambda c: collab.select_films(c[0], c[1], config.min_watches, config.max_films)
         )
-        gram = (
-            users
-            | "GramPartials" >> beam.ParDo(_GramPartialFn(), beam.pvalue.AsSingleton(films))
-            | "SumGram" >> beam.CombineGlobally(_sum_arrays)
-        )
+        if config.gram:
+            gram = (
+                users
+                | "GramGroups" >> beam.Map(lambda kv: (kv[0] % GRAM_GROUPS, kv[1]))
+                | "GroupForGram" >> beam.GroupByKey()
+                | "GramPartials" >> beam.ParDo(_GramPartialFn(), beam.pvalue.AsSingleton(films))
+                | "SumGram" >> beam.CombineGlobally(_sum_arrays)
+            )
+        else:
+            gram = users.pipeline | "NoGram" >> beam.Create([NO_GRAM])
         digest = (
             users
             | "Batches" >> beam.Map(lambda kv: kv[1])

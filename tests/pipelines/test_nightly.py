@@ -60,6 +60,8 @@ def test_evaluation_and_report_cover_the_baselines(summary):
     assert evaluation["cowatch_model"] == {"model": "ease", "ease_lambda": 300.0}
     # the test world's users are fewer than --eval_users: every user is evaluated
     assert evaluation["users_sampled"] == evaluation["users_in_history"] > 0
+    # the evaluation took the co-watch version's Gram (the same history) instead of a new one
+    assert evaluation["gram_of_cowatch_version_reused"]
     shares = [k for k in evaluation["intervals"] if k.endswith("hybrid, poster weight 0")]
     assert shares == ["warm HR@100: hybrid - hybrid, poster weight 0"]
     html = open(result["report"], encoding="utf-8").read()
