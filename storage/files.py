@@ -68,6 +68,19 @@ def read_parquet_records(
     return rows
 
 
+def read_parquet_table(path_glob: str, table: type[Record]) -> pa.Table:
+    """The table's columns of every Parquet file matching ``path_glob`` in published runs, as
+    one Arrow table (no Python object per row)."""
+    parts = []
+    for path in published_paths(path_glob):
+        with FileSystems.open(path) as handle:
+            parts.append(pq.read_table(pa.BufferReader(handle.read())).select(
+                table.column_names()))  # fmt: skip
+    if not parts:
+        return table.arrow_schema().empty_table()
+    return pa.concat_tables(parts)
+
+
 def read_tfrecord_records(path_glob: str, table: type[Record]) -> list[Record]:
     """Every record of the TFRecord files matching ``path_glob`` (local or gs://) in published
     runs.

@@ -25,7 +25,7 @@ from models.scoring import poster_similarity
 from models.scoring import similarity_scores
 from monitoring import progress
 from schemas import NeighborRow
-from storage.files import read_parquet_records
+from storage.files import read_parquet_table
 
 PUBLISHED_K = 10
 PROGRESS_TASK = "films searched"
@@ -217,8 +217,16 @@ class MergeNeighbors(beam.PTransform):
 
 def read_lists(path_glob: str) -> Iterator[tuple[int, list[tuple[int, float]]]]:
     """(movie id, [(neighbour id, score), ...] best first) of a neighbour table's Parquet files."""
-    lists: dict[int, list[tuple[int, int, float]]] = {}
-    for row in read_parquet_records(path_glob, NeighborRow):
-        lists.setdefault(row.movie_id, []).append((row.rank, row.neighbor_id, row.score))
-    for movie_id in sorted(lists):
-        yield movie_id, [(nid, score) for _, nid, score in sorted(lists[movie_id])]
+    c = NeighborRow.c
+    table = read_parquet_table(path_glob, NeighborRow)
+    movie = table.column(c.movie_id).to_numpy()
+    rank = table.column(c.rank).to_numpy()
+    neighbour = table.column(c.neighbor_id).to_numpy()
+    score = table.column(c.score).to_numpy()
+    order = np.lexsort((rank, movie))
+    movie, neighbour, score = movie[order], neighbour[order], score[order]
+    starts = np.flatnonzero(np.r_[True, movie[1:] != movie[:-1]]) if len(movie) else []
+    ends = np.r_[starts[1:], len(movie)] if len(movie) else []
+    for start, end in zip(starts, ends, strict=True):
+        yield int(movie[start]), list(zip(neighbour[start:end].tolist(),
+                                          score[start:end].tolist(), strict=True))  # fmt: skip
