@@ -208,7 +208,7 @@ class CollabModel:
     """Which collaborative model gives the co-watch neighbours, and its penalty."""
 
     model: str = "ease"
-    ease_lambda: float = 300.0
+    ease_lambda: float = 500.0
 
     def __post_init__(self) -> None:
         if self.model not in COLLAB_MODELS:

@@ -47,7 +47,7 @@ class CowatchConfig:
     neighbors_k: int = 50
     user_weighting: str = "inverse"
     model: str = "ease"
-    ease_lambda: float = 300.0
+    ease_lambda: float = 500.0
     max_films: int = 10_000
 
     def __post_init__(self) -> None:

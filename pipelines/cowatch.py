@@ -106,7 +106,7 @@ class CowatchOptions(PipelineOptions):
             "--ease_lambda",
             type=float,
             default=cowatch.CowatchConfig.ease_lambda,
-            help="EASE's L2 penalty lambda.",
+            help="EASE's L2 penalty lambda (chosen on the validation split of the real history).",
         )
         group.add_argument(
             "--cowatch_max_films",

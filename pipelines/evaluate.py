@@ -216,7 +216,9 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     genres = dict(film_genres(posters_glob(posters_flag))) if posters_flag else {}
     hybrid = labels[version] if nightly.cowatch_version else None
     settings = collab_settings_of(root, nightly.cowatch_version) if hybrid else {}
-    model = CollabModel(settings.get("model", "ease"), settings.get("ease_lambda", 300.0))
+    model = CollabModel(
+        settings.get("model", "ease"), settings.get("ease_lambda", CowatchConfig.ease_lambda)
+    )
     sample = opts.eval_users if opts.eval_users > 0 else 2**62
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")
     folder = FileSystems.join(output, WORK_FOLDER, stamp)
