@@ -13,6 +13,7 @@ import pytest
 
 from models.scann_index import exact_search
 from pipelines import cowatch as cowatch_stage
+from pipelines import evaluate
 from pipelines import index as index_stage
 from pipelines import neighbors
 from pipelines.common import UsageError
@@ -196,6 +197,21 @@ def test_builds_for_dataflow_offline_with_bigquery(world, tmp_path):
         "--region=us-central1", "--temp_location=gs://poster-recs-test/tmp",
     ])  # fmt: skip
     assert result == {}
+
+
+@pytest.mark.parametrize("stage", ["cowatch", "evaluate"])
+def test_the_history_stages_build_for_dataflow_offline(world, tmp_path, stage):
+    tmp = world[0]
+    dataflow = ["--runner=DataflowRunner", "--dry_run=True", "--project=poster-recs-test",
+                "--region=us-central1", "--temp_location=gs://poster-recs-test/tmp"]  # fmt: skip
+    history = f"--watch_history={tmp / 'ratings.csv'}"
+    if stage == "cowatch":
+        result = cowatch_stage.run([history, f"--output={tmp_path / 'v'}", *dataflow])
+    else:
+        result = evaluate.run([history, f"--vectors={tmp / 'vectors'}",
+                               f"--output={tmp_path / 'e'}", *dataflow])  # fmt: skip
+    assert result == {}
+    assert not list(tmp_path.rglob("*.npz")), "a dry run computes nothing"
 
 
 def test_bad_warehouse_uri_is_a_clear_error(world):
