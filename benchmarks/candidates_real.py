@@ -8,9 +8,14 @@ SqueezeNet v1.1 with its ImageNet weights as the backbone.
   popularity, item-item co-watch kNN, the genre profile, poster kNN of ImageNet features, of the
   genre-trained model and of the audience model, and the hybrid whose blend is tuned on a
   time-ordered validation split of the training histories (:mod:`models.blend`), beside its
-  co-watch half alone; then the validation HR@100 of the blend tuned with each co-watch user
-  weighting (how the default was chosen). Co-watch, popularity and the audience model's targets
-  come from the training histories only.
+  co-watch half alone and the blend with its poster weight set to 0; then the validation HR@100
+  of the blend tuned with each co-watch model (how the default was chosen). Co-watch,
+  popularity and the audience model's targets come from the training histories only.
+* **collaborative peers** (:mod:`benchmarks.collab_peers`), in the warm table: EASE, RP3beta and
+  iALS (implicit, run in the peer env ``.venv-bench``: ``make bench-peers``; skipped, with the
+  reason printed, when that env is absent), each with binary user rows and with the hybrid's
+  recency weights, every hyper-parameter tuned on the blend's validation split; the variant
+  chosen on validation is marked and is the one in the RESULT line and the intervals.
 * **cold start** (:mod:`models.cold_start`): every watch of 20% of the films (seeded) is hidden;
   co-watch vectors and the audience model are learned from the visible history only; each user's
   hidden films are ranked among all hidden films, Recall@20. Three hold-outs (``--holdouts``,
@@ -18,15 +23,16 @@ SqueezeNet v1.1 with its ImageNet weights as the backbone.
   figures swing by several hundredths with the films it hides and the model's seed, so the
   figures to judge are those over all of them (the ``all`` column and the RESULT line: every
   (hold-out, user) pair counts once).
-* paired bootstrap 95% intervals of the differences the targets name, resampling the (hold-out,
-  user) pairs for cold start.
+* paired bootstrap 95% intervals of the differences the targets name (among them the hybrid
+  minus itself with poster weight 0: the posters' warm share; and the hybrid minus each peer),
+  resampling the (hold-out, user) pairs for cold start.
 
 The poster models are trained by :class:`models.training.PosterTrainer` (the training stage's
 code) on cached pooled SqueezeNet features: the warm-up phase (frozen backbone, linear embedding),
 ``genres`` with the balanced genre cross-entropy, ``audience`` with the cosine to the co-watch
 vector; ``audience + genre inputs`` appends the catalog genres to the features.
 
-    python -m benchmarks.candidates_real [--max_films N]
+    python -m benchmarks.candidates_real [--max_films N] [--warm_only]
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ import numpy as np
 import scipy.stats
 import tensorflow as tf
 
+from benchmarks import collab_peers
 from models import blend as blend_lib
 from models import candidate_eval as ev
 from models import cowatch
@@ -52,6 +59,8 @@ from models import features
 from models import offline_eval
 from models.cold_start import Holdout
 from models.cold_start import cold_split
+from models.collab import COLLAB_MODELS
+from models.collab import CollabModel
 from models.image_ops import decode_and_resize_numpy
 from models.scoring import CandidateConfig
 from models.scoring import Popularity
@@ -66,7 +75,7 @@ POSTER_SETS = ("set_a", "set_b")
 NO_GENRES = "(no genres listed)"
 COLD_FRACTION = 0.2
 COLD_K = 20
-NEIGHBORS_K = 100
+NEIGHBORS_K = 200
 GENRE_INPUT_SCALE = 3.0
 _LOG = logging.getLogger("candidates_real")
 
@@ -320,9 +329,10 @@ def print_popularity_ceiling(events, catalogue, posters, queries, seed) -> None:
     print("history: not a method) and how well the poster estimate recovers them")
     alone = ev.cold_recall(visible, cold.targets, lambda u, h, x: list(oracle.ranked), COLD_K)
     print(f"  {'true popularity alone':<62}Recall@20 {alone.mean():.4f}")
+    seen = collections.Counter(m for _, m in {(e.user_id, e.movie_id) for e in cold.visible})
     for name in ("audience", "audience + genre inputs"):
         lists, estimate = offline_eval.cold_hybrid_inputs(
-            cold.visible, hidden, posters[name], queries, NEIGHBORS_K
+            seen, hidden, posters[name], queries, NEIGHBORS_K
         )
         rho = spearman([estimate.score.get(m, 0.0) for m in order], [true[m] for m in order])
         for weight in (1.0, 3.0):
@@ -336,29 +346,79 @@ def print_popularity_ceiling(events, catalogue, posters, queries, seed) -> None:
         print(f"  {label:<62}Spearman  {rho:.3f}")
 
 
-def print_weighting_choice(events, catalogue, poster, queries, config, warm) -> None:
-    """Validation HR@100 of the blend tuned with each co-watch user weighting (the time-ordered
-    validation split the blend is tuned on; the test watches are never seen): how the default
-    ``--cowatch_user_weighting`` was chosen."""
+def print_model_choice(events, catalogue, poster, queries, config, warm) -> None:
+    """Validation HR@100 of the blend tuned with each co-watch model (the time-ordered validation
+    split the blend is tuned on; the test watches are never seen): how the default
+    ``--cowatch_model`` was chosen."""
     train = [e for h in ev.leave_last_out(events, catalogue).train.values() for e in h]
-    chosen = cowatch.CowatchConfig().user_weighting
+    chosen = CollabModel().model
     found = {}
-    for weighting in cowatch.USER_WEIGHTINGS:
+    for name in COLLAB_MODELS:
         trials = warm.trials
-        if weighting != chosen:
+        if name != chosen:
             _, trials = blend_lib.tune_blend(
-                train, poster, catalogue, config, NEIGHBORS_K, queries, weighting
+                train, poster, catalogue, config, NEIGHBORS_K, queries, CollabModel(name)
             )
-        found[weighting] = max(t["validation"]["HR@100"] for t in trials)
-    print("co-watch user weighting, validation HR@100 of its tuned blend: " + ", ".join(
-        f"{w} {v:.4f}" + (" (the default)" if w == chosen else "") for w, v in found.items()
+        found[name] = max(t["validation"]["HR@100"] for t in trials)
+    print("co-watch model, validation HR@100 of its tuned blend: " + ", ".join(
+        f"{m} {v:.4f}" + (" (the default)" if m == chosen else "") for m, v in found.items()
     ))  # fmt: skip
+
+
+def peer_label(peer: collab_peers.PeerResult, variant: str) -> str:
+    """A peer variant's row name (the variant chosen on validation marked)."""
+    mark = " (chosen)" if variant == peer.stronger else ""
+    return f"{peer.name}, {variant}{mark}"
+
+
+def add_peers(warm: offline_eval.WarmResult, found: list[collab_peers.PeerResult]) -> None:
+    """Both variants of every peer as rows of the warm table."""
+    for peer in found:
+        for variant, choice in peer.variants.items():
+            warm.hits[peer_label(peer, variant)] = dict(choice.hits)
+
+
+def peer_intervals(
+    warm: offline_eval.WarmResult, found: list[collab_peers.PeerResult], seed: int
+) -> dict[str, dict[str, float]]:
+    """HR@100 intervals of the hybrid minus each peer's chosen variant (the best marked)."""
+    hybrid = warm.hits[offline_eval.HYBRID]["HR@100"]
+    best = max(found, key=lambda p: p.chosen.hits["HR@100"].mean(), default=None)
+    out = {}
+    for peer in found:
+        tag = " (best peer on test)" if peer is best else ""
+        name = f"warm HR@100: hybrid - {peer_label(peer, peer.stronger)}{tag}"
+        out[name] = ev.paired_bootstrap(hybrid, peer.chosen.hits["HR@100"], seed)
+    return out
 
 
 def spearman(a, b) -> float:
     """Spearman rank correlation (average ranks for ties)."""
     ranks = [scipy.stats.rankdata(x) for x in (a, b)]
     return float(np.corrcoef(*ranks)[0, 1])
+
+
+def cold_intervals(cold: offline_eval.ColdResult, seed: int) -> dict[str, dict[str, float]]:
+    """The cold-start intervals the targets name beyond :func:`offline_eval.intervals`."""
+    found = {}
+    for name in (offline_eval.HYBRID_COLD, offline_eval.HYBRID_COLD_POP):
+        found[f"cold Recall@20: {name} + genre inputs - genre profile"] = ev.paired_bootstrap(
+            cold.recall[name + " + genre inputs"], cold.recall["genre profile"], seed
+        )
+    # The targets as differences: audience ranker - 2.5 x ImageNet kNN, genre inputs - 2.5 x genres.
+    found["cold Recall@20: audience ranker - 2.5 x poster kNN: ImageNet"] = ev.paired_bootstrap(
+        cold.recall[offline_eval.HYBRID_COLD_POP],
+        2.5 * cold.recall["poster kNN: ImageNet"],
+        seed,
+    )
+    found["cold Recall@20: audience ranker + genre inputs - 2.5 x genre profile"] = (
+        ev.paired_bootstrap(
+            cold.recall[offline_eval.HYBRID_COLD_POP + " + genre inputs"],
+            2.5 * cold.recall["genre profile"],
+            seed,
+        )
+    )
+    return found
 
 
 def main() -> None:
@@ -368,6 +428,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="Seed of the models, first hold-out.")
     parser.add_argument(
         "--holdouts", type=int, default=3, help="Cold-start hold-outs (seeds seed, seed+1, ...)."
+    )
+    parser.add_argument(
+        "--warm_only", action="store_true", help="Skip the cold-start hold-outs (warm table only)."
     )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -389,16 +452,27 @@ def main() -> None:
         events, catalogue, genres, warm_posters, "audience", config,
         embeddings["warm_targets"], NEIGHBORS_K, args.seed,
     )  # fmt: skip
+    split = ev.leave_last_out(events, catalogue)
+    found_peers, ials_skipped = collab_peers.warm_peers(split, catalogue, config.top_k, args.seed)
+    add_peers(warm, found_peers)
     seeds = [args.seed + i for i in range(args.holdouts)]
     genre_model = embeddings["warm"]["genre-trained"]
-    runs = [cold_run(events, f, genres, genre_model, config, s, s == seeds[0]) for s in seeds]
-    cold = pooled(runs)
+    runs = []
+    if not args.warm_only:
+        runs = [cold_run(events, f, genres, genre_model, config, s, s == seeds[0]) for s in seeds]
+    cold = pooled(runs) if runs else None
     print(
         f"\n{len(f.ids)} films with posters, {len(events)} ratings, tuned blend: {warm.blend}, "
-        f"co-watch users weighted: {cowatch.CowatchConfig().user_weighting}"
+        f"co-watch model: {CollabModel()}"
     )
     print(ev.format_table(warm.means(), warm.users))
-    print_weighting_choice(
+    print("collaborative peers, tuned on the blend's validation split ((chosen): the variant with "
+          "the better validation HR@100):")  # fmt: skip
+    for peer in found_peers:
+        print(f"  {peer.describe()}")
+    if ials_skipped:
+        print(f"  iALS skipped: {ials_skipped}")
+    print_model_choice(
         events, catalogue, warm_posters["audience"], embeddings["warm_targets"], config, warm
     )
     print("\ncosine scores, percentiles 5/50/95: random pairs | each film's 10 nearest")
@@ -409,42 +483,36 @@ def main() -> None:
             for part in ("random_pairs", "top_neighbours")
         )
         print(f"  {name:<16}{line}")
-    print()
-    print(format_holdouts(runs, seeds))
     found = offline_eval.intervals(warm, cold, "audience", args.seed)
-    for name in (offline_eval.HYBRID_COLD, offline_eval.HYBRID_COLD_POP):
-        found[f"cold Recall@20: {name} + genre inputs - genre profile"] = ev.paired_bootstrap(
-            cold.recall[name + " + genre inputs"], cold.recall["genre profile"], args.seed
-        )
-    # The targets as differences: audience ranker - 2.5 x ImageNet kNN, genre inputs - 2.5 x genres.
-    found["cold Recall@20: audience ranker - 2.5 x poster kNN: ImageNet"] = ev.paired_bootstrap(
-        cold.recall[offline_eval.HYBRID_COLD_POP],
-        2.5 * cold.recall["poster kNN: ImageNet"],
-        args.seed,
-    )
-    found["cold Recall@20: audience ranker + genre inputs - 2.5 x genre profile"] = (
-        ev.paired_bootstrap(
-            cold.recall[offline_eval.HYBRID_COLD_POP + " + genre inputs"],
-            2.5 * cold.recall["genre profile"],
-            args.seed,
-        )
-    )
+    found.update(peer_intervals(warm, found_peers, args.seed))
+    if cold is not None:
+        print()
+        print(format_holdouts(runs, seeds))
+        found.update(cold_intervals(cold, args.seed))
     print()
     print(offline_eval.format_intervals(found))
     hybrid, pop, cw = (warm.hits[n]["HR@100"] for n in (offline_eval.HYBRID, "popularity",
                                                          offline_eval.COWATCH))  # fmt: skip
-    aud = cold.recall[offline_eval.HYBRID_COLD_POP]
-    recall = cold.recall
+    peer_hr100 = {p.name: p.chosen.hits["HR@100"].mean() for p in found_peers}
+    cold_means = collections.defaultdict(lambda: float("nan"))
+    if cold is not None:
+        cold_means.update(cold.means())
+    aud = cold_means[offline_eval.HYBRID_COLD_POP]
     cpu_minutes = (time.process_time() - cpu) / 60
     print(f"elapsed {time.perf_counter() - started:.0f} s wall, {cpu_minutes:.1f} CPU minutes")
-    print(f"cold_recall20_audience: the audience model as a cold-start ranker ({aud.mean():.4f}: "
-          f"{offline_eval.HYBRID_COLD_POP}); poster-to-poster kNN of the same model: "
-          f"{cold.recall['poster kNN: audience'].mean():.4f}")  # fmt: skip
+    if cold is not None:
+        print(f"cold_recall20_audience: the audience model as a cold-start ranker ({aud:.4f}: "
+              f"{offline_eval.HYBRID_COLD_POP}); poster-to-poster kNN of the same model: "
+              f"{cold_means['poster kNN: audience']:.4f}")  # fmt: skip
     print(
         f"RESULT warm_hr100_hybrid={hybrid.mean():.4f} warm_hr100_popularity={pop.mean():.4f} "
-        f"warm_hr100_cowatch={cw.mean():.4f} cold_recall20_audience={aud.mean():.4f} "
-        f"cold_recall20_imagenet_knn={recall['poster kNN: ImageNet'].mean():.4f} "
-        f"cold_recall20_genre_profile={recall['genre profile'].mean():.4f} "
+        f"warm_hr100_cowatch={cw.mean():.4f} "
+        f"warm_hr100_ease={peer_hr100.get(collab_peers.EASE, float('nan')):.4f} "
+        f"warm_hr100_als={peer_hr100.get(collab_peers.IALS, float('nan')):.4f} "
+        f"warm_hr100_rp3beta={peer_hr100.get(collab_peers.RP3BETA, float('nan')):.4f} "
+        f"cold_recall20_audience={aud:.4f} "
+        f"cold_recall20_imagenet_knn={cold_means['poster kNN: ImageNet']:.4f} "
+        f"cold_recall20_genre_profile={cold_means['genre profile']:.4f} "
         f"cpu_minutes={cpu_minutes:.1f}"
     )
 
