@@ -215,22 +215,7 @@ def _dense(product: object) -> np.ndarray:
 
 def ials_available() -> str | None:
     """None when the peer env can run implicit, else the reason it cannot."""
-    python = peers.peer_python()
-    if not python.exists():
-        return (
-            f"peer env not found at {python}: run `make bench-peers` first "
-            f"(or set {peers.PYTHON_ENV})"
-        )
-    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('implicit') is None)"
-    try:
-        found = subprocess.run(
-            [str(python), "-c", probe], env=_child_env(), capture_output=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"{python} does not run ({err}): run `make bench-peers` first"
-    if found.returncode != 0:
-        return f"implicit is not installed in {python}: run `make bench-peers` first"
-    return None
+    return peers.peer_available("implicit", _child_env())
 
 
 def _child_env() -> dict[str, str]:

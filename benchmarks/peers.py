@@ -78,22 +78,22 @@ def peer_python() -> pathlib.Path:
     return pathlib.Path(os.environ.get(PYTHON_ENV) or PEER_PYTHON)
 
 
-def peer_available() -> str | None:
-    """None when the peer env can run img2dataset, else the reason it cannot."""
+def peer_available(module: str = "img2dataset", env: dict | None = None) -> str | None:
+    """None when the peer env can import ``module``, else the reason it cannot."""
     python = peer_python()
     if not python.exists():
         return f"peer env not found at {python}: run `make bench-peers` first (or set {PYTHON_ENV})"
     if not os.access(python, os.X_OK):
         return f"{python} is not executable: run `make bench-peers` first (or set {PYTHON_ENV})"
-    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('img2dataset') is None)"
+    probe = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({module!r}) is None)"
     try:
         found = subprocess.run(
-            [str(python), "-c", probe], env=_child_env(), capture_output=True, timeout=60
+            [str(python), "-c", probe], env=env or _child_env(), capture_output=True, timeout=60
         )
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"{python} does not run ({err}): run `make bench-peers` first"
     if found.returncode != 0:
-        return f"img2dataset is not installed in {python}: run `make bench-peers` first"
+        return f"{module} is not installed in {python}: run `make bench-peers` first"
     return None
 
 
