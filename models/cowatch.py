@@ -1,30 +1,21 @@
-"""Co-watch film vectors and neighbours: films placed by who watched them, not by how they look.
+"""Co-watch film vectors: films placed by who watched them, not by how they look.
 
-From a watch history (user, film) pairs form a binary user x film matrix ``X``; ``X.T @ X`` counts
-how many users watched both films of a pair. Two products come out of it:
+From a watch history (user, film) pairs form a binary user x film matrix ``X``; its Gram
+``X.T @ X`` counts how many users watched both films of a pair (accumulated in Beam at scale,
+:mod:`transforms.history`). The **vectors** are the positive pointwise mutual information of the
+co-watch counts (zero diagonal), factorised by a truncated SVD, ``U * sqrt(s)``, unit length;
+films watched by fewer than ``min_watches`` users get none. They are the targets of the poster
+model's audience objective and the co-watch index. The co-watch *neighbours* (EASE, or the
+cosine of the counts) are :mod:`models.collab`'s, from the same Gram.
 
-* **vectors**: positive pointwise mutual information of the co-watch counts, factorised by a
-  truncated SVD (``scipy.sparse.linalg.svds``), ``U * sqrt(s)``, unit length. Films watched by
-  fewer than ``min_watches`` users get no vector. These are the targets of the poster model's
-  audience objective and the co-watch index.
-* **neighbours**: item-item cosine of the co-watch counts, ``C_ij / sqrt(n_i n_j)``, top ``k``
-  per film (itself excluded, ties by lower id): the co-watch half of the hybrid neighbours. With
-  a ``user_weighting`` each user counts ``w_u`` instead of 1, in the co-watch counts and in the
-  watcher totals alike (``C_ij = sum_u w_u x_ui x_uj``, ``n_i = sum_u w_u x_ui``), so the score
-  is still a cosine in 0..1: ``inverse`` (``w_u = 1 / films the user watched``) keeps a user who
-  watched everything from tying every pair of films together; ``log`` is ``1 / log2(1 + n_u)``.
-  The co-watch kNN *baseline* of the evaluation is the unweighted ``none``.
-
-Everything is deterministic for a given history and configuration (fixed SVD start vector,
-signs fixed so each component's largest entry is positive).
+Everything is deterministic for a given history and configuration (fixed start vector of the
+Lanczos iteration, signs fixed so each component's largest entry is positive).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterable
-from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,7 +26,6 @@ from models.collab import FilmGram
 from schemas import WatchEvent
 
 MODEL_NAME = "cowatch"
-USER_WEIGHTINGS = ("inverse", "log", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +35,6 @@ class CowatchConfig:
     dim: int = 64
     min_watches: int = 2
     neighbors_k: int = 50
-    user_weighting: str = "inverse"
     model: str = "ease"
     ease_lambda: float = 500.0
     max_films: int = 10_000
@@ -60,11 +49,6 @@ class CowatchConfig:
             raise ValueError(f"--cowatch_model must be one of {COLLAB_MODELS}, not {self.model!r}")
         if self.ease_lambda <= 0:
             raise ValueError(f"--ease_lambda must be > 0, not {self.ease_lambda}")
-        if self.user_weighting not in USER_WEIGHTINGS:
-            raise ValueError(
-                f"--cowatch_user_weighting must be one of {USER_WEIGHTINGS}, "
-                f"not {self.user_weighting!r}"
-            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,16 +78,6 @@ def history_matrix(events: Iterable[WatchEvent]) -> HistoryMatrix:
     data = np.ones(len(pairs), dtype=np.float64)
     matrix = sp.csr_matrix((data, (rows, cols)), shape=(len(users), len(films)))
     return HistoryMatrix(users=users, films=films, matrix=matrix)
-
-
-def cowatch_counts(history: HistoryMatrix, weights: np.ndarray | None = None) -> sp.csr_matrix:
-    """Film x film co-watch counts (users who watched both, each counting ``weights[user]``
-    when given, else 1), zero diagonal."""
-    rows = history.matrix if weights is None else sp.diags(weights) @ history.matrix
-    counts = (history.matrix.T @ rows).tocsr()
-    counts.setdiag(0)
-    counts.eliminate_zeros()
-    return counts
 
 
 def ppmi(counts: np.ndarray) -> np.ndarray:
@@ -174,50 +148,3 @@ def film_gram(history: HistoryMatrix) -> FilmGram:
 def cowatch_vectors(history: HistoryMatrix, config: CowatchConfig) -> tuple[np.ndarray, np.ndarray]:
     """(film ids, unit float32 vectors) of an in-memory history (see :func:`gram_vectors`)."""
     return gram_vectors(film_gram(history), config)
-
-
-def user_weights(history: HistoryMatrix, weighting: str) -> np.ndarray:
-    """How much each user (row) counts in the co-watch neighbours (see the module docstring)."""
-    if weighting not in USER_WEIGHTINGS:
-        raise ValueError(f"user weighting must be one of {USER_WEIGHTINGS}, not {weighting!r}")
-    watched = np.asarray(history.matrix.sum(axis=1)).ravel()
-    if weighting == "inverse":
-        return 1.0 / np.maximum(watched, 1.0)
-    if weighting == "log":
-        return 1.0 / np.log2(1.0 + np.maximum(watched, 1.0))
-    return np.ones_like(watched, dtype=np.float64)
-
-
-def cowatch_neighbors(
-    history: HistoryMatrix, k: int, min_watches: int = 1, user_weighting: str = "none"
-) -> dict[int, list[tuple[int, float]]]:
-    """Each film's top-k co-watch neighbours: cosine of (user-weighted) co-watch counts, ties by
-    lower id; ``min_watches`` counts watchers unweighted."""
-    weights = user_weights(history, user_weighting)
-    counts = cowatch_counts(history, weights)
-    totals = history.matrix.T @ weights  # each film's watchers, weighted
-    films = history.films
-    eligible = history.watch_counts() >= min_watches
-    lists: dict[int, list[tuple[int, float]]] = {}
-    for row in np.flatnonzero(eligible):
-        start, end = counts.indptr[row], counts.indptr[row + 1]
-        cols = counts.indices[start:end]
-        mask = eligible[cols]
-        cols = cols[mask]
-        if not len(cols):
-            lists[int(films[row])] = []
-            continue
-        scores = counts.data[start:end][mask] / np.sqrt(totals[row] * totals[cols])
-        order = np.lexsort((films[cols], -np.round(scores, 12)))[:k]
-        lists[int(films[row])] = [(int(films[cols[i]]), float(scores[i])) for i in order]
-    return lists
-
-
-def history_digest(events: Sequence[WatchEvent], *extra: object) -> str:
-    """A digest of a history snapshot (sorted events) and settings: the co-watch version."""
-    digest = hashlib.sha256()
-    for e in sorted(events, key=lambda e: (e.user_id, e.movie_id, e.watched_at, e.rating)):
-        digest.update(f"{e.user_id},{e.movie_id},{e.rating},{e.watched_at.isoformat()};".encode())
-    for item in extra:
-        digest.update(f"|{item}".encode())
-    return digest.hexdigest()[:12]

@@ -22,19 +22,20 @@ SAME_WORKER = {
 # The longest units, longest first (seconds each on a 2-core machine, run alone); the rest
 # follow in xdist's order.
 LONGEST_FIRST = (
+    "tests/pipelines/test_neighbors_real.py",  # 125 (the evaluation's EASE solves on real data)
+    "tests/cloud/test_nightly_on_gcp.py",  # 115, with the other tests/cloud files
     "tests/pipelines/test_scrape.py",  # 100
     "tests/pipelines/test_bad_input.py",  # 85
     "tests/pipelines/test_embed.py",  # 80
-    "tests/cloud/test_nightly_on_gcp.py",  # 65, with the other tests/cloud files
-    "tests/pipelines/test_neighbors_real.py",  # 60
+    "tests/pipelines/test_nightly.py",  # 65
     "tests/pipelines/test_killed_runs.py",  # 50
+    "tests/pipelines/test_neighbors.py",  # 45
     "tests/models/test_training.py",  # 40
     "tests/pipelines/test_train.py",  # 40
     "tests/pipelines/test_console.py",  # 30
     "tests/pipelines/test_secrets.py",  # 30
     "tests/models/test_registry.py",  # 25
     "tests/pipelines/test_similar.py",  # 20, with tests/reporting/test_reports.py
-    "tests/pipelines/test_nightly.py",  # 20
 )
 
 

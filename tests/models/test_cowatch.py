@@ -39,14 +39,15 @@ def two_audiences(users_per_group: int = 30, seed: int = 0) -> list[WatchEvent]:
     return events
 
 
-def test_cowatch_neighbours_find_the_audience():
-    lists = cowatch.cowatch_neighbors(cowatch.history_matrix(two_audiences()), k=3)
-    for film in GROUP_A:
-        assert all(n in GROUP_A for n, _ in lists[film]), lists[film]
-    for film in GROUP_B:
-        assert all(n in GROUP_B for n, _ in lists[film]), lists[film]
+@pytest.mark.parametrize("model", ["cosine", "ease"])
+def test_cowatch_neighbours_find_the_audience(model):
+    gram = cowatch.film_gram(cowatch.history_matrix(two_audiences()))
+    lists = collab.CollabModel(model, 50.0).neighbors(gram, 3)
+    for group in (GROUP_A, GROUP_B):
+        for film in group:
+            assert all(n in group for n, _ in lists[film]), lists[film]
     scores = [s for _, s in lists[1]]
-    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+    assert scores == sorted(scores, reverse=True) and scores[-1] > 0
 
 
 def light_and_heavy_watchers() -> list[WatchEvent]:
@@ -60,28 +61,6 @@ def light_and_heavy_watchers() -> list[WatchEvent]:
             events.append(WatchEvent(user_id=user, movie_id=film, rating=4.0,
                                      watched_at=T0 + datetime.timedelta(days=i)))  # fmt: skip
     return events
-
-
-def test_user_weighting_keeps_heavy_watchers_from_tying_every_film_together():
-    matrix = cowatch.history_matrix(light_and_heavy_watchers())
-    plain = dict(cowatch.cowatch_neighbors(matrix, k=50, user_weighting="none")[1])
-    # none: C / sqrt(n n): 3 of film 1's 8 watchers saw film 2, 5 saw film 3 (and 100..139)
-    assert plain[2] == pytest.approx(3 / np.sqrt(8 * 3)) and plain[3] == pytest.approx(
-        5 / np.sqrt(8 * 5)
-    )
-    assert plain[3] > plain[2]
-    inverse = cowatch.cowatch_neighbors(matrix, k=50, user_weighting="inverse")[1]
-    # inverse: light users count 1/2, heavy ones 1/42, in the counts and the totals alike
-    light, heavy = 3 / 2, 5 / 42
-    assert inverse[0] == (2, pytest.approx(light / np.sqrt((light + heavy) * light)))
-    assert dict(inverse)[3] == pytest.approx(heavy / np.sqrt((light + heavy) * heavy))
-    log = dict(cowatch.cowatch_neighbors(matrix, k=50, user_weighting="log")[1])
-    assert plain[2] < log[2] < dict(inverse)[2] and log[2] > log[3]
-    for weighting in cowatch.USER_WEIGHTINGS:
-        lists = cowatch.cowatch_neighbors(matrix, k=50, user_weighting=weighting)
-        assert all(0 < s <= 1 + 1e-9 for v in lists.values() for _, s in v)
-    with pytest.raises(ValueError, match="user_weighting"):
-        cowatch.CowatchConfig(user_weighting="sqrt")
 
 
 def stats_of(events, holdout: Holdout = Holdout(0.0)):
