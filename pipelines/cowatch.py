@@ -70,6 +70,7 @@ from transforms.history import GroupUsers
 from transforms.history import HistoryStats
 from transforms.history import ReadWatchHistory
 from transforms.history import StatsConfig
+from transforms.history import drop_hidden_films
 from transforms.history import read_npz
 from transforms.history import write_npz
 from transforms.manifest import OutputLayout
@@ -185,7 +186,7 @@ def history_pipeline(
     )
     visible = users
     if holdout.fraction:
-        visible = users | "DropHiddenFilms" >> beam.Map(_drop_hidden, holdout)
+        visible = users | "DropHiddenFilms" >> beam.Map(drop_hidden_films, holdout)
     stats = StatsConfig(min_watches=config.min_watches, max_films=config.max_films)
     _ = visible | "HistoryStats" >> ComputeHistoryStats(stats, save_to=folder)
     _ = history.dead_letter | "WriteDeadLetters" >> WriteShards(
@@ -200,13 +201,6 @@ def history_pipeline(
 def _union(arrays) -> np.ndarray:
     arrays = [np.asarray(a, np.int64) for a in arrays]
     return np.unique(np.concatenate(arrays)) if arrays else np.zeros(0, np.int64)
-
-
-def _drop_hidden(keyed, holdout: Holdout):
-    bucket, batch = keyed
-    films, inverse = np.unique(batch.movie_id, return_inverse=True)
-    hidden = np.fromiter((holdout.is_hidden(int(m)) for m in films), bool, len(films))
-    return bucket, batch.take(~hidden[inverse])
 
 
 def vector_rows(ids, vectors, version: str, digest: str, when: datetime.datetime):

@@ -293,7 +293,8 @@ def read_csv_range(
         yield len(batch), batch
         return
     line = _line_number_at(path, first)
-    reader = csv.reader(io.StringIO(data.decode("utf-8")))
+    # a byte that is not UTF-8 becomes U+FFFD, so its row fails a check and is dead-lettered
+    reader = csv.reader(io.StringIO(data.decode("utf-8", errors="replace")))
     events, dead, rows = [], [], 0
     for row in reader:
         if not row:

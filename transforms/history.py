@@ -167,47 +167,31 @@ class ReadWatchHistory(beam.PTransform):
                                                     max_batch_size=BQ_BATCH)
                 | "ToBatches" >> beam.FlatMap(_bq_batch)
             )  # fmt: skip
-        elif self._uri.endswith(".parquet"):
+        else:  # files: byte ranges of a CSV or row groups of a Parquet file, spread out
+            parquet = self._uri.endswith(".parquet")
+            pieces, read = (_row_groups, read_row_group) if parquet else (_csv_ranges,
+                                                                         read_csv_range)
             items = (
                 pbegin
                 | "HistoryPath" >> beam.Create([self._uri])
-                | "RowGroups" >> beam.FlatMap(_row_groups)
-                | "SpreadRowGroups" >> beam.Reshuffle()
-                | "ReadRowGroup" >> beam.FlatMap(lambda g: read_row_group(*g, run_id))
-            )
-        else:
-            items = (
-                pbegin
-                | "HistoryPath" >> beam.Create([self._uri])
-                | "ByteRanges" >> beam.FlatMap(_csv_ranges)
-                | "SpreadRanges" >> beam.Reshuffle()
-                | "ReadRange" >> beam.FlatMap(lambda r: read_csv_range(*r, run_id))
-            )
+                | "Pieces" >> beam.FlatMap(pieces)
+                | "SpreadPieces" >> beam.Reshuffle()
+                | "ReadPiece" >> beam.FlatMap(lambda piece: read(*piece, run_id))
+            )  # fmt: skip
         routed = items | "RouteBadRows" >> beam.ParDo(_RouteRowsFn()).with_outputs(
             DEAD_LETTER, main="batches"
         )
         return WatchHistory(routed.batches, routed[DEAD_LETTER])
 
 
-class _DropHiddenFn(beam.DoFn):
-    """Events of films the hold-out hides are removed (whole batches, by film)."""
-
-    def __init__(self, holdout: Holdout) -> None:
-        self._holdout = holdout
-
-    def process(self, batch: EventBatch) -> Iterator[EventBatch]:
-        films, inverse = np.unique(batch.movie_id, return_inverse=True)
-        hidden = np.fromiter((self._holdout.is_hidden(int(m)) for m in films), bool, len(films))
-        kept = batch.take(~hidden[inverse])
-        if len(kept):
-            yield kept
-
-
-def drop_hidden(batches: beam.PCollection, holdout: Holdout) -> beam.PCollection:
-    """The batches without the events of the films ``holdout`` hides."""
-    if not holdout.fraction:
-        return batches
-    return batches | "DropHiddenFilms" >> beam.ParDo(_DropHiddenFn(holdout))
+def drop_hidden_films(
+    keyed: tuple[int, EventBatch], holdout: Holdout
+) -> tuple[int, EventBatch]:
+    """A bucket of users without their watches of the films ``holdout`` hides."""
+    bucket, batch = keyed
+    films, inverse = np.unique(batch.movie_id, return_inverse=True)
+    hidden = np.fromiter((holdout.is_hidden(int(m)) for m in films), bool, len(films))
+    return bucket, batch.take(~hidden[inverse])
 
 
 def _split_by_bucket(batch: EventBatch, buckets: int) -> Iterator[tuple[int, EventBatch]]:

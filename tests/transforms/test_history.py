@@ -138,3 +138,15 @@ def test_event_batches_round_trip_watch_events():
     again = EventBatch.of_events(events)
     for name in ("user_id", "movie_id", "rating", "watched_at"):
         assert np.array_equal(getattr(again, name), getattr(batch, name))
+
+
+def test_a_row_that_is_not_utf8_is_dead_lettered_not_fatal(tmp_path):
+    path = tmp_path / "ratings.csv"
+    path.write_bytes(b"userId,movieId,rating,timestamp\n1,10,4.0,1700000000\n"
+                     b"2,1\xff1,3.5,1700000000\n3,20,5.0,1700000000\n")  # fmt: skip
+    got = list(read_csv_range(str(path), 0, path.stat().st_size, "run"))
+    batches = [item for _, item in got if isinstance(item, EventBatch)]
+    dead = [item for _, item in got if not isinstance(item, EventBatch)]
+    assert EventBatch.concat(batches).movie_id.tolist() == [10, 20]
+    assert [(d.reason, d.line_number) for d in dead] == [("bad_movie_id", 3)]
+    assert sum(rows for rows, _ in got) == 3
