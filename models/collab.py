@@ -12,8 +12,10 @@ from complete users (:class:`transforms.history.HistoryStats`); everything here 
   :func:`models.scoring.rank_candidates`) is EASE with the recency weighting. Scores are divided
   by the mean best neighbour score, so a typical best neighbour scores 1 (the blend's scale).
 * **cosine** (the item-item co-watch kNN baseline): ``G_ij / sqrt(G_ii G_jj)``.
-* **vectors** (the audience objective's targets): PPMI of ``G`` (zero diagonal), truncated SVD,
-  as :func:`models.cowatch.cowatch_vectors` (the same function on the same counts).
+* **vectors** (the audience objective's targets and the co-watch index): a factorisation of the
+  chosen model's own item-item matrix (:func:`models.cowatch.matrix_vectors`): the leading
+  eigenvectors of its symmetric part, so a film's vector places it where the model's
+  neighbours do. :func:`model_outputs` solves the model once for both.
 
 The solve is one machine's work: ``G`` is ``4 F^2`` bytes (float32) and the Cholesky inverse
 holds about three such arrays, ``12 F^2`` bytes (F = 10,000: 1.2 GB; 20,000: 4.8 GB).
@@ -182,25 +184,36 @@ def _rank_rows(
     return lists
 
 
+def matrix_neighbors(
+    matrix: np.ndarray, films: np.ndarray, k: int, rescale: bool
+) -> dict[int, list[tuple[int, float]]]:
+    """Each film's top-``k`` positive entries of its row of an item-item ``matrix`` (with
+    ``rescale``: divided so the mean best neighbour scores 1)."""
+    lists: dict[int, list[tuple[int, float]]] = {}
+    for start in range(0, len(films), _ROWS):
+        lists.update(_rank_rows(matrix[start : start + _ROWS], films, start, k))
+    best = [v[0][1] for v in lists.values() if v]
+    scale = float(np.mean(best)) if best and rescale else 1.0
+    return {m: [(n, s / scale) for n, s in v] for m, v in lists.items()}
+
+
+def cosine_matrix(fg: FilmGram) -> np.ndarray:
+    """The co-watch cosine ``G_ij / sqrt(G_ii G_jj)`` (float32, zero diagonal)."""
+    norms = np.sqrt(np.maximum(fg.watchers(), 1e-12)).astype(np.float32)
+    matrix = fg.gram / norms[:, None]
+    matrix /= norms[None, :]
+    matrix[np.diag_indices_from(matrix)] = 0.0
+    return matrix
+
+
 def ease_neighbors(fg: FilmGram, lam: float, k: int) -> dict[int, list[tuple[int, float]]]:
     """Each film's top-``k`` EASE neighbours, scaled so the mean best neighbour scores 1."""
-    weights = ease_weights(fg.gram, lam)
-    lists: dict[int, list[tuple[int, float]]] = {}
-    for start in range(0, len(fg.films), _ROWS):
-        lists.update(_rank_rows(weights[start : start + _ROWS], fg.films, start, k))
-    best = [v[0][1] for v in lists.values() if v]
-    scale = float(np.mean(best)) if best else 1.0
-    return {m: [(n, s / scale) for n, s in v] for m, v in lists.items()}
+    return matrix_neighbors(ease_weights(fg.gram, lam), fg.films, k, rescale=True)
 
 
 def cosine_neighbors(fg: FilmGram, k: int) -> dict[int, list[tuple[int, float]]]:
     """Each film's top-``k`` co-watch cosine neighbours ``G_ij / sqrt(G_ii G_jj)``."""
-    norms = np.sqrt(np.maximum(fg.watchers(), 1e-12))
-    lists: dict[int, list[tuple[int, float]]] = {}
-    for start in range(0, len(fg.films), _ROWS):
-        rows = fg.gram[start : start + _ROWS] / norms[start : start + _ROWS, None]
-        lists.update(_rank_rows(rows / norms[None, :], fg.films, start, k))
-    return lists
+    return matrix_neighbors(cosine_matrix(fg), fg.films, k, rescale=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,11 +227,15 @@ class CollabModel:
         if self.model not in COLLAB_MODELS:
             raise ValueError(f"--cowatch_model must be one of {COLLAB_MODELS}, not {self.model!r}")
 
+    def matrix(self, fg: FilmGram) -> np.ndarray:
+        """This model's item-item matrix over the Gram's films (float32, zero diagonal)."""
+        if self.model == "ease":
+            return ease_weights(fg.gram, self.ease_lambda)
+        return cosine_matrix(fg)
+
     def neighbors(self, fg: FilmGram, k: int) -> dict[int, list[tuple[int, float]]]:
         """Each film's top-``k`` neighbours by this model."""
-        if self.model == "ease":
-            return ease_neighbors(fg, self.ease_lambda, k)
-        return cosine_neighbors(fg, k)
+        return matrix_neighbors(self.matrix(fg), fg.films, k, rescale=self.model == "ease")
 
 
 def collab_neighbors(

@@ -2,11 +2,13 @@
 
 From a watch history (user, film) pairs form a binary user x film matrix ``X``; its Gram
 ``X.T @ X`` counts how many users watched both films of a pair (accumulated in Beam at scale,
-:mod:`transforms.history`). The **vectors** are the positive pointwise mutual information of the
-co-watch counts (zero diagonal), factorised by a truncated SVD, ``U * sqrt(s)``, unit length;
-films watched by fewer than ``min_watches`` users get none. They are the targets of the poster
-model's audience objective and the co-watch index. The co-watch *neighbours* (EASE, or the
-cosine of the counts) are :mod:`models.collab`'s, from the same Gram.
+:mod:`transforms.history`). The co-watch model (:mod:`models.collab`: EASE by default, or the
+cosine of the counts) turns the Gram into an item-item matrix ``B``; its top entries are each
+film's co-watch *neighbours*, and the **vectors** factorise the same matrix: the leading
+eigenvectors of its symmetric part ``(B + B^T) / 2`` (largest eigenvalues, Lanczos),
+``U * sqrt(s)``, unit length, so two films are close when the model scores each from the other.
+Films watched by fewer than ``min_watches`` users get none. They are the targets of the poster
+model's audience objective and the co-watch index.
 
 Everything is deterministic for a given history and configuration (fixed start vector of the
 Lanczos iteration, signs fixed so each component's largest entry is positive).
@@ -22,7 +24,9 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import eigsh
 
 from models.collab import COLLAB_MODELS
+from models.collab import CollabModel
 from models.collab import FilmGram
+from models.collab import matrix_neighbors
 from schemas import WatchEvent
 
 MODEL_NAME = "cowatch"
@@ -80,63 +84,73 @@ def history_matrix(events: Iterable[WatchEvent]) -> HistoryMatrix:
     return HistoryMatrix(users=users, films=films, matrix=matrix)
 
 
-def ppmi(counts: np.ndarray) -> np.ndarray:
-    """Positive pointwise mutual information of a dense symmetric co-occurrence matrix
-    (float32; zero where the counts are zero)."""
-    counts = np.asarray(counts, dtype=np.float32)
-    total = float(counts.sum(dtype=np.float64))
-    marginal = counts.sum(axis=1, dtype=np.float64).astype(np.float32)
-    if total == 0:
-        return np.zeros_like(counts)
-    out = counts * np.float32(total)
-    out /= np.maximum(marginal, 1e-30)[:, None]
-    out /= np.maximum(marginal, 1e-30)[None, :]
-    positive = out > 1.0
-    np.log(out, out=out, where=positive)
-    out[~positive] = 0.0
-    return out
-
-
-def _truncated_svd(matrix: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(U, s) of the ``dim`` largest singular values of a symmetric matrix, deterministic in
-    value and sign. For a symmetric matrix these are its eigenvectors and absolute eigenvalues
-    (Lanczos, ``eigsh``, with a fixed start vector)."""
+def _leading_eigenvectors(matrix: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(U, s) of the ``dim`` largest eigenvalues of a symmetric matrix, deterministic in value
+    and sign (Lanczos, ``eigsh``, with a fixed start vector; dense below a few films)."""
     n = matrix.shape[0]
     if dim >= n - 1:
-        u, s, _ = np.linalg.svd(matrix.astype(np.float64))
-        u, s = u[:, :dim], s[:dim]
+        s, u = np.linalg.eigh(matrix.astype(np.float64))
+        order = np.argsort(-s, kind="stable")[:dim]
+        u, s = u[:, order], s[order]
     else:
         start = np.full(n, 1.0 / np.sqrt(n), dtype=matrix.dtype)
-        values, vectors = eigsh(matrix, k=dim, which="LM", v0=start)
-        order = np.lexsort((np.arange(dim), -np.abs(values)))
-        u, s = vectors[:, order].astype(np.float64), np.abs(values[order]).astype(np.float64)
+        values, vectors = eigsh(matrix, k=dim, which="LA", v0=start)
+        order = np.lexsort((np.arange(dim), -values))
+        u, s = vectors[:, order].astype(np.float64), values[order].astype(np.float64)
     signs = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
     return u * np.where(signs == 0, 1.0, signs), s
 
 
-def gram_vectors(fg: FilmGram, config: CowatchConfig) -> tuple[np.ndarray, np.ndarray]:
-    """(film ids, unit float32 vectors) of the Gram's films with ``min_watches`` watchers: PPMI
-    of the co-watch counts (zero diagonal), truncated SVD ``U * sqrt(s)``."""
+def matrix_vectors(matrix: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(rows kept, unit float32 vectors ``U * sqrt(s)``) of the ``dim`` leading eigenvectors of
+    an item-item matrix's symmetric part (negative eigenvalues count 0; a row whose vector is 0
+    is not kept). ``matrix`` is overwritten."""
+    matrix += matrix.T
+    matrix *= 0.5
+    u, s = _leading_eigenvectors(matrix, min(dim, matrix.shape[0] - 1))
+    vectors = u * np.sqrt(np.maximum(s, 0.0))
+    if vectors.shape[1] < dim:
+        vectors = np.pad(vectors, ((0, 0), (0, dim - vectors.shape[1])))
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    keep = norms[:, 0] > 0
+    return keep, (vectors[keep] / norms[keep]).astype(np.float32)
+
+
+def _eligible(fg: FilmGram, config: CowatchConfig) -> np.ndarray:
     eligible = fg.watchers() >= config.min_watches
     if eligible.sum() < 3:
         raise ValueError(
             f"only {int(eligible.sum())} films have {config.min_watches}+ watchers: too few for "
             "co-watch vectors (lower --cowatch_min_watches or give more history)"
         )
-    sub = fg.subset(eligible)
-    counts = np.array(sub.gram, dtype=np.float32)
-    np.fill_diagonal(counts, 0.0)
-    matrix = ppmi(counts)
-    del counts
-    dim = min(config.dim, matrix.shape[0] - 1)
-    u, s = _truncated_svd(matrix, dim)
-    vectors = u * np.sqrt(np.maximum(s, 0.0))
-    if vectors.shape[1] < config.dim:
-        vectors = np.pad(vectors, ((0, 0), (0, config.dim - vectors.shape[1])))
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    keep = norms[:, 0] > 0
-    unit = vectors[keep] / norms[keep]
-    return sub.films[keep], unit.astype(np.float32)
+    return eligible
+
+
+def gram_vectors(fg: FilmGram, config: CowatchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(film ids, unit float32 vectors) of the Gram's films with ``min_watches`` watchers: the
+    co-watch model's matrix over them, factorised (:func:`matrix_vectors`)."""
+    sub = fg.subset(_eligible(fg, config))
+    keep, unit = matrix_vectors(_model(config).matrix(sub), config.dim)
+    return sub.films[keep], unit
+
+
+def _model(config: CowatchConfig) -> CollabModel:
+    return CollabModel(config.model, config.ease_lambda)
+
+
+def model_outputs(
+    fg: FilmGram, config: CowatchConfig
+) -> tuple[np.ndarray, np.ndarray, dict[int, list[tuple[int, float]]]]:
+    """(film ids, unit vectors, neighbour lists) of the co-watch model: one solve when every
+    modelled film has ``min_watches`` watchers (as the co-watch stage selects them)."""
+    eligible = _eligible(fg, config)
+    if not eligible.all():
+        lists = _model(config).neighbors(fg, config.neighbors_k)
+        return (*gram_vectors(fg, config), lists)
+    matrix = _model(config).matrix(fg)
+    lists = matrix_neighbors(matrix, fg.films, config.neighbors_k, config.model == "ease")
+    keep, unit = matrix_vectors(matrix, config.dim)
+    return fg.films[keep], unit, lists
 
 
 def film_gram(history: HistoryMatrix) -> FilmGram:

@@ -160,10 +160,11 @@ def cold_evaluation(
     seed: int = 0,
     top: int = 20,
     population: ev.Population | None = None,
+    model: CollabModel = CollabModel(),
 ) -> ColdResult:
     """Cold-start Recall@top of every method for the users of ``events`` (every user, or a
     sample whose ``population`` holds everyone's film-sized statistics); ``posters`` must never
-    have seen hidden films."""
+    have seen hidden films; ``model`` is the co-watch model whose vectors ``queries`` are."""
     population = population or ev.Population.of_events(events)
     cold = cold_split(events, holdout.hidden(catalogue))
     if not cold.hidden_films:
@@ -192,7 +193,7 @@ def cold_evaluation(
         lists, popularity = cold_hybrid_inputs(seen, hidden, poster, queries, k)
         methods[HYBRID_COLD] = ev.cold_neighbour_recommender(lists, ranked)
         weight, trials = tune_cold_popularity(
-            cold.visible, catalogue, holdout, poster, k, ranked, population
+            cold.visible, catalogue, holdout, poster, k, ranked, population, model
         )
         methods[HYBRID_COLD_POP] = ev.cold_neighbour_recommender(
             lists, dataclasses.replace(ranked, popularity_weight=weight), popularity
@@ -234,14 +235,15 @@ def tune_cold_popularity(
     k: int,
     ranked: CandidateConfig,
     population: ev.Population | None = None,
+    model: CollabModel = CollabModel(),
 ) -> tuple[float, list[dict]]:
     """The weight of poster-estimated popularity with the best Recall on a validation hold-out.
 
     The validation films are those another seed (``holdout.seed + 1``) hides among the films
     still visible. As the test does with the hidden films, their watches leave everything the
-    ranking uses: the co-watch vectors that search the posters (recomputed, in the poster
-    model's dimensions), the watcher counts and the users' histories; each user's validation
-    watches are the films to find. Only visible history is used: the hidden films never are.
+    ranking uses: the co-watch vectors that search the posters (recomputed by the co-watch
+    ``model``, in the poster model's dimensions), the watcher counts and the users' histories;
+    each user's validation watches are the films to find. Only visible history is used: the hidden films never are.
     The poster model itself was fitted to most validation films' posters, so the choice is
     noisy; the grid stops at 1, where an estimated popularity can at most tie the user's best
     neighbour match (scores are divided by the best): popularity never outweighs the history.
@@ -256,7 +258,9 @@ def tune_cold_popularity(
     split = cold_split(visible, validation)
     if not split.targets:
         return 0.0, []
-    dims = cowatch.CowatchConfig(dim=poster[1].shape[1])
+    dims = cowatch.CowatchConfig(
+        dim=poster[1].shape[1], model=model.model, ease_lambda=model.ease_lambda
+    )
     gone = np.isin(population.gram.films, list(hidden | validation))
     ids, vectors = cowatch.gram_vectors(population.gram.subset(~gone), dims)
     queries = dict(zip(ids.tolist(), vectors, strict=True))

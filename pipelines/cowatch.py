@@ -6,8 +6,8 @@ table, groups the events by user bucket and accumulates every film's watchers an
 (co-watch counts) of the ``--cowatch_max_films`` most watched films (:mod:`transforms.history`);
 nothing that grows with events or users leaves Beam. Where this command runs (as the index stage
 does), the Gram becomes each film's top ``--neighbors_k`` co-watch neighbours (EASE by default,
-:mod:`models.collab`) and film vectors (PPMI of co-watch counts + truncated SVD,
-:mod:`models.cowatch`): a solve over films, whose memory ARCHITECTURE.md gives.
+:mod:`models.collab`) and film vectors (a factorisation of the same model's item-item matrix,
+:mod:`models.cowatch`): one solve over films, whose memory ARCHITECTURE.md gives.
 The version is ``cowatch-`` + a digest of the history and the settings, so a new history gives a
 new version and the same history the same one. Under ``--output`` (an embed-style vectors root,
 so the index stage can index the vectors too)::
@@ -254,10 +254,7 @@ def compute_and_write(
         )
     version = version_of(stats, config, holdout)
     digest = version.rpartition("-")[2]
-    ids, vectors = cowatch.gram_vectors(stats.gram, config)
-    lists = collab.collab_neighbors(
-        stats.gram, config.model, config.neighbors_k, config.ease_lambda
-    )
+    ids, vectors, lists = cowatch.model_outputs(stats.gram, config)
     latest = datetime.datetime.fromtimestamp(stats.latest, tz=datetime.UTC)
     folder = FileSystems.join(root, version)
     published = OutputLayout(folder, "run-0001")  # one run per version, published last

@@ -248,7 +248,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
         cold = offline_eval.cold_evaluation(
             events, catalogue, holdout_of(options), genres, history_free, cold_label, config,
             _queries(root, opts.cold_cowatch_version), nightly.neighbors_k, seed,
-            population=population,
+            population=population, model=model,
         )  # fmt: skip
     found = offline_eval.intervals(warm, cold, cold_label if cold else None, seed)
     tables = [ev.format_table(warm.means(), warm.users)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import numpy as np
@@ -103,6 +104,30 @@ def test_cowatch_vectors_separate_the_audiences():
     same = np.mean([sims[row[a], row[b]] for a in GROUP_A for b in GROUP_A if a != b])
     across = np.mean([sims[row[a], row[b]] for a in GROUP_A for b in GROUP_B])
     assert same > across + 0.5, (same, across)
+
+
+@pytest.mark.parametrize("model", ["cosine", "ease"])
+def test_cowatch_vectors_factorise_the_chosen_models_matrix(model):
+    """With as many dimensions as films, the vectors' cosines are those of the exact
+    factorisation of the model's symmetric part (its positive eigenvalues), so they come from
+    the model that gives the neighbours; and one solve gives both the same as separately."""
+    fg = cowatch.film_gram(cowatch.history_matrix(two_audiences()))
+    config = cowatch.CowatchConfig(dim=len(fg.films), model=model, ease_lambda=5.0)
+    ids, vectors = cowatch.gram_vectors(fg, config)
+    matrix = collab.CollabModel(model, 5.0).matrix(fg).astype(np.float64)
+    values, basis = np.linalg.eigh((matrix + matrix.T) / 2)
+    exact = basis * np.sqrt(np.maximum(values, 0.0))
+    exact /= np.linalg.norm(exact, axis=1, keepdims=True)
+    assert np.array_equal(ids, fg.films)
+    assert np.allclose(vectors @ vectors.T, exact @ exact.T, atol=1e-4)
+    other = "ease" if model == "cosine" else "cosine"
+    theirs = cowatch.gram_vectors(fg, dataclasses.replace(config, model=other))[1]
+    assert not np.allclose(theirs @ theirs.T, vectors @ vectors.T, atol=1e-2)
+    small = dataclasses.replace(config, dim=4)
+    together = cowatch.model_outputs(fg, small)
+    assert np.array_equal(together[0], cowatch.gram_vectors(fg, small)[0])
+    assert np.allclose(together[1], cowatch.gram_vectors(fg, small)[1], atol=1e-5)
+    assert together[2] == collab.collab_neighbors(fg, model, small.neighbors_k, 5.0)
 
 
 def test_cowatch_vectors_are_deterministic_and_need_enough_films():
