@@ -133,15 +133,20 @@ def hybrid_inputs(
 
 
 def hybrid_recommender(
-    inputs: HybridInputs, blend: Blend, base: CandidateConfig, k: int = 50
-) -> ev.BatchRecommender:
+    inputs: HybridInputs, blend: Blend, base: CandidateConfig, k: int = 50,
+    models: dict | None = None,
+) -> ev.BatchRecommender:  # fmt: skip
     """Candidates of the blend over one split's inputs (every film's lists merged at once,
-    as :func:`hybrid_lists` merges them)."""
-    model = merged_model(
-        inputs.cowatch_lists, inputs.poster_dots, blend.poster_weight, k, inputs.popularity,
-        lambda dots: poster_similarity(dots, blend.similarity),
-    )
-    return ev.BatchRecommender(model, blend.candidate_config(base))
+    as :func:`hybrid_lists` merges them). ``models`` caches the merged lists of the blends
+    tried on these inputs: they depend on the poster weight and similarity only."""
+    key = (blend.poster_weight, blend.similarity)
+    models = {} if models is None else models
+    if key not in models:
+        models[key] = merged_model(
+            inputs.cowatch_lists, inputs.poster_dots, blend.poster_weight, k, inputs.popularity,
+            lambda dots: poster_similarity(dots, blend.similarity),
+        )
+    return ev.BatchRecommender(models[key], blend.candidate_config(base))
 
 
 def tune_blend(
@@ -168,9 +173,11 @@ def tune_blend(
     )
     blend = Blend()
     trials: list[dict] = []
+    models: dict = {}
 
     def score(candidate: Blend) -> tuple[float, float]:
-        metrics = ev.hit_metrics(validation, hybrid_recommender(inputs, candidate, base, k))
+        recommend = hybrid_recommender(inputs, candidate, base, k, models)
+        metrics = ev.hit_metrics(validation, recommend)
         trials.append({"blend": dataclasses.asdict(candidate), "validation": metrics})
         _LOG.info("blend trial %s: %s", candidate, metrics)
         progress.advance("blend trials")

@@ -143,19 +143,24 @@ def ease_weights(gram: np.ndarray, lam: float) -> np.ndarray:
     """EASE's item-item matrix ``B`` (float32, zero diagonal) of a Gram and its L2 penalty."""
     if lam <= 0:
         raise ValueError(f"--ease_lambda must be > 0, not {lam}")
-    a = gram.astype(np.float32, copy=True)
+    # Gram and inverse are symmetric, so the Fortran-ordered view LAPACK works in place on is
+    # the transpose: its "upper" triangle is the lower triangle of the C-ordered array.
+    a = gram.astype(np.float32, copy=True).T
     a[np.diag_indices_from(a)] += np.float32(lam)
     chol, info = scipy.linalg.lapack.spotrf(a, lower=False, overwrite_a=True)
     if info != 0:
         raise ValueError(f"the regularised Gram is not positive definite (LAPACK info {info})")
     del a
-    p, info = scipy.linalg.lapack.spotri(chol, lower=False, overwrite_c=True)
+    inverse, info = scipy.linalg.lapack.spotri(chol, lower=False, overwrite_c=True)
     if info != 0:
         raise ValueError(f"the regularised Gram cannot be inverted (LAPACK info {info})")
     del chol
-    upper = np.triu(p)
-    p = upper + np.triu(upper, 1).T  # spotri fills the upper triangle only
-    del upper
+    p = inverse.T  # C-ordered, its lower triangle filled: mirror it, a block of rows at a time
+    for start in range(0, len(p), _ROWS):
+        stop = min(start + _ROWS, len(p))
+        p[start:stop, stop:] = p[stop:, start:stop].T
+        block = p[start:stop, start:stop]
+        block[np.triu_indices(stop - start, 1)] = block.T[np.triu_indices(stop - start, 1)]
     diag = np.diag(p).copy()
     p /= -diag[None, :]
     p[np.diag_indices_from(p)] = 0.0

@@ -243,10 +243,11 @@ def tune_cold_popularity(
     still visible. As the test does with the hidden films, their watches leave everything the
     ranking uses: the co-watch vectors that search the posters (recomputed by the co-watch
     ``model``, in the poster model's dimensions), the watcher counts and the users' histories;
-    each user's validation watches are the films to find. Only visible history is used: the hidden films never are.
-    The poster model itself was fitted to most validation films' posters, so the choice is
-    noisy; the grid stops at 1, where an estimated popularity can at most tie the user's best
-    neighbour match (scores are divided by the best): popularity never outweighs the history.
+    each user's validation watches are the films to find. Only visible history is used: the
+    hidden films never are. The poster model itself was fitted to most validation films'
+    posters, so the choice is noisy; the grid stops at 1, where an estimated popularity can at
+    most tie the user's best neighbour match (scores are divided by the best): popularity never
+    outweighs the history.
     ``visible`` are the evaluated users' visible events; ``population`` (default: theirs)
     holds everyone's film-sized statistics, hidden films included.
     """
