@@ -348,17 +348,20 @@ def test_http_429_has_retry_after(faulty: PosterWeb, small_catalog: SyntheticCat
 
 
 def test_slow_then_fast(
-    faulty: PosterWeb, small_catalog: SyntheticCatalog, capfd: pytest.CaptureFixture[str]
+    small_catalog: SyntheticCatalog, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    film = small_catalog.film(faulty.faulted_ids("slow")[0])
-    url = faulty.poster_url(film)
-    start = time.monotonic()
-    with pytest.raises(requests.exceptions.ReadTimeout):
-        requests.get(url, timeout=(2.0, 0.2))
-    assert time.monotonic() - start < 0.5
-    fast = requests.get(url, timeout=(2.0, 0.2))
-    assert fast.status_code == 200 and fast.content[:2] == b"\xff\xd8"
-    time.sleep(0.7)
+    """A slow poster outlasts a read timeout once, then comes at once (a transient fault). The
+    delay (2 s) leaves a loaded machine room: the timeouts sit well either side of it."""
+    plan = FaultPlan(slow=1.0, seed=2, slow_s=2.0)
+    with PosterWeb.from_catalog(small_catalog, api_key=KEY, faults=plan) as web:
+        url = web.poster_url(small_catalog.film(web.faulted_ids("slow")[0]))
+        start = time.monotonic()
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(url, timeout=(2.0, 0.3))
+        assert time.monotonic() - start < plan.slow_s - 0.5
+        fast = requests.get(url, timeout=(2.0, plan.slow_s - 0.5))
+        assert fast.status_code == 200 and fast.content[:2] == b"\xff\xd8"
+        time.sleep(plan.slow_s + 0.3)  # the first response's handler finishes quietly
     assert "Traceback" not in capfd.readouterr().err
 
 
