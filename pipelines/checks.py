@@ -24,6 +24,7 @@ from pipelines.common import InputError
 from pipelines.common import UsageError
 from pipelines.common import one_line
 from storage import bigquery
+from storage.history import has_events
 from storage.runs import published_paths
 from transforms.catalog import ACCEPTED_HEADERS
 from transforms.catalog import decode_catalog_bytes
@@ -313,3 +314,9 @@ def watch_history(uri: str | None) -> None:
             "give MovieLens ratings (userId,movieId,rating,timestamp) as CSV or Parquet, or "
             "bq://PROJECT.DATASET.TABLE",
         )
+        if not has_events(uri):
+            raise InputError(
+                f"--watch_history={uri} holds no watch events (an empty or header-only file): "
+                "nothing was run and the published candidates are unchanged — check the export "
+                "that writes it"
+            )

@@ -52,6 +52,9 @@ from storage.files import parquet_encoder
 from storage.files import read_tfrecord_records
 from storage.history import HISTORY_STAGE
 from storage.posters import posters_glob
+from storage.shrink import DEFAULT_MAX_SHRINK
+from storage.shrink import ShrinkGuard
+from storage.shrink import ShrinkRefused
 from transforms.candidates import BuildCandidates
 from transforms.history import USER_BUCKETS
 from transforms.history import GroupUsers
@@ -146,6 +149,16 @@ class NeighborsOptions(PipelineOptions):
         group.add_argument("--warehouse", default=None,
                            help="duckdb:///path/file.duckdb (default {output}/warehouse.duckdb) "
                            "or bq://PROJECT.DATASET.")  # fmt: skip
+        group.add_argument(
+            "--max_shrink", type=float, default=DEFAULT_MAX_SHRINK,
+            help="Refuse to publish a date whose candidate users or rows fall by more than "
+            "this fraction below the latest published date's (or that has no candidates); "
+            "nothing is replaced.",
+        )  # fmt: skip
+        group.add_argument(
+            "--allow_shrink", action="store_true", default=False,
+            help="Publish the date even when --max_shrink would refuse it.",
+        )  # fmt: skip
 
 
 COMMAND = Command(
@@ -218,6 +231,7 @@ class NeighborsJob:
     neighbors_k: int
     candidates: CandidateConfig | None
     config: NeighborConfig
+    guard: ShrinkGuard
 
     @property
     def run_id(self) -> str:
@@ -235,6 +249,8 @@ def build_job(options: PipelineOptions) -> NeighborsJob:
         "the warehouse partition's date, the embed stage's --output root and a report folder",
     )
     run_date = checks.run_date(opts.run_date)
+    if not 0.0 <= opts.max_shrink <= 1.0:
+        raise UsageError(f"--max_shrink={opts.max_shrink}: give a fraction from 0 to 1")
     warehouse = checks.warehouse(
         opts.warehouse, output, remote=not options.view_as(TestOptions).dry_run
     )
@@ -263,6 +279,7 @@ def build_job(options: PipelineOptions) -> NeighborsJob:
         vectors_root=index_opts.vectors, version=version, index_uri=index_uri, output=output,
         posters=posters, cowatch_version=opts.cowatch_version, blend=blend,
         watch_history=opts.watch_history, neighbors_k=opts.neighbors_k, candidates=candidates,
+        guard=ShrinkGuard(opts.max_shrink, opts.allow_shrink),
         config=NeighborConfig(
             index_uri=index_uri, k=opts.neighbors_k,
             similarity="cosine" if opts.cowatch_version else opts.similarity,
@@ -362,10 +379,11 @@ def publish_and_report(result, job: NeighborsJob) -> dict:
         "warehouse_refused": log_counters(result, WAREHOUSE_STAGE),
     }
     tables = (NeighborRow, CandidateRow) if job.watch_history else (NeighborRow,)
-    if job.warehouse.kind == "duckdb":
-        report["rows_loaded"] = publish_partitions(job.warehouse, tables, job.run_date)
-    else:
-        report["rows_loaded"] = publish_bigquery(job.warehouse, tables, job.run_date)
+    publish = publish_partitions if job.warehouse.kind == "duckdb" else publish_bigquery
+    try:
+        report["rows_loaded"] = publish(job.warehouse, tables, job.run_date, job.guard)
+    except ShrinkRefused as exc:
+        raise InputError(str(exc)) from None
     name = f"nightly-{job.run_date.isoformat()}"
     report["report_path"] = write_json_report(job.output, name, report)
     return report

@@ -16,7 +16,11 @@ from collections.abc import Sequence
 from google.api_core import exceptions as api_exceptions
 from google.cloud import bigquery
 
+from schemas import CandidateRow
 from schemas import Record
+from storage.shrink import Counts
+from storage.shrink import ShrinkGuard
+from storage.shrink import ShrinkRefused
 
 PARTITION_COLUMN = "run_date"
 STAGING_PREFIX = "_staging_"
@@ -101,10 +105,38 @@ def rows_of_date(bq: bigquery.Client, table: type[Record], project: str, dataset
     """How many rows ``table`` holds for ``run_date``."""
     sql = (f"SELECT COUNT(*) AS n FROM `{project}.{dataset}.{table.TABLE}` "
            f"WHERE {PARTITION_COLUMN} = @run_date")  # fmt: skip
-    config = bigquery.QueryJobConfig(
+    return next(iter(bq.query(sql, job_config=_date_parameter(run_date)).result()))[0]
+
+
+def _check_shrink(
+    bq: bigquery.Client, guard: ShrinkGuard, project: str, dataset: str, run_date: datetime.date
+) -> None:
+    """The guard's comparison, counted by BigQuery: the staging table against the latest
+    published date on or before ``run_date``."""
+    user = CandidateRow.c.user_id
+    staging = staging_table_id(CandidateRow, project, dataset, run_date)
+    rows, users = next(iter(bq.query(
+        f"SELECT COUNT(*), COUNT(DISTINCT {user}) FROM `{staging}`"
+    ).result()))  # fmt: skip
+    table = f"`{project}.{dataset}.{CandidateRow.TABLE}`"
+    latest = next(iter(bq.query(
+        f"SELECT MAX({PARTITION_COLUMN}) FROM {table} WHERE {PARTITION_COLUMN} <= @run_date",
+        job_config=_date_parameter(run_date),
+    ).result()))[0]  # fmt: skip
+    previous = None
+    if latest is not None:
+        before_rows, before_users = next(iter(bq.query(
+            f"SELECT COUNT(*), COUNT(DISTINCT {user}) FROM {table}"
+            f" WHERE {PARTITION_COLUMN} = @run_date", job_config=_date_parameter(latest),
+        ).result()))  # fmt: skip
+        previous = Counts(int(before_rows), int(before_users))
+    guard.check(run_date, Counts(int(rows), int(users)), latest, previous)
+
+
+def _date_parameter(run_date: datetime.date) -> bigquery.QueryJobConfig:
+    return bigquery.QueryJobConfig(
         query_parameters=[bigquery.ScalarQueryParameter("run_date", "DATE", run_date)]
     )
-    return next(iter(bq.query(sql, job_config=config).result()))[0]
 
 
 def publish_date(
@@ -113,18 +145,29 @@ def publish_date(
     staged: Mapping[type[Record], Sequence[str]],
     run_date: datetime.date,
     bq: bigquery.Client | None = None,
+    guard: ShrinkGuard | None = None,
 ) -> dict[str, int]:
     """Replace ``run_date`` in every table of ``staged`` (table -> its Parquet files) in one
     transaction; returns the rows each table now holds for the date.
 
     Tables are created (partitioned) when missing. A job killed before the commit leaves every
-    table as it was; the staging tables are dropped after the commit.
+    table as it was; the staging tables are dropped after the commit. With ``guard``, the
+    staged candidates are first compared with the latest published date's
+    (:mod:`storage.shrink`): a refusal drops the staging tables and changes nothing else.
     """
     bq = bq or client(project)
     tables = list(staged)
     for table in tables:
         bq.create_table(table_resource(table, project, dataset), exists_ok=True)
         load_staged(bq, staged[table], table, staging_table_id(table, project, dataset, run_date))
+    if guard is not None and CandidateRow in staged:
+        try:
+            _check_shrink(bq, guard, project, dataset, run_date)
+        except ShrinkRefused:
+            for table in tables:
+                bq.delete_table(staging_table_id(table, project, dataset, run_date),
+                                not_found_ok=True)  # fmt: skip
+            raise
     bq.query(replace_date_script(tables, project, dataset, run_date)).result()
     for table in tables:
         bq.delete_table(staging_table_id(table, project, dataset, run_date), not_found_ok=True)

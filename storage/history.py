@@ -312,6 +312,18 @@ def read_csv_range(
         yield 1, letter
 
 
+def has_events(path: str, head_bytes: int = 1 << 16) -> bool:
+    """Whether a history file holds at least one row: a Parquet file's metadata, or a CSV
+    line after the header among its first ``head_bytes`` (an empty or header-only export is
+    caught before any work)."""
+    with FileSystems.open(path) as handle:
+        if path.endswith(".parquet"):
+            return pq.ParquetFile(handle).metadata.num_rows > 0
+        head = handle.read(head_bytes)
+    lines = [line for line in head.splitlines() if line.strip()]
+    return len(lines) > 1
+
+
 def parquet_row_groups(path: str) -> list[tuple[str, int, int]]:
     """(path, row group, rows before it) of every row group of a Parquet file."""
     with FileSystems.open(path) as handle:

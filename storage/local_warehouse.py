@@ -37,8 +37,11 @@ from collections.abc import Mapping
 import duckdb
 
 from schemas import ALL_TABLES
+from schemas import CandidateRow
 from schemas import Record
 from storage.files import parquet_encoder
+from storage.shrink import Counts
+from storage.shrink import ShrinkGuard
 
 VERSIONS = "_versions"
 DATES = "_dates"
@@ -64,15 +67,21 @@ def partition_dir(root: str, table: str, run_date: datetime.date) -> str:
 
 
 def publish_date(
-    database: str, root: str, staged: Mapping[type[Record], str], run_date: datetime.date
-) -> dict[str, int]:
+    database: str, root: str, staged: Mapping[type[Record], str], run_date: datetime.date,
+    guard: ShrinkGuard | None = None,
+) -> dict[str, int]:  # fmt: skip
     """Replace ``run_date`` of each table in ``staged`` (table -> folder of its staged Parquet)
     with the staged files in one step, keeping the date's other tables; return the rows now
-    held per staged table."""
+    held per staged table. With ``guard``, staged candidates are first compared with the latest
+    published date's (:mod:`storage.shrink`): a refusal changes nothing."""
     root = os.path.abspath(root)
     os.makedirs(os.path.dirname(database) or ".", exist_ok=True)
     with duckdb.connect(database) as con:  # the file's write lock: one publish at a time
         counts = {t.TABLE: _check_staged(con, t, f, run_date) for t, f in staged.items()}
+        if guard is not None and CandidateRow in staged:
+            files = os.path.join(staged[CandidateRow], "*.parquet")
+            previous = _latest_candidates(con, root, run_date)
+            guard.check(run_date, _candidate_counts(con, files), *previous)
         _tidy(root)
         _adopt_legacy_partitions(root)
         for table in staged:
@@ -81,6 +90,30 @@ def publish_date(
         incoming = {table.TABLE: folder for table, folder in staged.items()}
         _replace_date(root, date_folder(run_date), incoming, move=True)
     return counts
+
+
+def _candidate_counts(con, files: str) -> Counts:
+    rows, users = con.execute(
+        f"SELECT count(*), count(DISTINCT {CandidateRow.c.user_id})"
+        " FROM read_parquet(?, hive_partitioning = false)", [files],
+    ).fetchone()  # fmt: skip
+    return Counts(int(rows), int(users))
+
+
+def _latest_candidates(
+    con, root: str, run_date: datetime.date
+) -> tuple[datetime.date | None, Counts | None]:
+    """The latest published date on or before ``run_date`` that has candidates, and theirs."""
+    dates = []
+    for link in glob.glob(os.path.join(root, DATES, "run_date=*")):
+        date = datetime.date.fromisoformat(os.path.basename(link).split("=", 1)[1])
+        if date <= run_date and _listdir(os.path.join(link, CandidateRow.TABLE)):
+            dates.append(date)
+    if not dates:
+        return None, None
+    latest = max(dates)
+    files = os.path.join(root, DATES, date_folder(latest), CandidateRow.TABLE, "*.parquet")
+    return latest, _candidate_counts(con, files)
 
 
 def clear_unpublished(database: str, root: str) -> list[str]:

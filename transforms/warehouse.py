@@ -41,6 +41,8 @@ from storage import local_warehouse
 from storage.files import parquet_encoder
 from storage.files import shard_path
 from storage.files import write_bytes
+from storage.shrink import ShrinkGuard
+from storage.shrink import ShrinkRefused
 from transforms.sinks import WriteShards
 
 WAREHOUSE_STAGE = "warehouse"
@@ -268,27 +270,37 @@ def clear_unpublished(warehouse: Warehouse) -> list[str]:
 
 
 def publish_partitions(
-    warehouse: Warehouse, tables: Sequence[type[Record]], run_date: datetime.date
-) -> dict[str, int]:
+    warehouse: Warehouse, tables: Sequence[type[Record]], run_date: datetime.date,
+    guard: ShrinkGuard | None = None,
+) -> dict[str, int]:  # fmt: skip
     """Replace a run date of ``tables`` with what the job staged, in one step that DuckDB and
-    the Parquet partitions see at once (:mod:`storage.local_warehouse`). Returns the rows now
-    held per table for the date."""
+    the Parquet partitions see at once (:mod:`storage.local_warehouse`; ``guard``: refused, as
+    :mod:`storage.shrink` says, when the candidates shrank). Returns the rows now held per
+    table for the date."""
     staged = {table: warehouse.staging_dir(table, run_date) for table in tables}
-    return local_warehouse.publish_date(warehouse.target, warehouse.parquet_root, staged, run_date)
+    return local_warehouse.publish_date(
+        warehouse.target, warehouse.parquet_root, staged, run_date, guard
+    )
 
 
 def publish_bigquery(
-    warehouse: Warehouse, tables: Sequence[type[Record]], run_date: datetime.date
-) -> dict[str, int]:
+    warehouse: Warehouse, tables: Sequence[type[Record]], run_date: datetime.date,
+    guard: ShrinkGuard | None = None,
+) -> dict[str, int]:  # fmt: skip
     """Replace a run date of ``tables`` in the BigQuery dataset with what the job staged (one
-    transaction), then delete the staged files. Returns the rows now held per table for the
-    date."""
+    transaction, refused as :func:`publish_partitions` is), then delete the staged files.
+    Returns the rows now held per table for the date."""
     project, dataset = warehouse.project_dataset
     staged = {}
     for table in tables:
         pattern = FileSystems.join(warehouse.staging_dir(table, run_date), "*.parquet")
         staged[table] = sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-    counts = bigquery.publish_date(project, dataset, staged, run_date)
+    try:
+        counts = bigquery.publish_date(project, dataset, staged, run_date, guard=guard)
+    except ShrinkRefused:
+        for table in tables:
+            clear_staging(warehouse, table, run_date)
+        raise
     for table in tables:
         clear_staging(warehouse, table, run_date)
     return counts

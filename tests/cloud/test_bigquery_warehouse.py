@@ -12,6 +12,8 @@ from schemas import CandidateRow
 from schemas import NeighborRow
 from storage import bigquery
 from storage.files import parquet_encoder
+from storage.shrink import ShrinkGuard
+from storage.shrink import ShrinkRefused
 from tests.cloud.emulators import BUCKET
 from tests.cloud.emulators import PROJECT
 from tests.cloud.queries import consumer_queries
@@ -113,3 +115,25 @@ def test_the_transaction_names_every_table_once(cloud):
     assert lines[0] == "BEGIN TRANSACTION;" and lines[-1] == "COMMIT TRANSACTION;"
     assert sum(line.startswith("DELETE FROM `p.d.neighbors`") for line in lines) == 1
     assert sum("FROM `p.d._staging_candidates_20240517`" in line for line in lines) == 1
+
+
+def test_a_date_whose_candidates_shrank_is_refused_and_nothing_is_replaced(cloud, dataset):
+    bq = cloud.bigquery_client()
+    guard = ShrinkGuard(max_shrink=0.5)
+
+    def publish(day, users, tag, shrink=guard):
+        staged = {CandidateRow: stage_on_gcs(cloud, candidates(day, users), CandidateRow, tag)}
+        return bigquery.publish_date(PROJECT, dataset, staged, day, bq=bq, guard=shrink)
+
+    assert publish(DAY1, range(1, 11), "a") == {"candidates": 20}
+    with pytest.raises(ShrinkRefused, match=r"4 users and 8 rows.*2024-05-17 has 10 users and 20"):
+        publish(DAY2, range(1, 5), "b")
+    assert publish(DAY2, range(1, 7), "c") == {"candidates": 12}  # 6 of 10: within the half
+    with pytest.raises(ShrinkRefused, match="no candidates"):
+        publish(DAY2, range(0), "d")
+    per_day = rows(bq, f"SELECT run_date, COUNT(*) FROM `{PROJECT}.{dataset}.candidates` "
+                       "GROUP BY run_date ORDER BY run_date")  # fmt: skip
+    assert per_day == [(DAY1, 20), (DAY2, 12)]
+    names = {t.table_id for t in bq.list_tables(f"{PROJECT}.{dataset}")}
+    assert names == {"candidates"}  # a refusal drops its staging table
+    assert publish(DAY2, range(1, 2), "e", ShrinkGuard(allow=True)) == {"candidates": 2}

@@ -121,6 +121,21 @@ def cases(w: pathlib.Path) -> dict[str, Case]:
             "cowatch", (f"--watch_history={w / 'nope.csv'}", f"--output={w / 'c1'}"), 2,
             (f"--watch_history={w / 'nope.csv'}: no such file", "userId,movieId,rating"),
         ),
+        "watch history with a header only": Case(
+            "cowatch", (f"--watch_history={w / 'header_ratings.csv'}", f"--output={w / 'c2'}"),
+            1, (f"--watch_history={w / 'header_ratings.csv'} holds no watch events",
+                "published candidates are unchanged"),
+        ),
+        "neighbours on an empty watch history": Case(
+            "neighbors", ("--run_date=2024-05-17", f"--vectors={w / 'empty_dir'}",
+                          f"--watch_history={w / 'empty.csv'}", f"--output={w / 'n1'}"), 1,
+            (f"--watch_history={w / 'empty.csv'} holds no watch events",),
+        ),
+        "neighbours with --max_shrink out of range": Case(
+            "neighbors", ("--run_date=2024-05-17", f"--vectors={w / 'empty_dir'}",
+                          "--max_shrink=2", f"--output={w / 'n2'}"), 2,
+            ("--max_shrink=2.0: give a fraction from 0 to 1",),
+        ),
     }  # fmt: skip
 
 
@@ -135,6 +150,7 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     (w / "header.csv").write_text(LINKS_HEADER)
     (w / "weird.csv").write_text("title,url\nJaws,http://127.0.0.1/jaws.jpg\n")
     (w / "links.csv").write_text(LINKS_HEADER + "1,0076759,11\n")
+    (w / "header_ratings.csv").write_text("userId,movieId,rating,timestamp\n")
     (w / "text.keras").write_text("not a model\n")
     (w / "text.h5").write_text("not weights\n")
     (w / "a_file").write_text("")

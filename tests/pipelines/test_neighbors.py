@@ -16,6 +16,7 @@ from pipelines import cowatch as cowatch_stage
 from pipelines import evaluate
 from pipelines import index as index_stage
 from pipelines import neighbors
+from pipelines.common import InputError
 from pipelines.common import UsageError
 from schemas import CandidateRow
 from schemas import EmbeddingRow
@@ -304,3 +305,31 @@ def test_a_cowatch_version_without_a_blend_is_refused_before_any_work(world):
             "--run_date=2024-05-17", f"--vectors={tmp / 'vectors'}", f"--output={tmp / 'job'}",
             "--cowatch_version=cowatch-0123456789ab",
         ]))  # fmt: skip
+
+
+def test_a_night_whose_history_lost_most_users_does_not_replace_the_candidates(world, tmp_path):
+    tmp = world[0]
+    out = tmp_path / "out"
+
+    def night(date: str, history: pathlib.Path, *extra: str) -> dict:
+        return neighbors.run([
+            f"--run_date={date}", f"--vectors={tmp / 'vectors'}", f"--output={out}",
+            f"--watch_history={history}", *extra,
+        ])  # fmt: skip
+
+    def published() -> list[tuple]:
+        with duckdb.connect(str(out / "warehouse.duckdb"), read_only=True) as con:
+            sql = (f"select run_date, count(distinct user_id), count(*) from "
+                   f"{CandidateRow.TABLE} group by all order by all")  # fmt: skip
+            return con.execute(sql).fetchall()
+
+    night("2024-05-17", tmp / "ratings.csv")
+    before = published()
+    few = [r for r in world[3] if r[0] <= 5]  # 5 of the 25 users: a broken export
+    write_ratings_csv(tmp_path / "few.csv", few)
+    with pytest.raises(InputError, match=r"refused to publish 2024-05-18: its candidates have 5 "
+                                         r"users .* 2024-05-17 has 25 users"):
+        night("2024-05-18", tmp_path / "few.csv")
+    assert published() == before
+    night("2024-05-18", tmp_path / "few.csv", "--allow_shrink")
+    assert [d.isoformat() for d, _, _ in published()] == ["2024-05-17", "2024-05-18"]

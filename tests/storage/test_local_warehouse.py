@@ -8,10 +8,14 @@ import os
 import pathlib
 
 import duckdb
+import pytest
 
+from schemas import CandidateRow
 from schemas import NeighborRow
 from storage import local_warehouse
 from storage.files import parquet_encoder
+from storage.shrink import ShrinkGuard
+from storage.shrink import ShrinkRefused
 
 DAY = datetime.date(2024, 5, 17)
 LATER = datetime.date(2024, 5, 18)
@@ -55,3 +59,40 @@ def test_a_warehouse_of_the_earlier_layout_is_taken_over_by_its_next_publish(tmp
 def test_clearing_a_warehouse_that_was_never_published_does_nothing(tmp_path):
     assert local_warehouse.clear_unpublished(str(tmp_path / "w.duckdb"), str(tmp_path)) == []
     assert os.listdir(tmp_path) == []
+
+
+def candidates(users: range, day: datetime.date) -> list[CandidateRow]:
+    return [CandidateRow(user_id=u, rank=r, movie_id=10 + r, score=1.0, model_version="v",
+                         run_date=day, contributing_movie_ids=()) for u in users
+            for r in (1, 2)]  # fmt: skip
+
+
+def test_a_date_whose_candidates_shrank_is_refused_and_nothing_is_replaced(tmp_path):
+    database, root = str(tmp_path / "w.duckdb"), tmp_path / "w_parquet"
+    guard = ShrinkGuard(max_shrink=0.5)
+
+    def publish(users: range, day: datetime.date, tag: str, shrink=guard) -> dict:
+        folder = root / "_staging" / tag
+        folder.mkdir(parents=True)
+        (folder / "candidates-00000-of-00001.parquet").write_bytes(
+            parquet_encoder(CandidateRow)(candidates(users, day))
+        )
+        return local_warehouse.publish_date(
+            database, str(root), {CandidateRow: str(folder)}, day, shrink
+        )
+
+    assert publish(range(1, 11), DAY, "a") == {"candidates": 20}
+    with pytest.raises(ShrinkRefused, match=r"4 users and 8 rows.*2024-05-17 has 10 users and 20"):
+        publish(range(1, 5), LATER, "b")
+    with pytest.raises(ShrinkRefused, match=r"4 users .*2024-05-17 has 10 users"):
+        publish(range(1, 5), DAY, "c")  # a rerun of the date itself is compared with it
+    with pytest.raises(ShrinkRefused, match="no candidates"):
+        publish(range(0), LATER, "d")
+    assert publish(range(1, 7), LATER, "e") == {"candidates": 12}  # 6 of 10: within the half
+    with duckdb.connect(database) as con:
+        per_day = con.execute("SELECT run_date, count(*) FROM candidates GROUP BY ALL"
+                              " ORDER BY ALL").fetchall()  # fmt: skip
+    assert per_day == [(DAY, 20), (LATER, 12)]
+    assert publish(range(1, 2), LATER, "f", ShrinkGuard(allow=True)) == {"candidates": 2}
+    with pytest.raises(ValueError, match="--max_shrink"):
+        ShrinkGuard(max_shrink=1.5)
