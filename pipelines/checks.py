@@ -24,7 +24,7 @@ from pipelines.common import InputError
 from pipelines.common import UsageError
 from pipelines.common import one_line
 from storage import bigquery
-from storage.history import has_events
+from storage.history import history_problem
 from storage.runs import published_paths
 from transforms.catalog import ACCEPTED_HEADERS
 from transforms.catalog import decode_catalog_bytes
@@ -90,17 +90,25 @@ def writable_output(path: str, flag: str = "--output") -> None:
                 "gs://BUCKET/folder"
             ) from None
         return
-    probe = os.path.join(path, f".write-probe-{os.getpid()}")
+    why = _unwritable(path)
+    if why:
+        raise InputError(
+            f"{flag}={path} cannot be written ({why}) — choose a folder you can create and "
+            "write to"
+        )
+
+
+def _unwritable(folder: str) -> str | None:
+    """Why a local folder cannot be created and written to (a probe file), or None."""
+    probe = os.path.join(folder, f".write-probe-{os.getpid()}")
     try:
-        os.makedirs(path, exist_ok=True)
+        os.makedirs(folder, exist_ok=True)
         with open(probe, "wb"):
             pass
         os.remove(probe)
     except OSError as exc:
-        raise InputError(
-            f"{flag}={path} cannot be written ({exc.strerror or one_line(exc)}) — choose a folder "
-            "you can create and write to"
-        ) from None
+        return exc.strerror or one_line(exc)
+    return None
 
 
 @functools.cache
@@ -180,6 +188,9 @@ def warehouse(uri: str | None, output: str, remote: bool = True) -> Warehouse:
             "DuckDB warehouse must be one — give --warehouse=bq://PROJECT.DATASET or "
             "--warehouse=duckdb:///local/path/warehouse.duckdb"
         )
+    if found.kind == "duckdb":
+        _local_warehouse(found, f"--warehouse={uri}" if uri else
+                         f"--warehouse (its default {found.target}, under --output)")
     if found.kind == "bq" and remote:
         project, dataset = found.project_dataset
         credentials = gcp_credentials("--warehouse", uri)
@@ -199,6 +210,28 @@ def warehouse(uri: str | None, output: str, remote: bool = True) -> Warehouse:
                 "--warehouse=bq://PROJECT.DATASET"
             )
     return found
+
+
+def _local_warehouse(found: Warehouse, flag: str) -> None:
+    """A DuckDB warehouse's folders can be written and its file, when there is one, opened as a
+    DuckDB database for writing: checked before any work, not at the publish after it."""
+    for folder in (os.path.dirname(os.path.abspath(found.target)), found.parquet_root):
+        why = _unwritable(folder)
+        if why:
+            raise InputError(
+                f"{flag}: {folder} cannot be written ({why}) — give a warehouse file in a "
+                "folder you can write to"
+            )
+    if os.path.exists(found.target):
+        import duckdb  # only a local warehouse needs it
+
+        try:
+            duckdb.connect(found.target).close()
+        except (duckdb.Error, OSError) as exc:
+            raise InputError(
+                f"{flag}: {found.target} cannot be opened as a DuckDB database for writing "
+                f"({one_line(exc)[:200]}) — give another --warehouse file, or move this one away"
+            ) from None
 
 
 def _head(path: str, size: int) -> bytes:
@@ -314,9 +347,10 @@ def watch_history(uri: str | None) -> None:
             "give MovieLens ratings (userId,movieId,rating,timestamp) as CSV or Parquet, or "
             "bq://PROJECT.DATASET.TABLE",
         )
-        if not has_events(uri):
+        problem = history_problem(uri)
+        if problem:
             raise InputError(
-                f"--watch_history={uri} holds no watch events (an empty or header-only file): "
-                "nothing was run and the published candidates are unchanged — check the export "
-                "that writes it"
+                f"--watch_history={uri} {problem}: nothing was run and the published "
+                "candidates are unchanged — give MovieLens ratings, and check the export that "
+                "writes them"
             )

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import functools
 import json
 import logging
 import sys
 import traceback
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import GoogleCloudOptions
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.options.pipeline_options import SetupOptions
 from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import _BeamArgumentParser
 from apache_beam.runners.direct.direct_runner import DirectRunner
 
 from pipelines import console
@@ -237,12 +242,71 @@ class Command:
             if flag.startswith("--") and flag != "--help"
         }
 
+    def check_flags(self, argv: Sequence[str] | None) -> None:
+        """UsageError (exit 2) naming every flag in argv that neither this command nor, when it
+        runs a pipeline, Beam's own options declare, with the closest known flag (as Beam's
+        "did you mean" does); ``--help`` prints the help and exits first."""
+        argv = list(sys.argv[1:] if argv is None else argv)
+        _, rest = self.parser().parse_known_args(argv)
+        known = self.flags() | (beam_flags() if self.beam else set())
+        unknown = [n for n in (a.split("=", 1)[0] for a in rest if a.startswith("--"))
+                   if n not in known]  # fmt: skip
+        if not unknown:
+            return
+        named = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            if name in self.hides:
+                named.append(f"{name} (a shared flag this command does not read)")
+            else:
+                named.append(name + (f" (did you mean {close[0]}?)" if close else ""))
+        raise UsageError(
+            f"unknown flag{'s' if len(named) > 1 else ''} {', '.join(named)}; nothing was run — "
+            f"python -m {self.name} --help lists the flags it reads"
+        )
+
     def parse(self, argv: Sequence[str] | None) -> PipelineOptions:
         """Parse argv into PipelineOptions; ``--help`` prints the help and exits, a bad value
         exits with argparse's message (status 2)."""
         argv = list(sys.argv[1:] if argv is None else argv)
         self.parser().parse_known_args(argv)
-        return PipelineOptions(without_foreign_secrets(argv, self.options_class))
+        options = PipelineOptions(without_foreign_secrets(argv, self.options_class))
+        if self.beam:
+            check_dataflow_flags(options)
+        return options
+
+
+def check_dataflow_flags(options: PipelineOptions) -> None:
+    """UsageError before any work when --runner=DataflowRunner lacks the flags Dataflow cannot
+    run without (Beam would otherwise fail later, with a traceback)."""
+    if "DataflowRunner" not in str(options.view_as(StandardOptions).runner or ""):
+        return
+    cloud = options.view_as(GoogleCloudOptions)
+    missing = [flag for flag, value in (
+        ("--project", cloud.project), ("--region", cloud.region),
+        ("--temp_location", cloud.temp_location or cloud.staging_location),
+    ) if not value]  # fmt: skip
+    if missing:
+        raise UsageError(
+            f"--runner=DataflowRunner needs {', '.join(missing)} (for example --project=my-project "
+            "--region=europe-west1 --temp_location=gs://my-bucket/tmp); nothing was run"
+        )
+
+
+@functools.cache
+def beam_flags() -> frozenset[str]:
+    """Every flag Beam's own options classes declare (runner, Dataflow, worker, ...)."""
+
+    def subclasses(cls: type) -> Iterator[type]:
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    parser = _BeamArgumentParser(add_help=False, allow_abbrev=False, conflict_handler="resolve")
+    for cls in sorted(set(subclasses(PipelineOptions)), key=lambda c: c.__qualname__):
+        if cls.__module__.startswith("apache_beam."):
+            cls._add_argparse_args(parser)
+    return frozenset(flag for action in parser._actions for flag in action.option_strings)
 
 
 def flag_names(options_class: type[PipelineOptions]) -> tuple[str, ...]:
@@ -413,8 +477,12 @@ def main(
     line is drawn (the nightly job prints a line per stage, the query tool only its answers).
     """
 
+    command = getattr(run, "__globals__", {}).get("COMMAND")
+
     def entry() -> None:
         configure_logging(argv, quiet_stages=quiet)
+        if isinstance(command, Command):
+            command.check_flags(argv)
         if quiet:
             summary = run(argv)
         else:

@@ -177,7 +177,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
             report = _train(stage_argv, paths, cowatch_version, 0.0)
             notes.append(f"objective {report['objective']}")
         summary["train"] = {k: report[k] for k in ("model_path", "run_id", "objective")}
-        stage_argv += [f"--model={report['model_path']}"]
+        stage_argv = trained_model_argv(stage_argv, report["model_path"])
     with clock.stage("embed") as notes:
         embedded = embed.run(stage_argv + [f"--output={paths['vectors']}"])
         notes.append(f"{embedded['written']:,} vectors of {embedded['model_version']}")
@@ -261,10 +261,28 @@ def _cold_start_model(
     evaluation's cold-start flags."""
     hidden = cowatch.run(_history_argv(argv, paths, history, holdout))["model_version"]
     report = _train(stage_argv, paths, hidden, holdout, folder="cold_start")
-    model_argv = stage_argv + [f"--model={report['model_path']}", f"--output={paths['vectors']}"]
+    model_argv = trained_model_argv(stage_argv, report["model_path"])
+    model_argv.append(f"--output={paths['vectors']}")
     version = embed.run(model_argv)["model_version"]
     return [f"--cold_model_version={version}", f"--cold_cowatch_version={hidden}",
             f"--holdout_fraction={holdout}"]  # fmt: skip
+
+
+def trained_model_argv(argv: list[str], model_path: str) -> list[str]:
+    """The flags that embed with a model the job trained: ``--model`` names it, and the
+    backbone's ``--weights`` (what training started from) are not passed on, since a trained
+    .keras file carries its own."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == "--weights":
+            skip = True
+            continue
+        if not arg.startswith("--weights="):
+            kept.append(arg)
+    return [*kept, f"--model={model_path}"]
 
 
 def _index_dir(paths: dict, version: str) -> str:

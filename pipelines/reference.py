@@ -76,7 +76,8 @@ def reference_markdown() -> str:
         text = f"**{command.name}**: `{parser.usage}`\n\n" + _table(rows)
         ignored = [name for name in shared if name not in by_dest]
         notes = [f"Also reads {'; '.join(summaries)}."] if summaries else []
-        notes += [f"Ignores {_flags(ignored)}."] if ignored else []
+        if ignored:
+            notes.append(f"Does not read {_flags(ignored)} (passing it is a usage error).")
         if command.beam:
             notes.append("Runs a Beam pipeline: `--runner`, `--dry_run` and Beam's other options "
                          "apply.")  # fmt: skip

@@ -312,16 +312,28 @@ def read_csv_range(
         yield 1, letter
 
 
-def has_events(path: str, head_bytes: int = 1 << 16) -> bool:
-    """Whether a history file holds at least one row: a Parquet file's metadata, or a CSV
-    line after the header among its first ``head_bytes`` (an empty or header-only export is
-    caught before any work)."""
+def history_problem(path: str, head_bytes: int = 1 << 16) -> str | None:
+    """What makes a history file unreadable as a whole, or None: columns that are not the
+    ratings' (a CSV header, a Parquet schema) or no row at all (an empty or header-only export;
+    a CSV is judged by its first ``head_bytes``). Checked before any work."""
     with FileSystems.open(path) as handle:
         if path.endswith(".parquet"):
-            return pq.ParquetFile(handle).metadata.num_rows > 0
+            parquet = pq.ParquetFile(handle)
+            names = set(parquet.schema_arrow.names)
+            c = WatchEvent.c
+            if not (names >= set(RATINGS_HEADER)
+                    or names >= {c.user_id, c.movie_id, c.rating, c.watched_at}):  # fmt: skip
+                return (f"has the columns {','.join(sorted(names))}, not "
+                        f"{','.join(RATINGS_HEADER)} (or {c.user_id},{c.movie_id},{c.rating},"
+                        f"{c.watched_at})")  # fmt: skip
+            return None if parquet.metadata.num_rows else "holds no watch events (no rows)"
         head = handle.read(head_bytes)
-    lines = [line for line in head.splitlines() if line.strip()]
-    return len(lines) > 1
+    lines = [line for line in head.decode("utf-8-sig", "replace").splitlines() if line.strip()]
+    if not lines:
+        return "holds no watch events (an empty file)"
+    if tuple(h.strip() for h in lines[0].split(",")) != RATINGS_HEADER:
+        return f"has the header {lines[0].strip()[:80]}, not {','.join(RATINGS_HEADER)}"
+    return None if len(lines) > 1 else "holds no watch events (a header-only file)"
 
 
 def parquet_row_groups(path: str) -> list[tuple[str, int, int]]:

@@ -19,6 +19,7 @@ import json
 import os
 import pickle
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -342,11 +343,18 @@ def serve_fetch_worker(stdin: BinaryIO | None = None, stdout: BinaryIO | None = 
     :class:`FetchWorkerDied` naming it) is written back as it completes. Anything the libraries
     print goes to stderr, never into the result stream.
     """
+    process = stdout is None  # a worker process (else called in-process, by tests)
     if stdout is None:
         stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
         os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+        # Ctrl-C reaches the whole process group: the parent handles it, and its pipes closing
+        # end this worker quietly (below).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     stdin = stdin or sys.stdin.buffer
-    settings: FetchSettings = pickle.load(stdin)
+    try:
+        settings: FetchSettings = pickle.load(stdin)
+    except (EOFError, OSError):
+        return  # the parent is gone before it sent anything
     scraper = make_scraper(settings)
     slots = threading.BoundedSemaphore(settings.concurrency)
     write = threading.Lock()
@@ -361,20 +369,45 @@ def serve_fetch_worker(stdin: BinaryIO | None = None, stdout: BinaryIO | None = 
             with write:
                 stdout.write(data)
                 stdout.flush()
+        except OSError:  # BrokenPipeError: the parent is gone, nobody reads the results
+            if not process:
+                raise
+            _parent_gone()
         finally:
             slots.release()
 
     with concurrent.futures.ThreadPoolExecutor(
         settings.concurrency, thread_name_prefix="fetch"
     ) as pool:
-        while (entry := pickle.load(stdin)) is not None:
+        while (entry := _next_entry(stdin, process)) is not None:
             slots.acquire()
             pool.submit(one, entry)
     scraper.fetcher.close()
     stdout.close()
 
 
+def _next_entry(stdin: BinaryIO, process: bool) -> CatalogEntry | None:
+    """The next film the parent sends; None at its end; a pipe that closes without the end
+    means the parent died (killed, or Ctrl-C): a worker process leaves at once, quietly."""
+    try:
+        return pickle.load(stdin)
+    except (EOFError, OSError, pickle.UnpicklingError):
+        if process:
+            _parent_gone()
+        return None
+
+
+def _parent_gone() -> None:
+    """End a worker whose parent is gone, without a traceback or waiting for its fetches."""
+    os._exit(0)
+
+
 _WORKER_COMMAND = "from transforms.fetch_worker import serve_fetch_worker; serve_fetch_worker()"
+
+
+def fetch_worker_command() -> str:
+    """The ``python -c`` program of a fetch worker process."""
+    return _WORKER_COMMAND
 
 
 class FetchWorkers:
@@ -396,8 +429,8 @@ class FetchWorkers:
         self._results: queue.Queue = queue.Queue()
         self._workers = []
         for index in range(processes):
-            worker = subprocess.Popen(
-                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+            worker = subprocess.Popen(  # its own process group: Ctrl-C is the parent's to handle
+                command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, process_group=0
             )
             pickle.dump(self.settings, worker.stdin, protocol=pickle.HIGHEST_PROTOCOL)
             reader = threading.Thread(

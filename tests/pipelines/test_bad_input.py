@@ -131,6 +131,26 @@ def cases(w: pathlib.Path) -> dict[str, Case]:
                           f"--watch_history={w / 'empty.csv'}", f"--output={w / 'n1'}"), 1,
             (f"--watch_history={w / 'empty.csv'} holds no watch events",),
         ),
+        "watch history missing a column": Case(
+            "neighbors", ("--run_date=2024-05-17", f"--vectors={w / 'empty_dir'}",
+                          f"--watch_history={w / 'three_columns.csv'}", f"--output={w / 'n3'}"),
+            1, (f"--watch_history={w / 'three_columns.csv'} has the header userId,movieId,rating,"
+                " not userId,movieId,rating,timestamp",),
+        ),
+        "warehouse that is not a DuckDB file": Case(
+            "neighbors", ("--run_date=2024-05-17", f"--vectors={w / 'empty_dir'}",
+                          f"--warehouse=duckdb://{w / 'text.duckdb'}", f"--output={w / 'n4'}"), 1,
+            (f"{w / 'text.duckdb'} cannot be opened as a DuckDB database for writing",),
+        ),
+        "Dataflow without a project, region or temp location": Case(
+            "nightly", (catalog, "--runner=DataflowRunner", f"--output={w / 'nightly4'}"), 2,
+            ("--runner=DataflowRunner needs --project, --region, --temp_location",),
+        ),
+        "nightly with a misspelt flag": Case(
+            "nightly", (catalog, f"--watch_histroy={w / 'header_ratings.csv'}",
+                        f"--output={w / 'nightly3'}"), 2,
+            ("unknown flag --watch_histroy (did you mean --watch_history?)", "nothing was run"),
+        ),
         "neighbours with --max_shrink out of range": Case(
             "neighbors", ("--run_date=2024-05-17", f"--vectors={w / 'empty_dir'}",
                           "--max_shrink=2", f"--output={w / 'n2'}"), 2,
@@ -151,8 +171,10 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     (w / "weird.csv").write_text("title,url\nJaws,http://127.0.0.1/jaws.jpg\n")
     (w / "links.csv").write_text(LINKS_HEADER + "1,0076759,11\n")
     (w / "header_ratings.csv").write_text("userId,movieId,rating,timestamp\n")
+    (w / "three_columns.csv").write_text("userId,movieId,rating\n1,2,4.0\n")
     (w / "text.keras").write_text("not a model\n")
     (w / "text.h5").write_text("not weights\n")
+    (w / "text.duckdb").write_text("not a database\n")
     (w / "a_file").write_text("")
     (w / "empty_dir").mkdir()
     records = synthetic_records(6)
@@ -204,10 +226,14 @@ def test_bad_input_ends_with_one_line_and_no_traceback(workspace, outcomes, name
 
 
 def test_nightly_checks_before_it_scrapes(workspace, outcomes):
-    for name in ("nightly on a bad date", "nightly on an empty catalog"):
+    for name in ("nightly on a bad date", "nightly on an empty catalog",
+                 "nightly with a misspelt flag",
+                 "Dataflow without a project, region or temp location"):
         assert "[nightly] scrape: started" not in outcomes[name].stdout
     assert not (workspace / "nightly1" / "scrape").exists()
     assert not (workspace / "nightly2").exists()
+    assert not (workspace / "nightly3").exists()
+    assert not (workspace / "nightly4").exists()
 
 
 def test_debug_prints_the_traceback_before_the_line(workspace, outcomes):

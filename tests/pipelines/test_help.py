@@ -210,3 +210,27 @@ def test_help_of_every_entry_point_imports_no_tensorflow():
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result.pop("tensorflow") is False
     assert result == {name: 0 for name in ENTRY_POINTS}
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_a_misspelt_flag_is_a_usage_error_and_beams_own_flags_pass(name):
+    module = importlib.import_module(name)
+    command = module.COMMAND
+    flag = sorted(command.flags() - {"--help"})[0]
+    misspelt = flag[:-1] + flag[-1] * 2  # one letter doubled: --catalog -> --catalogg
+    with pytest.raises(UsageError, match=rf"unknown flag {misspelt} \(did you mean {flag}\?\)"):
+        command.check_flags([f"{misspelt}=x"])
+    with pytest.raises(UsageError, match="unknown flags --no_such_flag, --other"):
+        command.check_flags(["--no_such_flag", "--other=1"])
+    for hidden in command.hides:
+        with pytest.raises(UsageError, match=f"{hidden} \\(a shared flag this command does not"):
+            command.check_flags([f"{hidden}=2"])
+    beam_own = [
+        "--direct_num_workers=2", "--project=poster-recs-test", "--region=europe-west1",
+        "--experiments=use_runner_v2", "--temp_location=gs://poster-recs-test/tmp",
+    ]  # fmt: skip
+    if command.beam:
+        command.check_flags(beam_own)
+    else:
+        with pytest.raises(UsageError, match="--direct_num_workers"):
+            command.check_flags(beam_own)

@@ -192,7 +192,7 @@ def test_a_killed_neighbours_run_keeps_the_date_and_its_rerun_replaces_it(embedd
     write_ratings_csv(ratings, make_watch_history(make_catalog(FILMS, seed=0), 12, seed=1))
     nightly = tmp / "nightly"
     flags = (f"--run_date={DAY}", f"--vectors={vectors}", f"--output={nightly}",
-             f"--watch_history={ratings}", "--num_shards=2")  # fmt: skip
+             f"--watch_history={ratings}")  # fmt: skip
     run(tmp, "pipelines.neighbors", *flags, "--similarity=l2")
     before, parquet_before = warehouse_rows(nightly)
     assert before == parquet_before and before and all(s <= 0 for *_, s in before)

@@ -77,3 +77,11 @@ def test_the_console_fits_on_one_screen(summary):
     assert "leave-last-out over 40 users" in text and "paired bootstrap" not in text
     assert f"outputs under {out}: scrape/ train/ vectors/ nightly/" in lines
     assert "LIMIT 5" in text and lines[-1].startswith("done in ")
+
+
+def test_the_trained_model_is_embedded_without_the_backbones_weights():
+    argv = ["--model=squeezenet_v1_1", "--weights=/w/squeezenet.h5", "--train", "--weights",
+            "/w/other.h5", "--posters=/p"]  # fmt: skip
+    assert nightly.trained_model_argv(argv, "/t/model.keras") == [
+        "--model=squeezenet_v1_1", "--train", "--posters=/p", "--model=/t/model.keras"
+    ]  # fmt: skip

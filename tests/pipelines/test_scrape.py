@@ -9,7 +9,10 @@ import json
 import logging
 import os
 import pathlib
+import pickle
 import signal
+import subprocess
+import sys
 
 import pyarrow.parquet as pq
 import pytest
@@ -37,6 +40,7 @@ from transforms.fetch_worker import FetchWorkerDied
 from transforms.fetch_worker import FetchWorkers
 from transforms.fetch_worker import ImageConfig
 from transforms.fetch_worker import ResolveConfig
+from transforms.fetch_worker import fetch_worker_command
 
 KEY = "pipeline-test-key-4711"
 CATALOG = make_catalog(80, seed=11)
@@ -442,3 +446,24 @@ def test_a_dead_fetch_worker_fails_the_bundle_instead_of_hanging(clean_web):
             workers.get(block=True)
     finally:
         workers.close()
+
+
+def test_a_fetch_worker_whose_parent_dies_ends_quietly(clean_web):
+    """A killed scrape closes its workers' pipes mid-stream: each worker exits at once, status
+    0, with nothing on stderr (Ctrl-C never reaches them: they run in their own process
+    group, and the parent's pipes closing ends them the same way)."""
+    policy = FetchPolicy(allowed_hosts=(clean_web.host,))
+    settings = FetchSettings(policy, ResolveConfig(), ImageConfig(), "run-0001", 1)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    worker = subprocess.Popen(
+        [sys.executable, "-c", fetch_worker_command()], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )  # fmt: skip
+    pickle.dump(settings, worker.stdin)
+    worker.stdin.flush()
+    worker.stdin.close()  # the parent is gone: no end marker ever comes
+    assert worker.wait(timeout=60) == 0
+    err = worker.stderr.read()
+    worker.stdout.close()
+    worker.stderr.close()
+    assert err == b"", err.decode()[-2000:]
