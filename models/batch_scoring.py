@@ -153,6 +153,10 @@ def rank_batch(
         else:
             ties = np.zeros(len(cand))
         rounded = np.round(value, 9)
+        if 0 < config.top_k < len(rounded):  # sort only what can reach the top k (ties kept)
+            kth = np.partition(rounded, len(rounded) - config.top_k)[len(rounded) - config.top_k]
+            near = np.flatnonzero(rounded >= kth)
+            cand, rounded, ties = cand[near], rounded[near], ties[near]
         order = np.lexsort((model.films[cand], ties, -rounded))[: config.top_k]
         chosen = cand[order]
         out_user.append(np.full(len(chosen), users[u]))
