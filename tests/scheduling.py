@@ -22,11 +22,11 @@ SAME_WORKER = {
 # The longest units, longest first (seconds each on a 2-core machine, run alone); the rest
 # follow in xdist's order.
 LONGEST_FIRST = (
-    "tests/pipelines/test_neighbors_real.py",  # 125 (the evaluation's EASE solves on real data)
-    "tests/cloud/test_nightly_on_gcp.py",  # 115, with the other tests/cloud files
+    "tests/cloud/test_nightly_on_gcp.py",  # 140, with the other tests/cloud files
     "tests/pipelines/test_scrape.py",  # 100
     "tests/pipelines/test_bad_input.py",  # 85
     "tests/pipelines/test_embed.py",  # 80
+    "tests/pipelines/test_neighbors_real.py",  # 65 (1,000 real posters; the evaluation's solves)
     "tests/pipelines/test_nightly.py",  # 65
     "tests/pipelines/test_killed_runs.py",  # 50
     "tests/pipelines/test_neighbors.py",  # 45
