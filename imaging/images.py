@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import io
+import re
 import threading
 from collections.abc import Iterator
 
@@ -134,7 +135,12 @@ def _open_checked(data: bytes, max_pixels: int, min_side: int) -> ImageFile.Imag
         message = f"Pillow cannot identify {len(data)} bytes starting {data[:16]!r}"
         raise ImageRejected(REASON_NOT_AN_IMAGE, message) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageRejected(REASON_TOO_MANY_PIXELS, str(exc)) from exc
+        # Pillow's own bomb limit refused the header: say it in this job's terms.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1))} pixels" if found else "more pixels than Pillow opens"
+        raise ImageRejected(
+            REASON_TOO_MANY_PIXELS, f"{size}, above max_pixels={max_pixels} (--max_pixels)"
+        ) from exc
     except Exception as exc:
         raise _decode_failure("cannot read the image header", exc) from exc
     width, height = img.size
@@ -142,7 +148,8 @@ def _open_checked(data: bytes, max_pixels: int, min_side: int) -> ImageFile.Imag
         img.close()
         raise ImageRejected(
             REASON_TOO_MANY_PIXELS,
-            f"{width}x{height} is {width * height} pixels, above max_pixels={max_pixels}",
+            f"{width}x{height} is {width * height} pixels, above max_pixels={max_pixels} "
+            "(--max_pixels)",
         )
     if min(width, height) < min_side:
         img.close()

@@ -10,6 +10,7 @@ stage does, so a query poster lands where the same poster in the index is.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -25,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from models.scann_index import PosterIndex
 from models.vectors import read_vector_table
+from models.vectors import shared_poster_groups
 from models.vectors import vectors_glob
 from schemas import PosterRecord
 from schemas import WatchEvent
@@ -158,16 +160,22 @@ def mean_ratings(watch_history: str) -> tuple[dict[int, float], int]:
 def index_neighbours(
     vectors_root: str, model_version: str, movie_ids: Sequence[int] | None, k: int
 ) -> dict[int, list[tuple[int, float]]]:
-    """Each film's top-k (neighbour id, score) from the version's index, the film excluded."""
+    """Each film's top-k (neighbour id, score) from the version's index, the film itself and
+    the films that share its poster (its own duplicates) excluded, as the nightly tables do."""
     index = PosterIndex.load(index_uri(vectors_root, model_version))
-    table = read_vector_table(vectors_glob(vectors_root, model_version))
+    path_glob = vectors_glob(vectors_root, model_version)
+    table = read_vector_table(path_glob)
+    shared = shared_poster_groups(path_glob)
     row_of = {m: i for i, m in enumerate(table.ids.tolist())}
     wanted = list(row_of) if movie_ids is None else [m for m in movie_ids if m in row_of]
     if not wanted:
         return {}
-    found, scores = index.search(table.vectors[[row_of[m] for m in wanted]], k + 1)
+    twins = max(collections.Counter(shared.values()).values(), default=1)
+    found, scores = index.search(table.vectors[[row_of[m] for m in wanted]], k + twins)
     lists: dict[int, list[tuple[int, float]]] = {}
     for movie_id, ids, sims in zip(wanted, found.tolist(), scores.tolist(), strict=True):
-        pairs = [(n, float(s)) for n, s in zip(ids, sims, strict=True) if n not in (-1, movie_id)]
+        group = shared.get(movie_id, movie_id)
+        pairs = [(n, float(s)) for n, s in zip(ids, sims, strict=True)
+                 if n != -1 and shared.get(n, n) != group]  # fmt: skip
         lists[movie_id] = pairs[:k]
     return lists

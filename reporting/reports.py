@@ -411,7 +411,7 @@ def _model_rows(vectors_root: str, version: str) -> tuple[list[dict], list[dict]
         stages.append(
             {
                 "name": f"index:{version}",
-                "run_id": info.get("built_at"),
+                "run_id": None,  # an index has no run; its build time is in its manifest
                 "input_rows": info.get("n"),
                 "written": info.get("n"),
                 "seconds": info.get("build_seconds"),
@@ -527,7 +527,8 @@ def _stages_html(stages: Sequence[dict]) -> str:
         name = stage["name"]
         cells = _cell(stage["name"], cls="l") + _cell(stage.get("run_id"), cls="l")
         cells += "".join(_cell(stage.get(f), f"stage.{name}.{f}") for f in _STAGE_FIELDS)
-        cells += _cell(stage.get("seconds"), f"stage.{name}.seconds")
+        seconds = stage.get("seconds")
+        cells += _cell(None if seconds is None else f"{seconds:.1f}", f"stage.{name}.seconds")
         ok = stage.get("accounting_ok")
         if ok is None:
             cells += "<td>—</td>"
@@ -555,7 +556,7 @@ def _dead_letters_html(dead: Sequence[dict]) -> str:
         _cell(d["source"], cls="l")
         + _cell(d["reason"], cls="l")
         + _cell(d["count"], f"dead_letter.{d['source']}.{d['reason']}")
-        + f'<td class="l"><code>{_esc(d["example"][:160])}</code></td>'
+        + f'<td class="l"><code>{_esc(clip(d["example"], 160))}</code></td>'
         for d in dead
     ]
     return _table(["stage", "reason", "count", "example"], rows, left=2)
@@ -701,13 +702,27 @@ def _sheets_html(sheets: Sequence[dict]) -> str:
     )
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "…"
+
+
 def scatter_svg(points: Sequence[dict], size: tuple[int, int] = SCATTER_SIZE) -> str:
     """Inline SVG: one circle per (film, neighbour) pair at the neighbour's year and rating."""
     width, height = size
     left, top, right, bottom = SCATTER_MARGIN
     years = [p["year"] for p in points] or [2000]
     x0, x1 = min(years) - 1, max(years) + 1
-    y0, y1 = 0.5, 5.0
+    ratings = [p["rating"] for p in points] or [0.5, 5.0]
+    # The rating axis spans the data (to the half star), not the whole 0.5-5 scale.
+    y0 = max(0.5, math.floor(min(ratings) * 2) / 2)
+    y1 = min(5.0, math.ceil(max(ratings) * 2) / 2)
+    if y1 - y0 < 0.5:
+        y0, y1 = max(0.5, y0 - 0.25), min(5.0, y1 + 0.25)
 
     def sx(year: float) -> float:
         return left + (year - x0) / (x1 - x0) * (width - left - right)
@@ -723,10 +738,12 @@ def scatter_svg(points: Sequence[dict], size: tuple[int, int] = SCATTER_SIZE) ->
         'stroke="#444"/>',
         f'<line x1="{left}" y1="{top}" x2="{left}" y2="{height - bottom}" stroke="#444"/>',
     ]
-    for rating in range(1, 6):
-        y = sy(rating)
+    tick = 0.5 if y1 - y0 > 1.5 else 0.25
+    for index in range(math.ceil(y0 / tick), math.floor(y1 / tick) + 1):
+        rating = index * tick
         parts.append(
-            f'<text x="{left - 8}" y="{y + 4:.1f}" font-size="11" text-anchor="end">{rating}</text>'
+            f'<text x="{left - 8}" y="{sy(rating) + 4:.1f}" font-size="11" '
+            f'text-anchor="end">{rating:g}</text>'
         )
     step = 10 if x1 - x0 > 20 else 2
     for year in range(math.ceil(x0 / step) * step, int(x1) + 1, step):
@@ -744,11 +761,13 @@ def scatter_svg(points: Sequence[dict], size: tuple[int, int] = SCATTER_SIZE) ->
         f'transform="rotate(-90 12 {(top + height - bottom) / 2})" '
         'text-anchor="middle">neighbour mean rating</text>'
     )
+    # Thousands of points in a few hundred pixels: smaller and fainter, so density shows.
+    radius, opacity = (3, 0.45) if len(points) <= 500 else (1.6, 0.25)
     for p in points:
         parts.append(
             f'<circle class="pt" data-pair="{p["movie_id"]}-{p["neighbor_id"]}" '
-            f'cx="{sx(p["year"]):.1f}" cy="{sy(p["rating"]):.1f}" r="3" fill="#3366aa" '
-            f'fill-opacity="0.45"><title>{p["movie_id"]} → {p["neighbor_id"]}: '
+            f'cx="{sx(p["year"]):.1f}" cy="{sy(p["rating"]):.1f}" r="{radius}" '
+            f'fill="#3366aa" fill-opacity="{opacity}"><title>{p["movie_id"]} → {p["neighbor_id"]}: '
             f"{p['year']}, {p['rating']:.2f} (score {p['score']:.3f})</title></circle>"
         )
     parts.append("</svg>")

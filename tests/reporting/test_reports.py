@@ -16,6 +16,9 @@ import duckdb
 import pytest
 from PIL import Image
 
+from models.lookup import index_neighbours
+from models.vectors import shared_poster_groups
+from models.vectors import vectors_glob
 from pipelines.evaluate import label_of
 from reporting import reports
 from reporting.reports import CAPTION_HEIGHT
@@ -258,6 +261,7 @@ def test_a_run_without_nightly_outputs_still_reports(world):
         "scrape", f"embed:{world.pixels_version}", f"index:{world.pixels_version}",
     ]  # fmt: skip
     assert run["stages"][0]["seconds"] == 12.5
+    assert run["stages"][2]["run_id"] is None  # an index has no run (not its build time)
     assert run["scatter"]["source"] == f"the top 10 of the {world.pixels_version} index"
     assert run["scatter"]["pairs"] == 10 * len(world.written)
     values = data_keys(reports.html_report(run))
@@ -285,3 +289,35 @@ def test_scatter_points_are_a_seeded_sample_when_there_are_too_many():
     assert first == reports.scatter_points(pairs, "x", films, ratings, max_points=50, seed=1)
     keys = [(p["movie_id"], p["neighbor_id"]) for p in first["points"]]
     assert keys == sorted(keys)
+
+
+def test_sheet_neighbours_never_include_a_films_shared_poster_twin(world):
+    """Films that share a poster (planted duplicates) are never each other's neighbours in the
+    lists contact sheets draw (as in the nightly tables); each still gets its k."""
+    path_glob = vectors_glob(str(world.vectors), world.model_version)
+    shared = shared_poster_groups(path_glob)
+    assert shared, "the synthetic world plants duplicate posters"
+    lists = index_neighbours(str(world.vectors), world.model_version, sorted(shared), 4)
+    for film, group in shared.items():
+        assert [n for n, _ in lists[film] if shared.get(n, n) == group] == []
+        assert len(lists[film]) == 4
+
+
+def test_the_rating_axis_spans_the_data_and_dense_plots_use_fainter_points():
+    points = [{"movie_id": 1, "neighbor_id": n, "score": 0.5, "year": 1990 + n % 30,
+               "rating": 2.9 + 1.4 * (n % 100) / 99} for n in range(2000)]  # fmt: skip
+    svg = ET.fromstring(reports.scatter_svg(points, size=(400, 300)))
+    labels = [t.text for t in svg.iter(f"{SVG}text")]
+    assert "2.5" in labels and "4.5" in labels and "1" not in labels and "5" not in labels
+    ys = [float(c.get("cy")) for c in svg.iter(f"{SVG}circle")]
+    left, top, right, bottom = reports.SCATTER_MARGIN
+    assert max(ys) - min(ys) > 0.5 * (300 - top - bottom)  # the data fill the plot's height
+    assert {c.get("r") for c in svg.iter(f"{SVG}circle")} == {"1.6"}
+
+
+def test_examples_are_clipped_at_a_word_boundary():
+    text = "fetch failed: " + " ".join(f"word{i}" for i in range(60))
+    clipped = reports.clip(text, 160)
+    assert len(clipped) <= 160 and clipped.endswith("…")
+    assert clipped[:-1] == text[: len(clipped) - 1] and text[len(clipped) - 1] == " "
+    assert reports.clip("short", 160) == "short"
