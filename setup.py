@@ -30,6 +30,7 @@ setuptools.setup(
             "storage*", "schemas*", "monitoring*", "synthetic*",
         ]
     ),
+    package_data={"pipelines": ["help/*.txt"]},  # --help answers from these (pipelines/__init__)
     install_requires=REQUIRED,
     extras_require={
         # pytest-xdist: make test runs the suite on two worker processes (tests/scheduling.py).

@@ -1,11 +1,13 @@
-"""Print the configuration reference: every entry point's flags, as Markdown (kept in the README).
+"""Print the configuration reference: every entry point's flags, as Markdown (kept in the README);
+with ``--write-help``, store each entry point's ``--help`` text under pipelines/help/.
 
-python -m pipelines.reference
+python -m pipelines.reference [--write-help]
 """
 
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 
 from pipelines import cowatch
@@ -91,5 +93,23 @@ def _own_actions(options_class: type) -> list[argparse.Action]:
     return [a for a in parser._actions if a.option_strings]
 
 
+HELP_FOLDER = pathlib.Path(__file__).resolve().parent / "help"
+
+
+def help_texts() -> dict[str, str]:
+    """stage -> the ``--help`` text argparse renders for it (width fixed at 100 columns)."""
+    return {command.name.split(".", 1)[1]: command.parser().format_help() for command in commands()}
+
+
+def write_help() -> None:
+    """Store every entry point's help under pipelines/help/ (``--help`` prints it from there)."""
+    HELP_FOLDER.mkdir(exist_ok=True)
+    for stage, text in help_texts().items():
+        (HELP_FOLDER / f"{stage}.txt").write_text(text, encoding="utf-8")
+
+
 if __name__ == "__main__":
-    sys.stdout.write(reference_markdown())
+    if sys.argv[1:] == ["--write-help"]:
+        write_help()
+    else:
+        sys.stdout.write(reference_markdown())

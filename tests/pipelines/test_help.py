@@ -234,3 +234,36 @@ def test_a_misspelt_flag_is_a_usage_error_and_beams_own_flags_pass(name):
     else:
         with pytest.raises(UsageError, match="--direct_num_workers"):
             command.check_flags(beam_own)
+
+
+def test_the_stored_help_is_what_argparse_renders():
+    from pipelines.reference import HELP_FOLDER
+    from pipelines.reference import help_texts
+
+    texts = help_texts()
+    assert sorted(p.stem for p in HELP_FOLDER.glob("*.txt")) == sorted(texts)
+    for stage, text in texts.items():
+        stored = (HELP_FOLDER / f"{stage}.txt").read_text(encoding="utf-8")
+        assert stored == text, f"run python -m pipelines.reference --write-help ({stage})"
+
+
+def test_help_answers_before_beam_or_tensorflow_is_imported():
+    """``python -m pipelines.STAGE --help`` prints the stored help from the package's __init__:
+    ``-X importtime`` lists every module imported, and neither Beam nor TensorFlow is one."""
+    from pipelines.reference import HELP_FOLDER
+
+    def ask(name: str, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-X", "importtime", "-m", name, *args], capture_output=True,
+            text=True, timeout=120, cwd=PIPELINES.parent,
+        )  # fmt: skip
+
+    for name in ENTRY_POINTS:
+        done = ask(name, "--output=x", "--help")
+        assert done.returncode == 0, done.stderr[-2000:]
+        stage = name.split(".", 1)[1]
+        assert done.stdout == (HELP_FOLDER / f"{stage}.txt").read_text(encoding="utf-8")
+        imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()]
+        assert not [m for m in imported if m.split(".")[0] in ("apache_beam", "tensorflow")]
+    short = ask(ENTRY_POINTS[0], "-h")
+    assert short.returncode == 0 and short.stdout.startswith("usage: python -m ")
