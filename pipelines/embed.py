@@ -210,7 +210,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
 
     pipeline = make_pipeline(options, test_pipeline)
     read = pipeline | "ReadPosters" >> ReadTFRecordFiles(
-        pattern, PosterRecord, layout.run_id, namespace="embed"
+        pattern, PosterRecord, layout.run_id, namespace="embed", film_index=True
     )
     posters = read.records
     existing = (
@@ -289,10 +289,11 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     written_manifest["model_version"] = config.model_version
     written_manifest["vectors_glob"] = layout.table_glob(EmbeddingRow.TABLE, ".parquet")
     unreadable = written_manifest["counters"].get("unreadable_records", 0)
+    lost = written_manifest["counters"].get("unreadable_films", 0)
     if unreadable:
-        _LOG.warning("%d corrupt poster TFRecord file(s) or record(s) dead-lettered, each "
-                     "naming its file: %s", unreadable,
-                     layout.table_glob(DeadLetter.TABLE, ".parquet"))  # fmt: skip
+        _LOG.warning("%d poster(s) or file(s) could not be read (%d films of corrupt or missing "
+                     "shards, each dead-lettered by id as unreadable_shard): %s", unreadable,
+                     lost, layout.table_glob(DeadLetter.TABLE, ".parquet"))  # fmt: skip
     _LOG.info("manifest %s: %s", layout.manifest_path, written_manifest["identity"])
     return written_manifest
 

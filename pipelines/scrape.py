@@ -5,6 +5,7 @@ Reads a catalog (MovieLens links.csv, TMDB-5000 movies CSV, Kaggle MovieGenre.cs
 validates and normalises it, drops duplicates, and writes under ``--output``::
 
     posters/run-NNNN/posters-SSSSS-of-NNNNN.tfrecord   tf.train.Example (schemas.PosterRecord)
+    posters/run-NNNN/films.json                        which films each shard holds (embed's check)
     dead_letter/run-NNNN/dead_letter-00000-of-00001.parquet
     duplicates/run-NNNN/duplicates-00000-of-00001.parquet
     manifests/run-NNNN.json (+ .parquet)              counts; rows = written + dups + dead + skipped

@@ -4,6 +4,7 @@ every film's poster record (films that share a poster included)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -11,6 +12,7 @@ from schemas import DuplicateRecord
 from schemas import PosterRecord
 from storage.files import read_parquet_records
 from storage.files import read_tfrecord_records
+from storage.files import write_bytes
 
 
 def posters_glob(posters: str) -> str:
@@ -61,3 +63,28 @@ def read_posters(posters: str) -> dict[int, PosterRecord]:
                 genres=(),
             )
     return films
+
+
+FILM_INDEX = "films.json"
+"""Beside a scrape run's poster shards: which films each shard holds (shard file name -> ids)."""
+
+
+def film_index_path(folder: str) -> str:
+    """The film index of the run folder that holds a scrape run's shards."""
+    return FileSystems.join(folder, FILM_INDEX)
+
+
+def write_film_index(folder: str, shards: dict[str, list[int]]) -> None:
+    """Record which films each poster shard of a run holds (shard file name -> sorted ids)."""
+    body = {name: sorted(int(m) for m in ids) for name, ids in sorted(shards.items())}
+    write_bytes(film_index_path(folder), json.dumps(body, sort_keys=True).encode())
+
+
+def read_film_index(folder: str) -> dict[str, frozenset[int]] | None:
+    """A run folder's film index, or None when its scrape wrote none (an earlier version)."""
+    path = film_index_path(folder)
+    if not FileSystems.exists(path):
+        return None
+    with FileSystems.open(path) as handle:
+        body = json.loads(handle.read())
+    return {name: frozenset(ids) for name, ids in body.items()}

@@ -9,6 +9,7 @@ duplicates tables, and the run manifest whose counts must add up.
 from __future__ import annotations
 
 import dataclasses
+import posixpath
 import typing
 
 import apache_beam as beam
@@ -21,6 +22,9 @@ from schemas import DuplicateRecord
 from schemas import PosterRecord
 from storage.files import parquet_encoder
 from storage.files import read_tfrecord_records
+from storage.files import shard_path
+from storage.posters import film_index_path
+from storage.posters import write_film_index
 from transforms import manifest
 from transforms.catalog import CatalogFormat
 from transforms.catalog import ReadCatalog
@@ -53,6 +57,19 @@ class ScrapeConfig:
     num_shards: int = 4
     existing_runs: tuple[str, ...] = ()
     fetch_processes: int = 0
+
+
+def _index_entry(shard_and_items: tuple, prefix: str, num_shards: int) -> tuple[str, list[int]]:
+    """(shard file name, its films) of one group of kept posters."""
+    index, items = shard_and_items
+    name = posixpath.basename(shard_path(prefix, index, num_shards, TFRECORD_SUFFIX))
+    return name, [movie_id for movie_id, _ in items]
+
+
+def _write_index(entries: list[tuple[str, list[int]]], folder: str) -> tuple[str, int]:
+    """Write the run's film index (embed accounts for every film from it); (path, films)."""
+    write_film_index(folder, dict(entries))
+    return film_index_path(folder), sum(len(ids) for _, ids in entries)
 
 
 class ScrapeOutputs(typing.NamedTuple):
@@ -159,10 +176,18 @@ class ScrapePosters(beam.PTransform):
             parquet_encoder(DuplicateRecord),
             sort_key=lambda d: (d.line_number, d.movie_id),
         )
+        prefix = layout.table_prefix(POSTERS_TABLE)
+        written_index = (
+            deduped.shards
+            | "FilmIndexEntries" >> beam.Map(_index_entry, prefix, config.num_shards)
+            | "CollectFilmIndex" >> beam.combiners.ToList()
+            | "WriteFilmIndex" >> beam.Map(_write_index, posixpath.dirname(prefix))
+        )
         written_files = (
             written_posters,
             written_dead,
             written_dups,
+            written_index,
         ) | "AllWrittenFiles" >> beam.Flatten()
         rows = (catalog.entries, catalog.dead_letter) | "AllCatalogRows" >> beam.Flatten()
         counts = {

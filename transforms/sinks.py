@@ -8,6 +8,7 @@ Re-running the same inputs therefore yields byte-identical files.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 from typing import NamedTuple
 
 import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from schemas import DeadLetter
@@ -23,6 +25,7 @@ from storage.files import read_tfrecords
 from storage.files import shard_of
 from storage.files import shard_path
 from storage.files import write_bytes
+from storage.posters import read_film_index
 from storage.runs import published_paths
 
 
@@ -138,6 +141,7 @@ class WriteShards(beam.PTransform):
 DEAD_LETTER_TAG = "dead_letter"
 CORRUPT_FILE = "corrupt_tfrecord"
 BAD_RECORD = "bad_record"
+UNREADABLE_SHARD = "unreadable_shard"
 
 
 class TFRecordOutputs(NamedTuple):
@@ -152,27 +156,69 @@ def matched_paths(path_glob: str) -> list[str]:
     return published_paths(path_glob)
 
 
-class _ReadTFRecordFileFn(beam.DoFn):
-    """One TFRecord file's records; corruption becomes a DeadLetter naming the file."""
+def indexed_paths(path_glob: str) -> list[str]:
+    """The matched files, and every shard the film indexes of their run folders list (so a
+    shard that has gone missing is read, and its films dead-lettered, not skipped), sorted."""
+    paths = set(matched_paths(path_glob))
+    for folder in sorted({posixpath.dirname(p) for p in paths}):
+        for name in read_film_index(folder) or {}:
+            paths.add(FileSystems.join(folder, name))
+    return sorted(paths)
 
-    def __init__(self, table: type[Record], run_id: str, stage: str, namespace: str) -> None:
+
+class _ReadTFRecordFileFn(beam.DoFn):
+    """One TFRecord file's records; corruption becomes a DeadLetter naming the file.
+
+    With ``film_index`` (poster shards of a scrape run that recorded which films each shard
+    holds, :func:`storage.posters.read_film_index`), every film of the shard that is not read
+    (a corrupt or truncated file, a missing file, a record that does not parse) becomes a
+    DeadLetter of its own, reason ``unreadable_shard``, naming the film: no film vanishes.
+    """
+
+    def __init__(
+        self, table: type[Record], run_id: str, stage: str, namespace: str,
+        film_index: bool = False,
+    ) -> None:  # fmt: skip
         self._table = table
         self._run_id = run_id
         self._stage = stage
+        self._film_index = film_index
+        self._indexes: dict[str, dict[str, frozenset[int]] | None] = {}
         self._records = beam.metrics.Metrics.counter(namespace, "records_read")
         self._dead = beam.metrics.Metrics.counter(namespace, "unreadable_records")
+        self._lost = beam.metrics.Metrics.counter(namespace, "unreadable_films")
+
+    def _expected(self, path: str) -> frozenset[int] | None:
+        """The films the scrape put in this shard, or None without a film index."""
+        if not self._film_index:
+            return None
+        folder = posixpath.dirname(path)
+        if folder not in self._indexes:
+            self._indexes[folder] = read_film_index(folder)
+        index = self._indexes[folder]
+        return None if index is None else index.get(posixpath.basename(path), frozenset())
 
     def process(self, path: str) -> Iterator[Record | beam.pvalue.TaggedOutput]:
-        with FileSystems.open(path) as handle:
-            data = handle.read()
+        expected = self._expected(path)
+        try:
+            with FileSystems.open(path) as handle:
+                data = handle.read()
+        except (OSError, BeamIOError) as exc:
+            if expected is None:
+                raise
+            yield from self._unread(path, expected, set(), f"the file cannot be read ({exc})")
+            return
         frames = read_tfrecords(data)
-        index = 0
+        index, read_ids, problems = 0, set(), []
         while True:
             try:
                 raw = next(frames)
             except StopIteration:
-                return
+                break
             except ValueError as exc:  # framing or CRC: the rest of the file cannot be trusted
+                if expected is not None:
+                    problems.append(f"{exc} after {index} records")
+                    break
                 detail = (
                     f"{path}: {exc}; the {index} records before it were read, the rest of the "
                     "file is skipped (re-run the stage that wrote it)"
@@ -182,14 +228,39 @@ class _ReadTFRecordFileFn(beam.DoFn):
             try:
                 record = self._table.from_example(raw)
             except Exception as exc:  # any unparseable record is dead-lettered, with the reason
-                detail = f"{path}: record {index} is not a {self._table.TABLE} example: {exc}"
-                yield self._dead_letter(BAD_RECORD, detail, f"file={path} record={index}")
+                if expected is not None:
+                    problems.append(f"record {index} is not a {self._table.TABLE} example: {exc}")
+                else:
+                    detail = f"{path}: record {index} is not a {self._table.TABLE} example: {exc}"
+                    yield self._dead_letter(BAD_RECORD, detail, f"file={path} record={index}")
             else:
                 self._records.inc()
+                read_ids.add(getattr(record, "movie_id", None))
                 yield record
             index += 1
+        if expected is not None:
+            why = "; ".join(problems) or "it is not in the file"
+            yield from self._unread(path, expected, read_ids, why)
 
-    def _dead_letter(self, reason: str, detail: str, input_row: str) -> beam.pvalue.TaggedOutput:
+    def _unread(
+        self, path: str, expected: frozenset[int], read_ids: set, why: str
+    ) -> Iterator[beam.pvalue.TaggedOutput]:
+        """A DeadLetter for each film the shard should hold and did not give."""
+        missing = sorted(expected - read_ids)
+        for movie_id in missing:
+            self._lost.inc()
+            detail = (
+                f"{path}: film {movie_id} was written to this shard by the scrape but could not "
+                f"be read: {why} ({len(missing)} of its {len(expected)} films lost; re-run the "
+                "scrape to write it again)"
+            )
+            yield self._dead_letter(
+                UNREADABLE_SHARD, detail, f"file={path} movie_id={movie_id}", movie_id
+            )
+
+    def _dead_letter(
+        self, reason: str, detail: str, input_row: str, movie_id: int | None = None
+    ) -> beam.pvalue.TaggedOutput:
         self._dead.inc()
         return beam.pvalue.TaggedOutput(
             DEAD_LETTER_TAG,
@@ -200,6 +271,7 @@ class _ReadTFRecordFileFn(beam.DoFn):
                 detail=" ".join(detail.split())[:2000],
                 input_row=input_row,
                 attempts=0,
+                movie_id=movie_id,
             ),
         )
 
@@ -210,12 +282,13 @@ class ReadTFRecordFiles(beam.PTransform):
     A file whose framing or CRC is corrupt becomes one DeadLetter (stage ``stage``, reason
     ``corrupt_tfrecord``) naming the file and the record where the corruption starts; the
     records before it are kept and the job goes on. A record that is not an example of ``table``
-    becomes a DeadLetter too (reason ``bad_record``).
+    becomes a DeadLetter too (reason ``bad_record``). With ``film_index`` (poster shards), each
+    film a shard should hold and did not give is one DeadLetter instead (``unreadable_shard``).
     """
 
     def __init__(
         self, path_glob: str, table: type[Record], run_id: str, stage: str = "read",
-        namespace: str = "sinks",
+        namespace: str = "sinks", film_index: bool = False,
     ) -> None:  # fmt: skip
         super().__init__()
         if not path_glob:
@@ -225,17 +298,20 @@ class ReadTFRecordFiles(beam.PTransform):
         self._run_id = run_id
         self._stage = stage
         self._namespace = namespace
+        self._film_index = film_index
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> TFRecordOutputs:
         """Wire matching, spreading and reading of the files."""
+        match = indexed_paths if self._film_index else matched_paths
         outputs = (
             pbegin
             | "Glob" >> beam.Create([self._glob])
-            | "MatchFiles" >> beam.FlatMap(matched_paths)
+            | "MatchFiles" >> beam.FlatMap(match)
             | "SpreadFiles" >> beam.Reshuffle()
             | "ReadFiles"
             >> beam.ParDo(
-                _ReadTFRecordFileFn(self._table, self._run_id, self._stage, self._namespace)
+                _ReadTFRecordFileFn(self._table, self._run_id, self._stage, self._namespace,
+                                    self._film_index)  # fmt: skip
             ).with_outputs(DEAD_LETTER_TAG, main="records")
         )
         return TFRecordOutputs(outputs.records, outputs[DEAD_LETTER_TAG])

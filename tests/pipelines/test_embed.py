@@ -23,6 +23,7 @@ from schemas import DeadLetter
 from schemas import EmbeddingRow
 from schemas import PosterRecord
 from storage.files import tfrecord_frame
+from storage.posters import write_film_index
 from storage.runs import publish_run
 from synthetic.catalog import make_catalog
 
@@ -240,3 +241,39 @@ def test_films_with_duplicate_posters_share_the_canonical_vector(poster_files, t
     again = run_embed(root, tmp_path / "v", "--model=small_cnn")
     assert again["accounting_ok"] and again["written"] == 0
     assert again["already_present"] == N_FILMS + 1
+
+
+def test_films_of_a_truncated_or_missing_shard_are_dead_lettered_by_id(poster_files, tmp_path):
+    """A scrape run records which films each shard holds; embed reads that index, so a shard
+    cut mid-record or deleted loses no film silently: each one it could not read is a dead
+    letter of its own (unreadable_shard) and the identity counts it."""
+    _, by_id = poster_files
+    records = [r for m, r in sorted(by_id.items()) if m != CORRUPT_ID]
+    folder = tmp_path / "posters" / "posters" / "run-0001"
+    folder.mkdir(parents=True)
+    index = {}
+    for shard in range(3):
+        part = records[shard::3]
+        name = f"posters-0000{shard}-of-00003.tfrecord"
+        (folder / name).write_bytes(b"".join(tfrecord_frame(r.to_example()) for r in part))
+        index[name] = [r.movie_id for r in part]
+    write_film_index(str(folder), index)
+    publish_run(str(folder.parent.parent), "run-0001", "test")
+    cut = folder / "posters-00001-of-00003.tfrecord"
+    frames = [tfrecord_frame(r.to_example()) for r in records[1::3]]
+    cut.write_bytes(b"".join(frames[:2]) + frames[2][: len(frames[2]) // 2])  # 2 whole records
+    (folder / "posters-00002-of-00003.tfrecord").unlink()
+
+    manifest = run_embed(folder.parent.parent, tmp_path / "out", "--model=pixels")
+    lost = sorted(index["posters-00001-of-00003.tfrecord"][2:]
+                  + index["posters-00002-of-00003.tfrecord"])  # fmt: skip
+    dead_folder = tmp_path / "out" / manifest["model_version"] / "dead_letter" / "run-0001"
+    dead = [d for f in sorted(dead_folder.glob("*.parquet"))
+            for d in DeadLetter.from_arrow(pq.read_table(f))]  # fmt: skip
+    assert sorted(d.movie_id for d in dead) == lost
+    assert {d.reason for d in dead} == {"unreadable_shard"}
+    assert all(f"film {d.movie_id} was written to this shard" in d.detail for d in dead)
+    assert manifest["accounting_ok"] is True
+    assert manifest["input_rows"] == len(records) == manifest["written"] + len(lost)
+    assert manifest["dead_lettered"] == len(lost)
+    assert {v.movie_id for v in read_vectors(manifest)} == {r.movie_id for r in records} - set(lost)

@@ -104,12 +104,14 @@ def test_happy_path_accounts_for_every_row(happy_run):
     assert manifest["dead_lettered"] == 0
     assert manifest["duplicates"] == planted
     assert manifest["written"] == 80 - planted
-    assert manifest["counts"]["files_written"] == 3 + 1 + 1
+    assert manifest["counts"]["files_written"] == 3 + 1 + 1 + 1  # shards, letters, dups, index
     written = posters(out)
     assert len(written) == manifest["written"]
     assert len({p.movie_id for p in written}) == len(written)
     names = sorted(os.listdir(out / "posters" / "run-0001"))
-    assert names == [f"posters-0000{i}-of-00003.tfrecord" for i in range(3)]
+    assert names == ["films.json", *(f"posters-0000{i}-of-00003.tfrecord" for i in range(3))]
+    index = json.loads((out / "posters" / "run-0001" / "films.json").read_text())
+    assert sorted(m for ids in index.values() for m in ids) == sorted(p.movie_id for p in written)
 
 
 def test_records_carry_normalised_images_and_tmdb_metadata(happy_run):
