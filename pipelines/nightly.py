@@ -21,6 +21,7 @@ import contextlib
 import datetime
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Mapping
@@ -335,7 +336,12 @@ def sample_query(summary: dict, limit: int = 5) -> str:
         users = con.execute(
             f"SELECT count(DISTINCT {CandidateRow.c.user_id}) FROM {CandidateRow.TABLE}"
         ).fetchall()[0]
-    lines = [f"duckdb {warehouse}", f"  {sql}"]
+    command = (
+        ".venv/bin/python -c 'import duckdb, sys; "
+        "print(duckdb.connect(sys.argv[1], read_only=True).sql(sys.argv[2]))' "
+        f'{shlex.quote(warehouse)} "{sql}"'
+    )
+    lines = ["query the warehouse (in the project's .venv; SQL as in the README):", f"  {command}"]
     lines += [f"  {rank:>2}  {nid:>8}  {score:.4f}" for rank, nid, score in table]
     lines.append(f"  ({users[0]} users have candidates in {CandidateRow.TABLE})")
     return "\n".join(lines)

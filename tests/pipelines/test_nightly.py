@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import duckdb
 import pytest
 
 from pipelines import nightly
 from schemas import CandidateRow
 from schemas import NeighborRow
+from tests.conftest import REPO_ROOT
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,12 @@ def test_warehouse_holds_the_run_date(summary):
     assert 0 < users <= 40
     text = nightly.sample_query(result)
     assert text.count("\n") == 7 and "LIMIT 5" in text and "users have candidates" in text
+    command = text.splitlines()[1].strip()  # the hint the job ends with: it runs as printed
+    done = subprocess.run(["bash", "-c", command], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    first = text.splitlines()[2].split()
+    assert first[0] == "1" and first[1] in done.stdout
 
 
 def test_evaluation_and_report_cover_the_baselines(summary):
