@@ -92,12 +92,12 @@ def test_evaluation_beats_random_and_is_printed(real, capsys):
     report = evaluate.run([
         f"--vectors={tmp / 'vectors'}", f"--model_version={versions['squeezenet_v1_1']}",
         f"--baseline_model_version={versions['pixels']}", f"--watch_history={ratings}",
-        f"--output={tmp / 'out'}",
+        f"--output={tmp / 'out'}", "--eval_users=300",
     ])  # fmt: skip
     print(report["table"])
     results = report["results"]
     ours = results["poster kNN: squeezenet_v1_1"]
-    assert report["users_evaluated"] > 500
+    assert 250 < report["users_evaluated"] <= 300 and report["users_sampled"] == 300
     assert ours["HR@100"] > results["random"]["HR@100"]
     assert set(results) == {
         "poster kNN: squeezenet_v1_1", "poster kNN: pixels", "co-watch kNN", "popularity", "random",

@@ -62,7 +62,8 @@ def nightly_with_key(tmp_path_factory):
         summary = nightly.run([
             "--synthetic_films=40", "--synthetic_users=30", f"--output={out}",
             "--run_date=2024-05-17", "--model=small_cnn", "--requests_per_second_per_host=500",
-            "--train", "--warmup_epochs=1", "--metric_epochs=1", f"--tmdb_api_key={KEY}",
+            "--train", "--warmup_epochs=1", "--warmup_runs=1", "--metric_epochs=1",
+            f"--tmdb_api_key={KEY}",
         ])  # fmt: skip
     finally:
         sys.stdout, sys.stderr = saved
