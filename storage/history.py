@@ -312,10 +312,10 @@ def read_csv_range(
         yield 1, letter
 
 
-def history_problem(path: str, head_bytes: int = 1 << 16) -> str | None:
+def history_problem(path: str, need_rows: bool = True, head_bytes: int = 1 << 16) -> str | None:
     """What makes a history file unreadable as a whole, or None: columns that are not the
-    ratings' (a CSV header, a Parquet schema) or no row at all (an empty or header-only export;
-    a CSV is judged by its first ``head_bytes``). Checked before any work."""
+    ratings' (a CSV header, a Parquet schema) or, with ``need_rows``, no row at all (an empty or
+    header-only export; a CSV is judged by its first ``head_bytes``). Checked before any work."""
     with FileSystems.open(path) as handle:
         if path.endswith(".parquet"):
             parquet = pq.ParquetFile(handle)
@@ -326,14 +326,18 @@ def history_problem(path: str, head_bytes: int = 1 << 16) -> str | None:
                 return (f"has the columns {','.join(sorted(names))}, not "
                         f"{','.join(RATINGS_HEADER)} (or {c.user_id},{c.movie_id},{c.rating},"
                         f"{c.watched_at})")  # fmt: skip
-            return None if parquet.metadata.num_rows else "holds no watch events (no rows)"
+            if parquet.metadata.num_rows or not need_rows:
+                return None
+            return "holds no watch events (no rows)"
         head = handle.read(head_bytes)
     lines = [line for line in head.decode("utf-8-sig", "replace").splitlines() if line.strip()]
     if not lines:
         return "holds no watch events (an empty file)"
     if tuple(h.strip() for h in lines[0].split(",")) != RATINGS_HEADER:
         return f"has the header {lines[0].strip()[:80]}, not {','.join(RATINGS_HEADER)}"
-    return None if len(lines) > 1 else "holds no watch events (a header-only file)"
+    if len(lines) > 1 or not need_rows:
+        return None
+    return "holds no watch events (a header-only file)"
 
 
 def parquet_row_groups(path: str) -> list[tuple[str, int, int]]:

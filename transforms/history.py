@@ -33,10 +33,10 @@ from monitoring import progress
 from schemas import DeadLetter
 from storage.files import write_bytes
 from storage.history import HISTORY_STAGE
-from storage.history import RATINGS_HEADER
 from storage.history import EventBatch
 from storage.history import csv_ranges
 from storage.history import event_from_mapping
+from storage.history import history_problem
 from storage.history import parquet_row_groups
 from storage.history import read_csv_range
 from storage.history import read_row_group
@@ -141,15 +141,11 @@ class ReadWatchHistory(beam.PTransform):
             parts = uri[len("bq://") :].split(".")
             if len(parts) != 3 or not all(parts):
                 raise ValueError(f"--watch_history={uri}: expected bq://PROJECT.DATASET.TABLE")
-        elif not uri.endswith(".parquet"):
+        else:  # the columns of the first file (pipelines.checks also wants rows, before)
             for path, _ in _files(uri)[:1]:
-                with FileSystems.open(path) as handle:
-                    header = handle.readline().decode("utf-8-sig").strip().split(",")
-                if tuple(h.strip() for h in header) != RATINGS_HEADER:
-                    raise ValueError(
-                        f"--watch_history={uri}: the header must be {','.join(RATINGS_HEADER)} "
-                        f"(MovieLens ratings), got {','.join(header)}"
-                    )
+                problem = history_problem(path, need_rows=False)
+                if problem:
+                    raise ValueError(f"--watch_history={uri} {problem} (MovieLens ratings)")
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> WatchHistory:
         run_id = self._run_id
