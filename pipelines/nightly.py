@@ -341,7 +341,10 @@ def sample_query(summary: dict, limit: int = 5) -> str:
         "print(duckdb.connect(sys.argv[1], read_only=True).sql(sys.argv[2]))' "
         f'{shlex.quote(warehouse)} "{sql}"'
     )
-    lines = ["query the warehouse (in the project's .venv; SQL as in the README):", f"  {command}"]
+    lines = [
+        "query the warehouse (in the project's .venv; SQL as in docs/nightly.md):",
+        f"  {command}",
+    ]
     lines += [f"  {rank:>2}  {nid:>8}  {score:.4f}" for rank, nid, score in table]
     lines.append(f"  ({users[0]} users have candidates in {CandidateRow.TABLE})")
     return "\n".join(lines)

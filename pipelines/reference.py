@@ -1,5 +1,6 @@
-"""Print the configuration reference: every entry point's flags, as Markdown (kept in the README);
-with ``--write-help``, store each entry point's ``--help`` text under pipelines/help/.
+"""Print the configuration reference: every entry point's flags, as Markdown (kept in
+docs/configuration.md); with ``--write-help``, store each entry point's ``--help`` text under
+pipelines/help/.
 
 python -m pipelines.reference [--write-help]
 """
@@ -24,7 +25,7 @@ from pipelines.common import flag_names
 
 
 def commands() -> list:
-    """The Command of every entry point, in the order the README presents the stages."""
+    """The Command of every entry point, in the order the docs present the stages."""
     modules = (scrape, cowatch, train, embed, index, neighbors, evaluate, similar, nightly)
     return [module.COMMAND for module in modules]
 

@@ -38,10 +38,10 @@ def test_ci_runs_the_readme_test_command():
     ] == ["make test"]
 
 
-def test_readme_configuration_reference_is_current():
+def test_configuration_reference_is_current():
     from pipelines.reference import reference_markdown
 
-    readme = (REPO_ROOT / "README.md").read_text()
+    readme = (REPO_ROOT / "docs" / "configuration.md").read_text()
     start = readme.index("<!-- reference:start -->\n") + len("<!-- reference:start -->\n")
     end = readme.index("<!-- reference:end -->")
     assert readme[start:end] == reference_markdown(), "run python -m pipelines.reference"

@@ -1,4 +1,4 @@
-"""The BigQuery consumer queries printed in the README, ready to run against a dataset."""
+"""The BigQuery consumer queries printed in docs/nightly.md, ready to run against a dataset."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from tests.conftest import REPO_ROOT
 
 
 def readme_bigquery_queries() -> tuple[str, str]:
-    """(neighbours of a film, candidates of a user) exactly as the README's ``-- BigQuery``
+    """(neighbours of a film, candidates of a user) exactly as docs/nightly.md's ``-- BigQuery``
     block prints them, with PROJECT.DATASET, film 260, user 1 and 2024-05-17 in them."""
-    text = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    text = (REPO_ROOT / "docs" / "nightly.md").read_text(encoding="utf-8")
     block = text.split("-- BigQuery\n", 1)[1].split("```", 1)[0]
     statements = [s.strip() for s in block.split(";") if s.strip()]
     neighbours = next(s for s in statements if ".neighbors`" in s)
@@ -21,7 +21,7 @@ def readme_bigquery_queries() -> tuple[str, str]:
 
 def consumer_queries(project: str, dataset: str, movie_id: int, user_id: int,
                      run_date: datetime.date) -> tuple[str, str]:  # fmt: skip
-    """The README's two queries for one dataset, film, user and run date."""
+    """docs/nightly.md's two queries for one dataset, film, user and run date."""
     neighbours, candidates = readme_bigquery_queries()
     date = run_date.isoformat()
 

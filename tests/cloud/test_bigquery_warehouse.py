@@ -1,5 +1,5 @@
 """The BigQuery warehouse's publish step against the BigQuery emulator: staged Parquet loaded
-through google-cloud-bigquery, one transaction per run date, the README's consumer queries."""
+through google-cloud-bigquery, one transaction per run date, docs/nightly.md's consumer queries."""
 
 from __future__ import annotations
 

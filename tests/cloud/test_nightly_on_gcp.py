@@ -4,8 +4,8 @@ warehouse in BigQuery, both emulated on 127.0.0.1, run twice as a user would run
 The catalog, the watch history and the model file are uploaded to gs://; the job's --output (so
 posters, vectors, the staged model, the index, reports and the warehouse's staged Parquet) is
 under gs://, and --warehouse=bq://PROJECT.DATASET. Outputs are listed and read back from the
-emulator, the accounting identities hold, the README's consumer queries return the rows written,
-and the second run of the same date is incremental and replaces the date's rows.
+emulator, the accounting identities hold, docs/nightly.md's consumer queries return the rows
+written, and the second run of the same date is incremental and replaces the date's rows.
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
 import subprocess
+import sys
 
 import duckdb
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from pipelines import nightly
 from schemas import CandidateRow
 from schemas import NeighborRow
+from tests import docs_commands
 from tests.conftest import REPO_ROOT
 
 
@@ -94,3 +98,43 @@ def test_the_trained_model_is_embedded_without_the_backbones_weights():
     assert nightly.trained_model_argv(argv, "/t/model.keras") == [
         "--model=squeezenet_v1_1", "--train", "--posters=/p", "--model=/t/model.keras"
     ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def reader(summary, tmp_path_factory):
+    """A folder laid out as a reader's checkout after `make demo`: out/demo is the nightly run's
+    output and .venv this environment; commands run there as the docs print them."""
+    _, out = summary
+    home = tmp_path_factory.mktemp("reader")
+    (home / "out").mkdir()
+    (home / "out" / "demo").symlink_to(out)
+    (home / ".venv").symlink_to(sys.prefix)
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT),
+               PATH=f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}")  # fmt: skip
+    return home, env
+
+
+def test_every_command_in_the_docs_that_reads_the_demo_runs(reader):
+    home, env = reader
+    commands = docs_commands.demo_shell_commands()
+    snippets = docs_commands.demo_python_snippets()
+    assert {"README.md", "docs/scrape.md"} <= {source for source, _ in commands}
+    assert [source for source, _ in snippets] == ["docs/scrape.md"]
+    for source, command in commands:
+        done = subprocess.run(["bash", "-c", command], cwd=home, env=env, capture_output=True,
+                              text=True, timeout=180, check=False)  # fmt: skip
+        assert done.returncode == 0, f"{source}: {command}\n{done.stderr[-2000:]}"
+        assert "│" in done.stdout or done.stdout.strip(), f"{source}: {command} printed nothing"
+    for source, code in snippets:
+        done = subprocess.run([sys.executable, "-c", code], cwd=home, env=env, capture_output=True,
+                              text=True, timeout=180, check=False)  # fmt: skip
+        assert done.returncode == 0, f"{source}:\n{code}\n{done.stderr[-2000:]}"
+
+
+def test_every_duckdb_query_in_the_docs_runs_on_the_warehouse(summary):
+    _, out = summary
+    queries = docs_commands.duckdb_queries()
+    assert len(queries) >= 2
+    with duckdb.connect(str(out / "nightly" / "warehouse.duckdb"), read_only=True) as con:
+        for _, sql in queries:
+            con.execute(sql).fetchall()  # a renamed table or column raises here
