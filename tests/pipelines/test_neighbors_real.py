@@ -23,7 +23,7 @@ from storage.runs import publish_run
 
 WEIGHTS = "weights/squeezenet_v1.1_imagenet_notop_keras1.h5"
 WHEN = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
-POSTERS = 1000
+POSTERS = 500
 """A seeded sample of the set's posters (of 2,923): embedding them all would take most of this
 file's time."""
 
@@ -92,7 +92,7 @@ def test_evaluation_beats_random_and_is_printed(real, capsys):
     report = evaluate.run([
         f"--vectors={tmp / 'vectors'}", f"--model_version={versions['squeezenet_v1_1']}",
         f"--baseline_model_version={versions['pixels']}", f"--watch_history={ratings}",
-        f"--output={tmp / 'out'}", "--eval_users=300",
+        f"--output={tmp / 'out'}", "--eval_users=300", "--cowatch_max_films=3000",
     ])  # fmt: skip
     print(report["table"])
     results = report["results"]
