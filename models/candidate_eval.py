@@ -22,6 +22,7 @@ from models.batch_scoring import rank_batch
 from models.collab import FilmGram
 from models.collab import gram_of_users
 from models.collab import select_films
+from models.collab import sequence_of_users
 from models.scann_index import exact_search
 from models.scoring import CandidateConfig
 from models.scoring import Popularity
@@ -143,16 +144,24 @@ class Population:
         ids = np.array(sorted(watchers), dtype=np.int64)
         counts = np.array([watchers[m] for m in ids.tolist()])
         films = select_films(ids, counts, 1, max_films)
-        users = np.array([u for u, _ in pairs], dtype=np.int64)
-        movies = np.array([m for _, m in pairs], dtype=np.int64)
-        return cls(FilmGram(films, gram_of_users(films, users, movies)), dict(watchers))
+        users = np.array([e.user_id for e in events], dtype=np.int64)
+        movies = np.array([e.movie_id for e in events], dtype=np.int64)
+        times = np.array([e.watched_at.timestamp() for e in events], dtype=np.float64)
+        gram = FilmGram(films, gram_of_users(films, users, movies),
+                        sequence_of_users(films, users, movies, times))  # fmt: skip
+        return cls(gram, dict(watchers))
 
     def after_split(self, split: Split) -> Population:
         """The population once the split's held-out watches leave it (its training part)."""
         users = sorted(split.held_out)
-        after = [np.array(sorted({e.movie_id for e in split.train[u]}), np.int64) for u in users]
+
+        def watched(events) -> np.ndarray:  # film ids in the order watched
+            ordered = sorted(events, key=lambda e: (e.watched_at, e.movie_id))
+            return np.array([e.movie_id for e in ordered], np.int64)
+
+        after = [watched(split.train[u]) for u in users]
+        before = [watched([*split.train[u], split.held_out[u]]) for u in users]
         held = [split.held_out[u].movie_id for u in users]
-        before = [np.union1d(a, [h]) for a, h in zip(after, held, strict=True)]
         watchers = dict(self.watchers)
         for films, film in zip(after, held, strict=True):
             if film not in films:

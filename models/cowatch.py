@@ -26,7 +26,6 @@ from scipy.sparse.linalg import eigsh
 from models.collab import COLLAB_MODELS
 from models.collab import CollabModel
 from models.collab import FilmGram
-from models.collab import matrix_neighbors
 from schemas import WatchEvent
 
 MODEL_NAME = "cowatch"
@@ -42,6 +41,8 @@ class CowatchConfig:
     model: str = "ease"
     ease_lambda: float = 500.0
     max_films: int = 10_000
+    sequence_weight: float = 1.0
+    popularity_exponent: float = 0.2
 
     def __post_init__(self) -> None:
         if min(self.dim, self.min_watches, self.neighbors_k, self.max_films) < 1:
@@ -53,6 +54,8 @@ class CowatchConfig:
             raise ValueError(f"--cowatch_model must be one of {COLLAB_MODELS}, not {self.model!r}")
         if self.ease_lambda <= 0:
             raise ValueError(f"--ease_lambda must be > 0, not {self.ease_lambda}")
+        if self.sequence_weight < 0 or self.popularity_exponent < 0:
+            raise ValueError("--sequence_weight and --popularity_exponent must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +138,8 @@ def gram_vectors(fg: FilmGram, config: CowatchConfig) -> tuple[np.ndarray, np.nd
 
 
 def _model(config: CowatchConfig) -> CollabModel:
-    return CollabModel(config.model, config.ease_lambda)
+    return CollabModel(config.model, config.ease_lambda, config.sequence_weight,
+                       config.popularity_exponent)  # fmt: skip
 
 
 def model_outputs(
@@ -147,8 +151,9 @@ def model_outputs(
     if not eligible.all():
         lists = _model(config).neighbors(fg, config.neighbors_k)
         return (*gram_vectors(fg, config), lists)
-    matrix = _model(config).matrix(fg)
-    lists = matrix_neighbors(matrix, fg.films, config.neighbors_k, config.model == "ease")
+    model = _model(config)
+    matrix = model.matrix(fg)
+    lists = model.neighbors(fg, config.neighbors_k, matrix)
     keep, unit = matrix_vectors(matrix, config.dim)
     return fg.films[keep], unit, lists
 

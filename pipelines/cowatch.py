@@ -110,6 +110,21 @@ class CowatchOptions(PipelineOptions):
             help="EASE's L2 penalty lambda (chosen on the validation split of the real history).",
         )
         group.add_argument(
+            "--sequence_weight",
+            type=float,
+            default=cowatch.CowatchConfig.sequence_weight,
+            help="With ease: weight of what users watched next (the films up to 10 places after "
+            "a film in users' time-ordered histories) in each film's neighbour list; 0 for EASE "
+            "alone (chosen on the validation split of the real history).",
+        )
+        group.add_argument(
+            "--popularity_exponent",
+            type=float,
+            default=cowatch.CowatchConfig.popularity_exponent,
+            help="With ease: EASE neighbour scores are divided by the neighbour's watchers to "
+            "this power (chosen on the validation split of the real history).",
+        )
+        group.add_argument(
             "--cowatch_max_films",
             type=int,
             default=cowatch.CowatchConfig.max_films,
@@ -341,6 +356,7 @@ def config_of(options: PipelineOptions) -> cowatch.CowatchConfig:
         dim=opts.cowatch_dim, min_watches=opts.cowatch_min_watches,
         neighbors_k=options.view_as(NeighborsOptions).neighbors_k, model=opts.cowatch_model,
         ease_lambda=opts.ease_lambda, max_films=opts.cowatch_max_films,
+        sequence_weight=opts.sequence_weight, popularity_exponent=opts.popularity_exponent,
     )  # fmt: skip
 
 

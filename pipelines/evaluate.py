@@ -217,7 +217,9 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     hybrid = labels[version] if nightly.cowatch_version else None
     settings = collab_settings_of(root, nightly.cowatch_version) if hybrid else {}
     model = CollabModel(
-        settings.get("model", "ease"), settings.get("ease_lambda", CowatchConfig.ease_lambda)
+        settings.get("model", "ease"), settings.get("ease_lambda", CowatchConfig.ease_lambda),
+        settings.get("sequence_weight", CowatchConfig.sequence_weight),
+        settings.get("popularity_exponent", CowatchConfig.popularity_exponent),
     )
     sample = opts.eval_users if opts.eval_users > 0 else 2**62
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%S")

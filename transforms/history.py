@@ -285,8 +285,8 @@ class _GramPartialFn(beam.DoFn):
         self._buffered = 0
 
     def process(self, group: tuple[int, Iterable[EventBatch]], films: np.ndarray) -> None:
-        if self._gram is None:
-            self._gram = np.zeros((len(films), len(films)), np.float32)
+        if self._gram is None:  # [0]: the Gram, [1]: the sequence counts
+            self._gram = np.zeros((2, len(films), len(films)), np.float32)
             self._films = films
         for batch in group[1]:
             self._buffer.append(batch)
@@ -297,7 +297,9 @@ class _GramPartialFn(beam.DoFn):
     def _flush(self) -> None:
         batch = EventBatch.concat(self._buffer)
         self._buffer, self._buffered = [], 0
-        collab.accumulate_users(self._gram, self._films, batch.user_id, batch.movie_id)
+        collab.accumulate_users(self._gram[0], self._films, batch.user_id, batch.movie_id)
+        collab.accumulate_sequences(self._gram[1], self._films, batch.user_id, batch.movie_id,
+                                    batch.watched_at)  # fmt: skip
         progress.advance("history users grouped", len(np.unique(batch.user_id)))
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -380,7 +382,8 @@ class HistoryStats:
         """Write the statistics under ``folder`` (NumPy files and a JSON summary)."""
         write_npz(FileSystems.join(folder, "films.npz"), film_ids=self.film_ids,
                   watchers=self.watchers, gram_films=self.gram.films)  # fmt: skip
-        write_npz(FileSystems.join(folder, "gram.npz"), gram=self.gram.gram)
+        sequence = {} if self.gram.sequence is None else {"sequence": self.gram.sequence}
+        write_npz(FileSystems.join(folder, "gram.npz"), gram=self.gram.gram, **sequence)
         write_npz(FileSystems.join(folder, "sample.npz"),
                   **dataclasses.asdict(self.sample))  # fmt: skip
         summary = {"digest": self.digest, "events": self.events, "users": self.users,
@@ -394,11 +397,12 @@ class HistoryStats:
         sample = read_npz(FileSystems.join(folder, "sample.npz"))
         with FileSystems.open(FileSystems.join(folder, "stats.json")) as handle:
             summary = json.loads(handle.read())
-        matrix = read_npz(FileSystems.join(folder, "gram.npz"))["gram"] if gram else np.zeros(
-            (0, 0), np.float32)  # fmt: skip
+        arrays = read_npz(FileSystems.join(folder, "gram.npz")) if gram else {
+            "gram": np.zeros((0, 0), np.float32)}  # fmt: skip
+        fg = collab.FilmGram(films["gram_films"], arrays["gram"], arrays.get("sequence"))
         return cls(
-            film_ids=films["film_ids"], watchers=films["watchers"],
-            gram=collab.FilmGram(films["gram_films"], matrix), digest=summary["digest"],
+            film_ids=films["film_ids"], watchers=films["watchers"], gram=fg,
+            digest=summary["digest"],
             events=summary["events"], users=summary["users"], latest=summary["latest"],
             sample=EventBatch(**{k: sample[k] for k in sample}),
         )  # fmt: skip
@@ -423,13 +427,14 @@ def _stats(_, counts, gram, digest, sample, films, latest, users) -> HistoryStat
     total, events = digest
     text = hashlib.sha256(f"{total}:{events}".encode()).hexdigest()
     if gram is None:  # no user: the films, and no counts between them
-        matrix = np.zeros((len(films), len(films)), np.float32)
+        matrix = np.zeros((2, len(films), len(films)), np.float32)
     elif isinstance(gram, str):  # not computed (StatsConfig.gram False): no films either
-        films, matrix = films[:0], np.zeros((0, 0), np.float32)
+        films, matrix = films[:0], np.zeros((2, 0, 0), np.float32)
     else:
         matrix = gram
     return HistoryStats(
-        film_ids=film_ids, watchers=watchers, gram=collab.FilmGram(films, matrix), digest=text,
+        film_ids=film_ids, watchers=watchers, gram=collab.FilmGram(films, matrix[0], matrix[1]),
+        digest=text,
         events=events, users=users, latest=latest, sample=EventBatch.concat(sample),
     )  # fmt: skip
 
@@ -512,7 +517,10 @@ def stats_of_batch(batch: EventBatch, config: StatsConfig = StatsConfig()) -> Hi
     keyed = (0, batch)
     film_ids, watchers = film_watchers(keyed)
     films = collab.select_films(film_ids, watchers, config.min_watches, config.max_films)
-    gram = collab.gram_of_users(films, batch.user_id, batch.movie_id)
+    gram = np.stack([
+        collab.gram_of_users(films, batch.user_id, batch.movie_id),
+        collab.sequence_of_users(films, batch.user_id, batch.movie_id, batch.watched_at),
+    ])  # fmt: skip
     sampled = SmallestKeysFn(config.sample_users)
     users = sampled.extract_output(_user_keys(keyed, config.sample_seed, config.sample_users))
     return _stats(

@@ -74,24 +74,56 @@ def stats_of(events, holdout: Holdout = Holdout(0.0)):
 def test_the_stage_writes_ease_neighbours_or_the_cosine_baseline(tmp_path):
     events = light_and_heavy_watchers()
     lists = {}
-    for model in ("cosine", "ease"):
-        config = cowatch.CowatchConfig(dim=2, min_watches=1, model=model, ease_lambda=1.0)
+    for name, model, sequence, exponent in (("cosine", "cosine", 0.0, 0.0),
+                                            ("ease", "ease", 0.0, 0.0),
+                                            ("blended", "ease", 1.0, 0.2)):  # fmt: skip
+        config = cowatch.CowatchConfig(
+            dim=2, min_watches=1, model=model, ease_lambda=1.0, sequence_weight=sequence,
+            popularity_exponent=exponent,
+        )
         report = cowatch_stage.compute_and_write(*stats_of(events), str(tmp_path), config,
                                                  Holdout(0.0))  # fmt: skip
         assert report["config"]["model"] == model
         version = report["model_version"]
-        lists[model] = dict(
+        lists[name] = dict(
             read_lists(f"{tmp_path}/{version}/{cowatch_stage.NEIGHBORS_TABLE}/*.parquet")
         )
     fg = stats_of(events)[0].gram
+    assert fg.sequence is not None and fg.sequence.sum() > 0
+    blended = collab.ease_sequence_neighbors(fg, 1.0, 50, 1.0, 0.2)
     for model, expected in (("cosine", collab.cosine_neighbors(fg, 50)),
-                            ("ease", collab.ease_neighbors(fg, 1.0, 50))):  # fmt: skip
+                            ("ease", collab.ease_neighbors(fg, 1.0, 50)),
+                            ("blended", blended)):  # fmt: skip
         assert set(lists[model]) == set(expected)
         for film, found in lists[model].items():
             assert [n for n, _ in found] == [n for n, _ in expected[film]]
             assert np.allclose([s for _, s in found], [s for _, s in expected[film]], atol=1e-6)
     assert lists["cosine"][1][0][0] == 3 and lists["ease"][1][0][0] == 2
+    assert lists["blended"] != lists["ease"]
     assert cowatch.CowatchConfig().model == "ease"
+
+
+def test_blended_neighbours_add_what_users_watch_next():
+    """Films 1..6 are watched by the same users (EASE cannot tell them apart), but always in
+    the order 1, 2, 3, ...: with the sequence weight, a film's best neighbour is its successor;
+    the popularity exponent lowers a neighbour that everyone watches."""
+    events = []
+    for user in range(1, 21):
+        for i, film in enumerate([1, 2, 3, 4, 5, 6] + ([7] if user <= 4 else [8])):
+            events.append(WatchEvent(user_id=user, movie_id=film, rating=4.0,
+                                     watched_at=T0 + datetime.timedelta(days=i)))  # fmt: skip
+    fg = stats_of(events)[0].gram
+    plain = collab.ease_sequence_neighbors(fg, 1.0, 5, sequence_weight=0.0, popularity_exponent=0.0)
+    blended = collab.ease_sequence_neighbors(fg, 1.0, 5, sequence_weight=1.0,
+                                             popularity_exponent=0.0)  # fmt: skip
+    assert [n for n, _ in blended[3]][:1] == [4] and [n for n, _ in blended[5]][:1] == [6]
+    assert [n for n, _ in plain[3]][:1] != [4]
+    # the mean best neighbour scores 1
+    assert np.isclose(np.mean([v[0][1] for v in blended.values() if v]), 1.0)
+    # 7 (4 watchers) ranks below 8 (16) by EASE's scores; divided by the watchers, above
+    rank = {e: [n for n, _ in collab.ease_sequence_neighbors(fg, 1.0, 7, 0.0, e)[6]]
+            for e in (0.0, 1.0)}  # fmt: skip
+    assert rank[0.0].index(7) > rank[0.0].index(8) and rank[1.0][:2] == [7, 8]
 
 
 def test_cowatch_vectors_separate_the_audiences():

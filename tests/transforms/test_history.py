@@ -99,6 +99,8 @@ def test_beam_statistics_equal_the_in_memory_ones(tmp_path):
     assert np.array_equal(found.watchers, expected.watchers)
     assert np.array_equal(found.gram.films, expected.gram.films) and len(found.gram.films) == 40
     assert np.array_equal(found.gram.gram, expected.gram.gram)
+    assert np.allclose(found.gram.sequence, expected.gram.sequence, atol=1e-4)
+    assert found.gram.sequence.sum() > 0
     assert len(np.unique(found.sample.user_id)) == 15
     assert sorted(found.sample.user_id.tolist()) == sorted(expected.sample.user_id.tolist())
     # the Gram is X^T X of the binary users x films matrix (repeat watches count once)
@@ -117,9 +119,10 @@ def test_beam_statistics_equal_the_in_memory_ones(tmp_path):
 
 def test_changing_users_histories_updates_the_gram_exactly():
     batch = random_history(2000)
+    batch = batch.take(np.lexsort((batch.movie_id, batch.watched_at, batch.user_id)))
     stats = stats_of_batch(batch, StatsConfig(min_watches=1, max_films=500))
     users = np.unique(batch.user_id)[:5]
-    before = [batch.movie_id[batch.user_id == u] for u in users]
+    before = [batch.movie_id[batch.user_id == u] for u in users]  # in the order watched
     after = [films[1:] for films in before]
     changed = stats.gram.with_histories_changed(before, after)
     keep = ~np.isin(np.arange(len(batch)), [np.flatnonzero(batch.user_id == u)[0] for u in users])
@@ -129,6 +132,24 @@ def test_changing_users_histories_updates_the_gram_exactly():
     for u, films in zip(users, after, strict=True):
         assert set(rest.movie_id[rest.user_id == u]) == set(films)
     assert np.array_equal(changed.gram, again)
+    steps = collab.sequence_of_users(stats.gram.films, rest.user_id, rest.movie_id,
+                                     rest.watched_at)  # fmt: skip
+    assert np.allclose(changed.sequence, steps, atol=1e-4)
+    assert not np.allclose(changed.sequence, stats.gram.sequence, atol=1e-4)
+
+
+def test_the_sequence_counts_what_each_user_watched_next():
+    films = np.array([10, 20, 30, 40])
+    users = np.array([1, 1, 1, 2, 2, 1])
+    movies = np.array([30, 10, 20, 40, 10, 99])  # 99 is not modelled, but takes a place
+    times = np.array([3, 1, 2, 5, 6, 4])  # user 1: 10, 20, 30, 99; user 2: 40, 10
+    s = collab.sequence_of_users(films, users, movies, times)
+    expected = np.zeros((4, 4), np.float32)
+    expected[0, 1] = 1.0  # 10 -> 20, next
+    expected[1, 2] = 1.0  # 20 -> 30, next
+    expected[0, 2] = 0.5  # 10 -> 30, two places later
+    expected[3, 0] = 1.0  # user 2: 40 -> 10 (nothing crosses users)
+    assert np.array_equal(s, expected)
 
 
 def test_event_batches_round_trip_watch_events():
