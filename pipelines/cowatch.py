@@ -128,8 +128,9 @@ class CowatchOptions(PipelineOptions):
             "--cowatch_max_films",
             type=int,
             default=cowatch.CowatchConfig.max_films,
-            help="Films the co-watch model holds: the most watched (its Gram is 4 x N^2 bytes "
-            "and its solve about 12 x N^2; other films get poster neighbours only).",
+            help="Films the co-watch model holds: the most watched (its Gram and sequence counts "
+            "are 8 x N^2 bytes and its solve about 16 x N^2; other films get poster neighbours "
+            "only).",
         )
         group.add_argument(
             "--holdout_fraction",

@@ -74,7 +74,7 @@ def runs(cloud, tmp_path_factory):
             f"--tmdb_api_key={KEY}", f"--tmdb_api_base={web.tmdb_api_base}",
             f"--tmdb_image_base={web.tmdb_image_base}", f"--imdb_base={web.imdb_base}",
             f"--allowed_hosts={web.host}", "--requests_per_second_per_host=500",
-            "--backoff_base_s=0.1",
+            "--backoff_base_s=0.1", "--baseline_model=",
         ]  # fmt: skip
         for _ in range(2):
             web.reset_log()
