@@ -104,8 +104,14 @@ def run_img2dataset(
     threads: int = 32,
     image_size: int = 768,
     samples_per_shard: int | None = None,
+    same_work: bool = False,
+    jpeg_quality: int = 95,
 ) -> PeerRun:
     """Download, resize (border, to ``image_size``) and re-encode (jpg) ``urls`` with img2dataset.
+
+    ``same_work``: the project's image work instead: the longer side at most ``image_size``,
+    aspect ratio kept, never upscaled, nothing padded, and an image that needs no resize (and is
+    already a JPEG) kept as fetched, else re-encoded as JPEG at ``jpeg_quality``.
 
     Writes ``urls.txt``, ``img2dataset/`` (webdataset shards and stats) and ``img2dataset.log``
     under ``workdir``; a previous ``img2dataset/`` there is removed first, so that the run never
@@ -134,7 +140,10 @@ def run_img2dataset(
         "output_folder": str(output_dir),
         "output_format": "webdataset",
         "image_size": image_size,
-        "resize_mode": "border",
+        "resize_mode": "keep_ratio_largest" if same_work else "border",
+        "resize_only_if_bigger": same_work,
+        "skip_reencode": same_work,
+        "encode_quality": jpeg_quality,
         "encode_format": "jpg",
         "processes_count": processes,
         "thread_count": threads,

@@ -66,3 +66,31 @@ def test_img2dataset_downloads_every_poster(peer_env, poster_urls, tmp_path):
     assert run.failures == 0
     assert run.wall_s > 0
     assert list(pathlib.Path(run.output_dir).glob("*.tar"))
+
+
+def _stored_jpegs(output_dir: str) -> list[bytes]:
+    import tarfile
+
+    found = []
+    for path in sorted(pathlib.Path(output_dir).glob("*.tar")):
+        with tarfile.open(path) as tar:
+            members = [m for m in tar.getmembers() if m.name.endswith(".jpg")]
+            found += [tar.extractfile(m).read() for m in members]
+    return found
+
+
+def test_the_same_work_setting_keeps_fitting_jpegs_and_never_pads(peer_env, poster_urls, tmp_path):
+    """As the project stores posters: a JPEG that fits is kept as fetched; a larger one gets its
+    longer side cut to the limit, aspect ratio kept, nothing padded."""
+    served = sorted(p.read_bytes() for p in (tmp_path / "web").glob("*.jpg"))
+    kept = peers.run_img2dataset(poster_urls, str(tmp_path / "fits"), processes=1, threads=4,
+                                 image_size=768, same_work=True)  # fmt: skip
+    assert sorted(_stored_jpegs(kept.output_dir)) == served
+    cut = peers.run_img2dataset(poster_urls, str(tmp_path / "cut"), processes=1, threads=4,
+                                image_size=200, same_work=True)  # fmt: skip
+    sizes = {Image.open(io.BytesIO(data)).size for data in _stored_jpegs(cut.output_dir)}
+    assert sizes == {(136, 200)}
+    padded = peers.run_img2dataset(poster_urls, str(tmp_path / "border"), processes=1, threads=4,
+                                   image_size=200)  # fmt: skip
+    sizes = {Image.open(io.BytesIO(d)).size for d in _stored_jpegs(padded.output_dir)}
+    assert sizes == {(200, 200)}
