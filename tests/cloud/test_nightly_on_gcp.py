@@ -32,8 +32,8 @@ from tests.cloud.emulators import PROJECT
 from tests.cloud.queries import consumer_queries
 from tests.conftest import REPO_ROOT
 
-FILMS = 60
-USERS = 30
+FILMS = 40
+USERS = 24
 KEY = "cloud-test-key"
 DATASET = "recs"
 RUN_DATE = datetime.date(2024, 5, 17)

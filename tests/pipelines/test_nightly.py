@@ -70,7 +70,8 @@ def test_evaluation_and_report_cover_the_baselines(summary):
     assert result["neighbors"]["blend"] == result["evaluation"]["blend"]
     # the hybrid's co-watch half is the co-watch stage's model (EASE by default)
     evaluation = result["evaluation"]
-    assert evaluation["cowatch_model"] == {"model": "ease", "ease_lambda": 500.0}
+    assert evaluation["cowatch_model"] == {"model": "ease", "ease_lambda": 500.0,
+                                           "sequence_weight": 1.0, "popularity_exponent": 0.2}
     # the test world's users are fewer than --eval_users: every user is evaluated
     assert evaluation["users_sampled"] == evaluation["users_in_history"] > 0
     # the evaluation took the co-watch version's Gram (the same history) instead of a new one

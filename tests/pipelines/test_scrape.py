@@ -226,32 +226,36 @@ def test_each_fault_kind_is_retried_to_success_or_dead_lettered(tmp_path):
     assert manifest["dead_lettered"] == len(dead)
 
 
-@pytest.mark.parametrize(
-    ("kind", "reason"), [("http_500", "http_500"), ("slow", "timeout"), ("http_429", "http_429")]
-)
-def test_persistent_faults_are_dead_lettered_with_their_attempts(tmp_path, kind, reason):
+PERSISTENT = {"http_500": "http_500", "slow": "timeout", "http_429": "http_429"}
+
+
+def test_persistent_faults_are_dead_lettered_with_their_attempts(tmp_path):
+    """One scrape whose faulty films fail every attempt, each kind checked in it."""
     faults = dataclasses.replace(FAULTS, transient_failures=100, retry_after_s=0)
     films = CATALOG.films
     with PosterWeb.from_catalog(CATALOG, api_key=KEY, faults=faults) as web:
-        ids = [m for m in web.faulted_ids(kind) if m in {f.movie_id for f in films}]
+        catalogued = {f.movie_id for f in films}
+        ids = {kind: [m for m in web.faulted_ids(kind) if m in catalogued] for kind in PERSISTENT}
         scrape.run(scrape_args(web, links_catalog(tmp_path, films), tmp_path / "out",
                                f"--tmdb_api_key={KEY}"))  # fmt: skip
+        every = [m for found in ids.values() for m in found]
         api_calls = {
             movie_id: len(web.requests_for(f"/3/movie/{CATALOG.film(movie_id).tmdb_id}"))
-            for movie_id in ids
+            for movie_id in every
         }
         image_calls = {
             movie_id: len(web.requests_for(f"/t/p/w500{CATALOG.poster_path(movie_id)}"))
-            for movie_id in ids
+            for movie_id in every
         }
     dead = dead_by_movie(tmp_path / "out")
-    assert ids
-    for movie_id in ids:
-        assert (dead[movie_id].stage, dead[movie_id].reason) == ("fetch", reason)
-        assert image_calls[movie_id] == 3, "three attempts at the image, then given up"
-        # attempts = the TMDb API call's (1, more if it timed out under load) + the image's 3
-        assert dead[movie_id].attempts == api_calls[movie_id] + 3
-        assert dead[movie_id].http_status == {"http_500": 500, "http_429": 429}.get(kind)
+    for kind, reason in PERSISTENT.items():
+        assert ids[kind], f"no film got fault {kind}"
+        for movie_id in ids[kind]:
+            assert (dead[movie_id].stage, dead[movie_id].reason) == ("fetch", reason)
+            assert image_calls[movie_id] == 3, "three attempts at the image, then given up"
+            # attempts = the TMDb API call's (1, more if it timed out under load) + the image's 3
+            assert dead[movie_id].attempts == api_calls[movie_id] + 3
+            assert dead[movie_id].http_status == {"http_500": 500, "http_429": 429}.get(kind)
 
 
 def test_robots_disallow_is_respected(tmp_path):
