@@ -109,7 +109,8 @@ COMMAND = Command(
         (NeighborsOptions, ("watch_history", "cowatch_version", "neighbors_k", "candidates_k",
                             "half_life_days", "min_rating")),
         (EmbedOptions, ("posters",)),
-        (CowatchOptions, ("holdout_fraction", "holdout_seed")),
+        (CowatchOptions, ("holdout_fraction", "holdout_seed", "cowatch_model", "ease_lambda",
+                          "sequence_weight", "popularity_exponent", "cowatch_max_films")),
     ),
     required=("--vectors", "--watch_history", "--output"),
     hides=("--num_shards",),
@@ -215,9 +216,16 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     posters_flag = options.view_as(EmbedOptions).posters
     genres = dict(film_genres(posters_glob(posters_flag))) if posters_flag else {}
     hybrid = labels[version] if nightly.cowatch_version else None
-    settings = collab_settings_of(root, nightly.cowatch_version) if hybrid else {}
+    # The co-watch model's settings: the co-watch version's, else these flags.
+    flags = options.view_as(CowatchOptions)
+    settings = {
+        "model": flags.cowatch_model, "ease_lambda": flags.ease_lambda,
+        "sequence_weight": flags.sequence_weight, "popularity_exponent": flags.popularity_exponent,
+        "max_films": flags.cowatch_max_films,
+        **(collab_settings_of(root, nightly.cowatch_version) if hybrid else {}),
+    }  # fmt: skip
     model = CollabModel(
-        settings.get("model", "ease"), settings.get("ease_lambda", CowatchConfig.ease_lambda),
+        settings["model"], settings["ease_lambda"],
         settings.get("sequence_weight", CowatchConfig.sequence_weight),
         settings.get("popularity_exponent", CowatchConfig.popularity_exponent),
     )
@@ -227,7 +235,7 @@ def run(argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None =
     saved = (FileSystems.join(root, nightly.cowatch_version, COWATCH_STATS)
              if nightly.cowatch_version else None)  # fmt: skip
     stats, population, reused = population_of(options, nightly.watch_history, folder, StatsConfig(
-        min_watches=1, max_films=settings.get("max_films", CowatchConfig.max_films),
+        min_watches=1, max_films=settings["max_films"],
         sample_users=sample, sample_seed=opts.eval_seed,
     ), saved, test_pipeline)  # fmt: skip
     if stats is None:
