@@ -150,20 +150,42 @@ def add_sequence(
     _add_steps(sequence, pos, np.ones((len(pos), SEQUENCE_WINDOW), bool), sign)
 
 
+def sequence_steps(
+    films: np.ndarray, users: np.ndarray, movies: np.ndarray, watched_at: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Complete users' sequence counts as sparse (flat index ``i * F + j``, value) pairs, each
+    index once: each user's watches ordered by time, then film id (:func:`add_sequence`)."""
+    n = len(films)
+    if not n or not len(users):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    order = np.lexsort((movies, watched_at, users))
+    users, pos = users[order], _modelled(films, movies[order])
+    keys, values = [], []
+    for d in range(1, min(SEQUENCE_WINDOW, len(users) - 1) + 1):
+        ok = (users[:-d] == users[d:]) & (pos[:-d] >= 0) & (pos[d:] >= 0)
+        keys.append(pos[:-d][ok] * n + pos[d:][ok])
+        values.append(np.full(int(ok.sum()), 1.0 / d, np.float32))
+    return merge_steps(keys, values)
+
+
+def merge_steps(
+    keys: list[np.ndarray], values: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sparse (flat index, value) parts summed into one, each index once, sorted."""
+    if not keys:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    unique, inverse = np.unique(np.concatenate(keys), return_inverse=True)
+    summed = np.bincount(inverse, weights=np.concatenate(values), minlength=len(unique))
+    return unique, summed.astype(np.float32)
+
+
 def accumulate_sequences(
     sequence: np.ndarray, films: np.ndarray, users: np.ndarray, movies: np.ndarray,
     watched_at: np.ndarray,
 ) -> None:  # fmt: skip
-    """Add complete users' events to ``sequence`` in place (:func:`add_sequence`), each user's
-    watches ordered by time, then film id."""
-    if not len(films) or not len(users):
-        return
-    order = np.lexsort((movies, watched_at, users))
-    users, pos = users[order], _modelled(films, movies[order])
-    same = np.zeros((len(users), SEQUENCE_WINDOW), bool)
-    for d in range(1, min(SEQUENCE_WINDOW, len(users) - 1) + 1):
-        same[: len(users) - d, d - 1] = users[:-d] == users[d:]
-    _add_steps(sequence, pos, same)
+    """Add complete users' events to ``sequence`` in place (:func:`sequence_steps`)."""
+    keys, values = sequence_steps(films, users, movies, watched_at)
+    sequence.reshape(-1)[keys] += values
 
 
 def sequence_of_users(

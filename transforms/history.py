@@ -285,8 +285,8 @@ class _GramPartialFn(beam.DoFn):
         self._buffered = 0
 
     def process(self, group: tuple[int, Iterable[EventBatch]], films: np.ndarray) -> None:
-        if self._gram is None:  # [0]: the Gram, [1]: the sequence counts
-            self._gram = np.zeros((2, len(films), len(films)), np.float32)
+        if self._gram is None:
+            self._gram = np.zeros((len(films), len(films)), np.float32)
             self._films = films
         for batch in group[1]:
             self._buffer.append(batch)
@@ -297,9 +297,7 @@ class _GramPartialFn(beam.DoFn):
     def _flush(self) -> None:
         batch = EventBatch.concat(self._buffer)
         self._buffer, self._buffered = [], 0
-        collab.accumulate_users(self._gram[0], self._films, batch.user_id, batch.movie_id)
-        collab.accumulate_sequences(self._gram[1], self._films, batch.user_id, batch.movie_id,
-                                    batch.watched_at)  # fmt: skip
+        collab.accumulate_users(self._gram, self._films, batch.user_id, batch.movie_id)
         progress.advance("history users grouped", len(np.unique(batch.user_id)))
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
@@ -307,6 +305,40 @@ class _GramPartialFn(beam.DoFn):
             self._flush()
             yield WindowedValue(self._gram, MIN_TIMESTAMP, [GlobalWindow()])
         self._gram = None
+
+
+class _SequencePartialFn(beam.DoFn):
+    """Each bundle's users' sequence counts (what they watched next) as one sparse partial:
+    (flat index, value) arrays, summed as they grow; emitted when the bundle ends."""
+
+    COMPACT_PAIRS = 20_000_000
+
+    def start_bundle(self) -> None:
+        self._keys: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
+        self._pairs = 0
+
+    def process(self, group: tuple[int, Iterable[EventBatch]], films: np.ndarray) -> None:
+        for batch in group[1]:
+            keys, values = collab.sequence_steps(films, batch.user_id, batch.movie_id,
+                                                 batch.watched_at)  # fmt: skip
+            self._keys.append(keys)
+            self._values.append(values)
+            self._pairs += len(keys)
+            if self._pairs >= self.COMPACT_PAIRS:
+                keys, values = collab.merge_steps(self._keys, self._values)
+                self._keys, self._values, self._pairs = [keys], [values], len(keys)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._keys:
+            yield WindowedValue(collab.merge_steps(self._keys, self._values), MIN_TIMESTAMP,
+                                [GlobalWindow()])  # fmt: skip
+        self._keys, self._values, self._pairs = [], [], 0
+
+
+def _sum_steps(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    parts = list(parts)
+    return collab.merge_steps([k for k, _ in parts], [v for _, v in parts])
 
 
 def _sum_arrays(arrays: Iterable[np.ndarray]) -> np.ndarray | None:
@@ -422,18 +454,21 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def _stats(_, counts, gram, digest, sample, films, latest, users) -> HistoryStats:
+def _stats(_, counts, gram, digest, sample, films, latest, users, steps=None) -> HistoryStats:
     film_ids, watchers = counts
     total, events = digest
     text = hashlib.sha256(f"{total}:{events}".encode()).hexdigest()
     if gram is None:  # no user: the films, and no counts between them
-        matrix = np.zeros((2, len(films), len(films)), np.float32)
+        matrix = np.zeros((len(films), len(films)), np.float32)
     elif isinstance(gram, str):  # not computed (StatsConfig.gram False): no films either
-        films, matrix = films[:0], np.zeros((2, 0, 0), np.float32)
+        films, matrix = films[:0], np.zeros((0, 0), np.float32)
     else:
         matrix = gram
+    sequence = np.zeros_like(matrix)
+    if isinstance(steps, tuple) and len(films):
+        sequence.reshape(-1)[steps[0]] = steps[1]
     return HistoryStats(
-        film_ids=film_ids, watchers=watchers, gram=collab.FilmGram(films, matrix[0], matrix[1]),
+        film_ids=film_ids, watchers=watchers, gram=collab.FilmGram(films, matrix, sequence),
         digest=text,
         events=events, users=users, latest=latest, sample=EventBatch.concat(sample),
     )  # fmt: skip
@@ -469,8 +504,17 @@ class ComputeHistoryStats(beam.PTransform):
                 | "GramPartials" >> beam.ParDo(_GramPartialFn(), beam.pvalue.AsSingleton(films))
                 | "SumGram" >> beam.CombineGlobally(_sum_arrays)
             )
+            steps = (
+                users
+                | "SequenceGroups" >> beam.Map(lambda kv: (kv[0] % GRAM_GROUPS, kv[1]))
+                | "GroupForSequence" >> beam.GroupByKey()
+                | "SequencePartials" >> beam.ParDo(
+                    _SequencePartialFn(), beam.pvalue.AsSingleton(films))
+                | "SumSequence" >> beam.CombineGlobally(_sum_steps)
+            )  # fmt: skip
         else:
             gram = users.pipeline | "NoGram" >> beam.Create([NO_GRAM])
+            steps = users.pipeline | "NoSequence" >> beam.Create([NO_GRAM])
         digest = (
             users
             | "Batches" >> beam.Map(lambda kv: kv[1])
@@ -503,7 +547,7 @@ class ComputeHistoryStats(beam.PTransform):
             | "StatsSeed" >> beam.Create([None])
             | "Stats" >> beam.Map(
                 _stats, side(counts), side(gram), side(digest), side(sample), side(films),
-                side(latest), side(user_count),
+                side(latest), side(user_count), side(steps),
             )
         )  # fmt: skip
         if self._save_to:
@@ -517,13 +561,11 @@ def stats_of_batch(batch: EventBatch, config: StatsConfig = StatsConfig()) -> Hi
     keyed = (0, batch)
     film_ids, watchers = film_watchers(keyed)
     films = collab.select_films(film_ids, watchers, config.min_watches, config.max_films)
-    gram = np.stack([
-        collab.gram_of_users(films, batch.user_id, batch.movie_id),
-        collab.sequence_of_users(films, batch.user_id, batch.movie_id, batch.watched_at),
-    ])  # fmt: skip
+    gram = collab.gram_of_users(films, batch.user_id, batch.movie_id)
+    steps = collab.sequence_steps(films, batch.user_id, batch.movie_id, batch.watched_at)
     sampled = SmallestKeysFn(config.sample_users)
     users = sampled.extract_output(_user_keys(keyed, config.sample_seed, config.sample_users))
     return _stats(
         None, (film_ids, watchers), gram, batch_digest(batch), list(_sample_events(keyed, users)),
-        films, int(batch.watched_at.max(initial=0)), len(np.unique(batch.user_id)),
+        films, int(batch.watched_at.max(initial=0)), len(np.unique(batch.user_id)), steps,
     )  # fmt: skip
