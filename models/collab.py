@@ -75,9 +75,10 @@ class FilmGram:
         gram = self.gram.copy()
         sequence = None if self.sequence is None else self.sequence.copy()
         if sequence is not None:
+            flat = sequence.reshape(-1)
             for sign, histories in ((-1.0, before), (1.0, after)):
-                for films in histories:
-                    add_sequence(sequence, self.films, np.asarray(films, np.int64), sign)
+                keys, values = ordered_steps(self.films, histories)
+                flat[keys] += np.float32(sign) * values
         for sign, histories in ((-1.0, before), (1.0, after)):
             rows, cols = [], []
             for user, films in enumerate(histories):
@@ -116,23 +117,6 @@ def add_pairs(gram: np.ndarray, x: sp.csr_matrix, sign: float = 1.0, rows: int =
             gram[coo.row + start, coo.col] += np.float32(sign) * coo.data.astype(np.float32)
 
 
-def _add_steps(
-    sequence: np.ndarray, pos: np.ndarray, same: np.ndarray, sign: float = 1.0
-) -> None:
-    """``sequence[pos[p], pos[p + d]] += sign / d`` for d <= SEQUENCE_WINDOW where ``same`` holds
-    for both ends (-1 in ``pos``: not a modelled film) and the steps are of one user."""
-    n = sequence.shape[1]
-    flat_view = sequence.reshape(-1)
-    for d in range(1, SEQUENCE_WINDOW + 1):
-        if len(pos) <= d:
-            break
-        ok = same[: len(pos) - d, d - 1] & (pos[:-d] >= 0) & (pos[d:] >= 0)
-        if not ok.any():
-            continue
-        keys, counts = np.unique(pos[:-d][ok] * n + pos[d:][ok], return_counts=True)
-        flat_view[keys] += (sign / d * counts).astype(np.float32)
-
-
 def _modelled(films: np.ndarray, movies: np.ndarray) -> np.ndarray:
     """Each film's position in the sorted ``films``, -1 where it is not one of them."""
     if not len(films):
@@ -141,20 +125,12 @@ def _modelled(films: np.ndarray, movies: np.ndarray) -> np.ndarray:
     return np.where(films[pos] == movies, pos, -1)
 
 
-def add_sequence(
-    sequence: np.ndarray, films: np.ndarray, watched: np.ndarray, sign: float = 1.0
-) -> None:
-    """Add one user's watches (film ids in the order watched) to ``sequence`` in place: 1 / d
-    from each film to the film ``d <= SEQUENCE_WINDOW`` places later, both among ``films``."""
-    pos = _modelled(films, np.asarray(watched, np.int64))
-    _add_steps(sequence, pos, np.ones((len(pos), SEQUENCE_WINDOW), bool), sign)
-
-
 def sequence_steps(
     films: np.ndarray, users: np.ndarray, movies: np.ndarray, watched_at: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Complete users' sequence counts as sparse (flat index ``i * F + j``, value) pairs, each
-    index once: each user's watches ordered by time, then film id (:func:`add_sequence`)."""
+    index once: each user's watches ordered by time, then film id; 1 / d from each film to the
+    film ``d <= SEQUENCE_WINDOW`` places later, both among ``films``."""
     n = len(films)
     if not n or not len(users):
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
@@ -166,6 +142,19 @@ def sequence_steps(
         keys.append(pos[:-d][ok] * n + pos[d:][ok])
         values.append(np.full(int(ok.sum()), 1.0 / d, np.float32))
     return merge_steps(keys, values)
+
+
+def ordered_steps(
+    films: np.ndarray, histories: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`sequence_steps` of users given as film ids in the order each watched them."""
+    if not histories or not len(films):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    lengths = [len(h) for h in histories]
+    users = np.repeat(np.arange(len(histories)), lengths)
+    movies = np.concatenate([np.asarray(h, np.int64) for h in histories])
+    order = np.concatenate([np.arange(n) for n in lengths]) if movies.size else movies
+    return sequence_steps(films, users, movies, order.astype(np.float64))
 
 
 def merge_steps(
