@@ -19,7 +19,7 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m pipelines.nightly --synthetic_films=300 --train --model=small_cnn --warmup_runs=2 --holdout_fraction=0.2 --output=out/demo
+	$(PY) -m pipelines.nightly --synthetic_films=300 --train --model=small_cnn --warmup_runs=1 --holdout_fraction=0.2 --output=out/demo
 
 test: $(STAMP)
 	$(PY) -m ruff check .
