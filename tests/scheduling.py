@@ -19,23 +19,23 @@ SAME_WORKER = {
     "tests/cloud/test_cloud_errors.py": "tests/cloud/test_nightly_on_gcp.py",
 }
 
-# The longest units, longest first (seconds each on a 2-core machine, run alone); the rest
-# follow in xdist's order.
+# The longest units, longest first (seconds each on a 2-core machine, from `--durations=0` of
+# make test on a fresh clone, 2026-12-07); the rest follow in xdist's order.
 LONGEST_FIRST = (
-    "tests/cloud/test_nightly_on_gcp.py",  # 140, with the other tests/cloud files
-    "tests/pipelines/test_scrape.py",  # 100
-    "tests/pipelines/test_bad_input.py",  # 85
-    "tests/pipelines/test_embed.py",  # 80
-    "tests/pipelines/test_neighbors_real.py",  # 65 (1,000 real posters; the evaluation's solves)
-    "tests/pipelines/test_nightly.py",  # 65
-    "tests/pipelines/test_killed_runs.py",  # 50
-    "tests/pipelines/test_neighbors.py",  # 45
-    "tests/models/test_training.py",  # 40
-    "tests/pipelines/test_train.py",  # 40
-    "tests/pipelines/test_console.py",  # 30
-    "tests/pipelines/test_secrets.py",  # 30
-    "tests/models/test_registry.py",  # 25
-    "tests/pipelines/test_similar.py",  # 20, with tests/reporting/test_reports.py
+    "tests/pipelines/test_scrape.py",  # 135
+    "tests/cloud/test_nightly_on_gcp.py",  # 125, with the other tests/cloud files
+    "tests/pipelines/test_killed_runs.py",  # 100
+    "tests/pipelines/test_embed.py",  # 85
+    "tests/pipelines/test_train.py",  # 85
+    "tests/pipelines/test_bad_input.py",  # 70
+    "tests/pipelines/test_secrets.py",  # 50
+    "tests/models/test_training.py",  # 47
+    "tests/pipelines/test_nightly.py",  # 46
+    "tests/models/test_registry.py",  # 45
+    "tests/pipelines/test_neighbors.py",  # 42
+    "tests/pipelines/test_console.py",  # 38
+    "tests/pipelines/test_similar.py",  # 36, with tests/reporting/test_reports.py
+    "tests/pipelines/test_neighbors_real.py",  # 25
 )
 
 
