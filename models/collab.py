@@ -26,8 +26,8 @@ from complete users (:class:`transforms.history.HistoryStats`); everything here 
   neighbours do. :func:`model_outputs` solves the model once for both.
 
 The solve is one machine's work: ``G`` and ``S`` are ``4 F^2`` bytes each (float32) and the
-Cholesky inverse holds about three such arrays, ``12 F^2`` bytes (F = 10,000: 1.2 GB; 20,000:
-4.8 GB).
+Cholesky inverse about two more such arrays: about ``16 F^2`` bytes at the peak (F = 10,000:
+1.6 GB; 20,000: 6.4 GB).
 """
 
 from __future__ import annotations
@@ -98,9 +98,8 @@ class FilmGram:
 
 def _positions(films: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Positions in the sorted ``films`` of those ``ids`` that are among them."""
-    pos = np.searchsorted(films, ids)
-    pos = np.minimum(pos, len(films) - 1)
-    return pos[films[pos] == ids] if len(films) else pos[:0]
+    pos = _modelled(films, ids)
+    return pos[pos >= 0]
 
 
 def add_pairs(gram: np.ndarray, x: sp.csr_matrix, sign: float = 1.0, rows: int = 2048) -> None:
@@ -168,22 +167,18 @@ def merge_steps(
     return unique, summed.astype(np.float32)
 
 
-def accumulate_sequences(
-    sequence: np.ndarray, films: np.ndarray, users: np.ndarray, movies: np.ndarray,
-    watched_at: np.ndarray,
-) -> None:  # fmt: skip
-    """Add complete users' events to ``sequence`` in place (:func:`sequence_steps`)."""
-    keys, values = sequence_steps(films, users, movies, watched_at)
-    sequence.reshape(-1)[keys] += values
+def dense_steps(films: np.ndarray, steps: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Sparse (flat index, value) sequence counts as the dense F x F array."""
+    sequence = np.zeros((len(films), len(films)), np.float32)
+    sequence.reshape(-1)[steps[0]] = steps[1]
+    return sequence
 
 
 def sequence_of_users(
     films: np.ndarray, users: np.ndarray, movies: np.ndarray, watched_at: np.ndarray
 ) -> np.ndarray:
     """The sequence counts of complete users' events over the sorted ``films``."""
-    sequence = np.zeros((len(films), len(films)), np.float32)
-    accumulate_sequences(sequence, films, users, movies, watched_at)
-    return sequence
+    return dense_steps(films, sequence_steps(films, users, movies, watched_at))
 
 
 def select_films(ids: np.ndarray, watchers: np.ndarray, min_watches: int, max_films: int):

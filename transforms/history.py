@@ -414,7 +414,11 @@ class HistoryStats:
         """Write the statistics under ``folder`` (NumPy files and a JSON summary)."""
         write_npz(FileSystems.join(folder, "films.npz"), film_ids=self.film_ids,
                   watchers=self.watchers, gram_films=self.gram.films)  # fmt: skip
-        sequence = {} if self.gram.sequence is None else {"sequence": self.gram.sequence}
+        sequence = {}
+        if self.gram.sequence is not None:  # sparse: most film pairs never follow each other
+            keys = np.flatnonzero(self.gram.sequence)
+            values = self.gram.sequence.reshape(-1)[keys]
+            sequence = {"sequence_keys": keys, "sequence_values": values}
         write_npz(FileSystems.join(folder, "gram.npz"), gram=self.gram.gram, **sequence)
         write_npz(FileSystems.join(folder, "sample.npz"),
                   **dataclasses.asdict(self.sample))  # fmt: skip
@@ -431,7 +435,11 @@ class HistoryStats:
             summary = json.loads(handle.read())
         arrays = read_npz(FileSystems.join(folder, "gram.npz")) if gram else {
             "gram": np.zeros((0, 0), np.float32)}  # fmt: skip
-        fg = collab.FilmGram(films["gram_films"], arrays["gram"], arrays.get("sequence"))
+        sequence = None
+        if "sequence_keys" in arrays:
+            sequence = collab.dense_steps(
+                films["gram_films"], (arrays["sequence_keys"], arrays["sequence_values"]))
+        fg = collab.FilmGram(films["gram_films"], arrays["gram"], sequence)
         return cls(
             film_ids=films["film_ids"], watchers=films["watchers"], gram=fg,
             digest=summary["digest"],
@@ -466,7 +474,7 @@ def _stats(_, counts, gram, digest, sample, films, latest, users, steps=None) ->
         matrix = gram
     sequence = np.zeros_like(matrix)
     if isinstance(steps, tuple) and len(films):
-        sequence.reshape(-1)[steps[0]] = steps[1]
+        sequence = collab.dense_steps(films, steps)
     return HistoryStats(
         film_ids=film_ids, watchers=watchers, gram=collab.FilmGram(films, matrix, sequence),
         digest=text,
@@ -497,17 +505,18 @@ class ComputeHistoryStats(beam.PTransform):
             lambda c: collab.select_films(c[0], c[1], config.min_watches, config.max_films)
         )
         if config.gram:
-            gram = (
+            groups = (
                 users
                 | "GramGroups" >> beam.Map(lambda kv: (kv[0] % GRAM_GROUPS, kv[1]))
                 | "GroupForGram" >> beam.GroupByKey()
+            )
+            gram = (
+                groups
                 | "GramPartials" >> beam.ParDo(_GramPartialFn(), beam.pvalue.AsSingleton(films))
                 | "SumGram" >> beam.CombineGlobally(_sum_arrays)
             )
             steps = (
-                users
-                | "SequenceGroups" >> beam.Map(lambda kv: (kv[0] % GRAM_GROUPS, kv[1]))
-                | "GroupForSequence" >> beam.GroupByKey()
+                groups
                 | "SequencePartials" >> beam.ParDo(
                     _SequencePartialFn(), beam.pvalue.AsSingleton(films))
                 | "SumSequence" >> beam.CombineGlobally(_sum_steps)
