@@ -83,11 +83,19 @@ class RankedBatch:
     rank: np.ndarray
     movie_id: np.ndarray
     score: np.ndarray
-    contributors: list[np.ndarray]
+    contributor_counts: np.ndarray
+    """How many contributing films each row has (0: a popularity back-fill)."""
+    contributor_ids: np.ndarray
+    """Every row's contributing films, best first, one row after another."""
     users: int
     events: int
     events_without_list: int
     backfill_rows: int
+
+    @property
+    def contributors(self) -> list[np.ndarray]:
+        """Each row's contributing films, best first."""
+        return np.split(self.contributor_ids, np.cumsum(self.contributor_counts)[:-1])
 
 
 def event_weights(
@@ -131,7 +139,7 @@ def rank_batch(
     distinct = np.unique(np.stack([user_row, batch.movie_id], axis=1), axis=0)
     watched_count = np.bincount(distinct[:, 0], minlength=len(users))
     slot = np.full(n, -1)
-    out_user, out_rank, out_movie, out_score, found = [], [], [], [], []
+    out_user, out_rank, out_movie, out_score, counts, found = [], [], [], [], [], []
     pop = model.popularity
     for u in range(len(users)):
         lo, hi = scores.indptr[u], scores.indptr[u + 1]
@@ -164,24 +172,28 @@ def rank_batch(
         out_movie.append(model.films[chosen])
         out_score.append(rounded[order])
         if contributors:
-            found.extend(_contributors(weights, model, u, chosen, slot))
+            count, ids = _contributors(weights, model, u, chosen, slot)
+            counts.append(count)
+            found.append(ids)
     return RankedBatch(
         user_id=np.concatenate(out_user or [np.zeros(0, np.int64)]),
         rank=np.concatenate(out_rank or [np.zeros(0, np.int64)]),
         movie_id=np.concatenate(out_movie or [np.zeros(0, np.int64)]),
         score=np.concatenate(out_score or [np.zeros(0)]),
-        contributors=found, users=len(users), events=len(batch),
-        events_without_list=int((~listed).sum()),
-        backfill_rows=sum(1 for c in found if not len(c)),
+        contributor_counts=np.concatenate(counts or [np.zeros(0, np.int64)]),
+        contributor_ids=np.concatenate(found or [np.zeros(0, np.int64)]),
+        users=len(users), events=len(batch), events_without_list=int((~listed).sum()),
+        backfill_rows=sum(int((c == 0).sum()) for c in counts),
     )  # fmt: skip
 
 
 def _contributors(
     weights: sp.csr_matrix, model: CandidateModel, user: int, chosen: np.ndarray,
     slot: np.ndarray,
-) -> list[np.ndarray]:  # fmt: skip
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """Each chosen film's watched films by contribution (weight x neighbour score), best first,
-    at most MAX_CONTRIBUTORS; ties by lower id. ``slot``: a films-long array of -1, left so."""
+    at most MAX_CONTRIBUTORS; ties by lower id: (count per chosen film, the films one chosen
+    film after another). ``slot``: a films-long array of -1, left so."""
     lo, hi = weights.indptr[user], weights.indptr[user + 1]
     films, film_weight = weights.indices[lo:hi], weights.data[lo:hi]
     matrix = model.neighbours
@@ -199,13 +211,11 @@ def _contributors(
     cols, source = cols[order], source[order]
     where = slot[cols]
     slot[chosen] = -1
-    found = [np.zeros(0, np.int64)] * len(chosen)
-    if len(cols):
-        bounds = np.flatnonzero(np.r_[True, cols[1:] != cols[:-1]])
-        for start, end in zip(bounds, np.r_[bounds[1:], len(cols)], strict=True):
-            stop = min(end, start + MAX_CONTRIBUTORS)
-            found[where[start]] = model.films[source[start:stop]]
-    return found
+    first = np.r_[True, cols[1:] != cols[:-1]] if len(cols) else np.zeros(0, bool)
+    position = np.arange(len(cols))
+    rank = position - np.maximum.accumulate(np.where(first, position, 0))
+    keep = rank < MAX_CONTRIBUTORS
+    return np.bincount(where[keep], minlength=len(chosen)), model.films[source[keep]]
 
 
 def lists_matrix(lists: Mapping[int, Sequence[tuple]], films: np.ndarray) -> sp.csr_matrix:
@@ -236,23 +246,51 @@ def top_k_rows(matrix: sp.csr_matrix, films: np.ndarray, k: int) -> sp.csr_matri
     return sp.csr_matrix((matrix.data[keep], (rows, matrix.indices[keep])), shape=matrix.shape)
 
 
+@dataclasses.dataclass(frozen=True)
+class MergeInputs:
+    """Co-watch and poster lists as sparse matrices over every film they name, prepared once
+    for :func:`merged_model` to blend at any poster weight."""
+
+    films: np.ndarray
+    cowatch: sp.coo_matrix
+    poster: sp.coo_matrix
+    has_cowatch: np.ndarray
+    has_list: np.ndarray
+    popularity: Popularity | None
+
+    @classmethod
+    def of(
+        cls, cowatch: Mapping[int, Sequence[tuple]], poster: Mapping[int, Sequence[tuple]],
+        popularity: Popularity | None = None,
+    ) -> MergeInputs:  # fmt: skip
+        ids = [np.array(list(d), dtype=np.int64) for d in (cowatch, poster)]
+        ids += [np.array([n[0] for v in d.values() for n in v], np.int64)
+                for d in (cowatch, poster)]  # fmt: skip
+        if popularity is not None:
+            ids.append(np.fromiter(popularity.score, np.int64, len(popularity.score)))
+        films = np.unique(np.concatenate(ids))
+        return cls(
+            films, lists_matrix(cowatch, films).tocoo(), lists_matrix(poster, films).tocoo(),
+            np.isin(films, [m for m, v in cowatch.items() if v]),
+            np.isin(films, np.concatenate(ids[:2])), popularity,
+        )  # fmt: skip
+
+
 def merged_model(
-    cowatch: Mapping[int, Sequence[tuple]], poster: Mapping[int, Sequence[tuple]],
+    cowatch: Mapping[int, Sequence[tuple]] | MergeInputs, poster: Mapping[int, Sequence[tuple]],
     poster_weight: float, k: int, popularity: Popularity | None = None,
     poster_score: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> CandidateModel:  # fmt: skip
     """The model of :func:`models.scoring.merge_neighbors` applied to every film at once:
     co-watch + ``poster_weight`` x poster scores (a film without co-watch neighbours keeps its
     poster neighbours, weighted at least 1), each film's top ``k``; ``poster_score`` turns the
-    poster lists' values into the scores that blend (applied to all of them at once)."""
-    ids = [np.array(list(d), dtype=np.int64) for d in (cowatch, poster)]
-    ids += [np.array([n[0] for v in d.values() for n in v], np.int64) for d in (cowatch, poster)]
-    if popularity is not None:
-        ids.append(np.fromiter(popularity.score, np.int64, len(popularity.score)))
-    films = np.unique(np.concatenate(ids))
-    c, p = lists_matrix(cowatch, films).tocoo(), lists_matrix(poster, films).tocoo()
-    has_cowatch = np.isin(films, [m for m, v in cowatch.items() if v])
-    weight = np.where(has_cowatch, poster_weight, max(poster_weight, 1.0))[p.row]
+    poster lists' values into the scores that blend (applied to all of them at once).
+    ``cowatch`` may be :class:`MergeInputs` already prepared (``poster`` and ``popularity`` are
+    then its own and not read)."""
+    inputs = cowatch if isinstance(cowatch, MergeInputs) else MergeInputs.of(
+        cowatch, poster, popularity)  # fmt: skip
+    films, c, p = inputs.films, inputs.cowatch, inputs.poster
+    weight = np.where(inputs.has_cowatch, poster_weight, max(poster_weight, 1.0))[p.row]
     used = weight > 0  # a zero weight adds no poster neighbour (not even with score 0)
     rows = np.concatenate([c.row, p.row[used]])
     cols = np.concatenate([c.col, p.col[used]])
@@ -260,14 +298,14 @@ def merged_model(
     data = np.concatenate([c.data, weight[used] * values])
     summed = sp.csr_matrix((data, (rows, cols)), shape=c.shape)  # duplicates summed, zeros kept
     merged = top_k_rows(summed, films, k)
-    has_list = np.isin(films, np.concatenate(ids[:2]))
+    popularity = inputs.popularity
     base = CandidateModel.build([], popularity) if popularity is not None else None
     score = ranked = None
     if base is not None:
         score = np.zeros(len(films))
         score[np.searchsorted(films, base.films)] = base.popularity
         ranked = np.searchsorted(films, base.films[base.ranked])
-    return CandidateModel(films, merged, has_list, score, ranked)
+    return CandidateModel(films, merged, inputs.has_list, score, ranked)
 
 
 def popularity_of(

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from models import candidate_eval as ev
+from models.batch_scoring import MergeInputs
 from models.batch_scoring import merged_model
 from models.collab import CollabModel
 from models.scoring import SIMILARITIES
@@ -142,10 +143,13 @@ def hybrid_recommender(
     key = (blend.poster_weight, blend.similarity)
     models = {} if models is None else models
     if key not in models:
+        if "inputs" not in models:  # the lists as matrices: the same for every blend
+            models["inputs"] = MergeInputs.of(
+                inputs.cowatch_lists, inputs.poster_dots, inputs.popularity)
         models[key] = merged_model(
-            inputs.cowatch_lists, inputs.poster_dots, blend.poster_weight, k, inputs.popularity,
+            models["inputs"], {}, blend.poster_weight, k, None,
             lambda dots: poster_similarity(dots, blend.similarity),
-        )
+        )  # fmt: skip
     return ev.BatchRecommender(models[key], blend.candidate_config(base))
 
 

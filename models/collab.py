@@ -79,20 +79,27 @@ class FilmGram:
             for sign, histories in ((-1.0, before), (1.0, after)):
                 keys, values = ordered_steps(self.films, histories)
                 flat[keys] += np.float32(sign) * values
-        for sign, histories in ((-1.0, before), (1.0, after)):
-            rows, cols = [], []
-            for user, films in enumerate(histories):
-                pos = _positions(self.films, np.unique(films))
-                rows.append(np.full(len(pos), user))
-                cols.append(pos)
-            if not histories:
-                continue
-            x = sp.csr_matrix(
-                (np.ones(sum(len(c) for c in cols), np.float32),
-                 (np.concatenate(rows), np.concatenate(cols))),
-                shape=(len(histories), len(self.films)),
-            )  # fmt: skip
-            add_pairs(gram, x, sign)
+        rows, cols, values = [], [], []
+        for was, now in zip(before, after, strict=True):
+            # x = k + r before, x' = k + s after (k kept, r dropped, s added; binary vectors):
+            # x' x'^T - x x^T = s (s + k)^T + k s^T - r (r + k)^T - k r^T
+            old = _positions(self.films, np.unique(was))
+            new = _positions(self.films, np.unique(now))
+            kept = np.intersect1d(old, new, assume_unique=True)
+            for sign, changed in ((-1.0, np.setdiff1d(old, new, True)),
+                                  (1.0, np.setdiff1d(new, old, True))):  # fmt: skip
+                if not len(changed):
+                    continue
+                both = np.concatenate([changed, kept])
+                rows += [np.repeat(changed, len(both)), np.repeat(kept, len(changed))]
+                cols += [np.tile(both, len(changed)), np.tile(changed, len(kept))]
+                values.append(np.full(len(changed) * (len(both) + len(kept)), sign, np.float32))
+        if values:
+            change = sp.csr_matrix(
+                (np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))),
+                shape=gram.shape,
+            ).tocoo()  # duplicates summed
+            gram[change.row, change.col] += change.data
         return FilmGram(self.films, gram, sequence)
 
 
@@ -274,7 +281,8 @@ def _rank_rows(
         threshold = -np.partition(-rounded, k - 1)[k - 1]
         cols = np.flatnonzero((rounded >= threshold) & (rounded > 0))
         order = np.lexsort((films[cols], -rounded[cols]))[:k]
-        lists[film] = [(int(films[cols[i]]), float(values_all[cols[i]])) for i in order]
+        chosen = cols[order]
+        lists[film] = list(zip(films[chosen].tolist(), values_all[chosen].tolist(), strict=True))
     return lists
 
 

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 
 from models.batch_scoring import CandidateModel
 from models.batch_scoring import RankedBatch
@@ -61,7 +62,8 @@ def candidate_table(ranked: RankedBatch, config: CandidateConfig, run_date: date
     return CandidateRow.arrow_of_columns({
         c.user_id: ranked.user_id, c.rank: ranked.rank, c.movie_id: ranked.movie_id,
         c.score: ranked.score, c.model_version: config.model_version, c.run_date: run_date,
-        c.contributing_movie_ids: [x.tolist() for x in ranked.contributors],
+        c.contributing_movie_ids: pa.ListArray.from_arrays(
+            np.r_[0, np.cumsum(ranked.contributor_counts)], ranked.contributor_ids),
     }, len(ranked.user_id))  # fmt: skip
 
 

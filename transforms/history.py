@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import typing
+import uuid
 from collections.abc import Iterable
 from collections.abc import Iterator
 
@@ -44,7 +45,7 @@ from storage.history import read_row_group
 DEAD_LETTER = "dead_letter"
 USER_BUCKETS = 512
 """Keys users are spread over: complete users per key, and the parallelism of per-user steps."""
-NO_GRAM = "no gram"
+GRAM_FILE = "gram.npz"
 GRAM_GROUPS = 32
 """Keys the user buckets are regrouped into for the Gram: at most one films x films partial per
 key and bundle goes to the final sum (a bundle per bucket would shuffle one per bucket)."""
@@ -273,10 +274,15 @@ class DigestFn(beam.CombineFn):
 
 
 class _GramPartialFn(beam.DoFn):
-    """Adds buckets of complete users to one Gram per bundle, emitted when the bundle ends;
-    users are buffered and added many at a time (denser products, fewer scattered writes)."""
+    """Adds buckets of complete users to one Gram per bundle, written to a file under
+    ``folder`` when the bundle ends (its path is the output: a films x films array never travels
+    through the runner's data plane); users are buffered and added many at a time (denser
+    products, fewer scattered writes)."""
 
     FLUSH_EVENTS = 4_000_000
+
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
 
     def start_bundle(self) -> None:
         self._gram = None
@@ -303,15 +309,21 @@ class _GramPartialFn(beam.DoFn):
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._gram is not None:
             self._flush()
-            yield WindowedValue(self._gram, MIN_TIMESTAMP, [GlobalWindow()])
+            path = _partial_path(self._folder, "gram")
+            write_npz(path, gram=self._gram)
+            yield WindowedValue(path, MIN_TIMESTAMP, [GlobalWindow()])
         self._gram = None
 
 
 class _SequencePartialFn(beam.DoFn):
     """Each bundle's users' sequence counts (what they watched next) as one sparse partial:
-    (flat index, value) arrays, summed as they grow; emitted when the bundle ends."""
+    (flat index, value) arrays, summed as they grow; written to a file under ``folder`` when
+    the bundle ends (its path is the output)."""
 
     COMPACT_PAIRS = 20_000_000
+
+    def __init__(self, folder: str) -> None:
+        self._folder = folder
 
     def start_bundle(self) -> None:
         self._keys: list[np.ndarray] = []
@@ -331,24 +343,38 @@ class _SequencePartialFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._keys:
-            yield WindowedValue(collab.merge_steps(self._keys, self._values), MIN_TIMESTAMP,
-                                [GlobalWindow()])  # fmt: skip
+            keys, values = collab.merge_steps(self._keys, self._values)
+            path = _partial_path(self._folder, "sequence")
+            write_npz(path, keys=keys, values=values)
+            yield WindowedValue(path, MIN_TIMESTAMP, [GlobalWindow()])
         self._keys, self._values, self._pairs = [], [], 0
 
 
-def _sum_steps(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    parts = list(parts)
-    return collab.merge_steps([k for k, _ in parts], [v for _, v in parts])
+PARTIALS_FOLDER = "partials"
 
 
-def _sum_arrays(arrays: Iterable[np.ndarray]) -> np.ndarray | None:
-    total = None
-    for array in arrays:
-        if total is None:
-            total = np.array(array, copy=True)
-        else:
-            total += array
-    return total
+def _partial_path(folder: str, kind: str) -> str:
+    return FileSystems.join(folder, PARTIALS_FOLDER, f"{kind}-{uuid.uuid4().hex}.npz")
+
+
+def _write_gram(
+    _, gram_paths: list[str], sequence_paths: list[str], films: np.ndarray, folder: str
+) -> str:  # fmt: skip
+    """Sum the bundles' Gram and sequence partials into ``folder``/gram.npz (the form
+    :meth:`HistoryStats.save` writes), delete the partials (and any a retried bundle left);
+    returns the file's path. Holds two films x films arrays: the solve's machine does anyway."""
+    gram = np.zeros((len(films), len(films)), np.float32)
+    for path in sorted(gram_paths):
+        gram += read_npz(path)["gram"]
+    parts = [read_npz(path) for path in sorted(sequence_paths)]
+    keys, values = collab.merge_steps([p["keys"] for p in parts], [p["values"] for p in parts])
+    path = FileSystems.join(folder, GRAM_FILE)
+    write_npz(path, gram=gram, sequence_keys=keys, sequence_values=values)
+    pattern = FileSystems.join(folder, PARTIALS_FOLDER, "*.npz")
+    leftover = [m.path for r in FileSystems.match([pattern]) for m in r.metadata_list]
+    if leftover:
+        FileSystems.delete(leftover)
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -412,19 +438,14 @@ class HistoryStats:
 
     def save(self, folder: str) -> None:
         """Write the statistics under ``folder`` (NumPy files and a JSON summary)."""
-        write_npz(FileSystems.join(folder, "films.npz"), film_ids=self.film_ids,
-                  watchers=self.watchers, gram_films=self.gram.films)  # fmt: skip
+        _write_summary(folder, self.film_ids, self.watchers, self.gram.films, self.digest,
+                       self.events, self.users, self.latest, self.sample)  # fmt: skip
         sequence = {}
         if self.gram.sequence is not None:  # sparse: most film pairs never follow each other
             keys = np.flatnonzero(self.gram.sequence)
             values = self.gram.sequence.reshape(-1)[keys]
             sequence = {"sequence_keys": keys, "sequence_values": values}
-        write_npz(FileSystems.join(folder, "gram.npz"), gram=self.gram.gram, **sequence)
-        write_npz(FileSystems.join(folder, "sample.npz"),
-                  **dataclasses.asdict(self.sample))  # fmt: skip
-        summary = {"digest": self.digest, "events": self.events, "users": self.users,
-                   "latest": self.latest}  # fmt: skip
-        write_bytes(FileSystems.join(folder, "stats.json"), json.dumps(summary).encode())
+        write_npz(FileSystems.join(folder, GRAM_FILE), gram=self.gram.gram, **sequence)
 
     @classmethod
     def load(cls, folder: str, gram: bool = True) -> HistoryStats:
@@ -433,7 +454,7 @@ class HistoryStats:
         sample = read_npz(FileSystems.join(folder, "sample.npz"))
         with FileSystems.open(FileSystems.join(folder, "stats.json")) as handle:
             summary = json.loads(handle.read())
-        arrays = read_npz(FileSystems.join(folder, "gram.npz")) if gram else {
+        arrays = read_npz(FileSystems.join(folder, GRAM_FILE)) if gram else {
             "gram": np.zeros((0, 0), np.float32)}  # fmt: skip
         sequence = None
         if "sequence_keys" in arrays:
@@ -462,32 +483,45 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
         return {k: data[k] for k in data.files}
 
 
-def _stats(_, counts, gram, digest, sample, films, latest, users, steps=None) -> HistoryStats:
-    film_ids, watchers = counts
+def _write_summary(
+    folder: str, film_ids: np.ndarray, watchers: np.ndarray, gram_films: np.ndarray, digest: str,
+    events: int, users: int, latest: int, sample: EventBatch,
+) -> None:  # fmt: skip
+    """Everything of :meth:`HistoryStats.save` but the Gram."""
+    write_npz(FileSystems.join(folder, "films.npz"), film_ids=film_ids, watchers=watchers,
+              gram_films=gram_films)  # fmt: skip
+    write_npz(FileSystems.join(folder, "sample.npz"), **dataclasses.asdict(sample))
+    summary = {"digest": digest, "events": events, "users": users, "latest": latest}
+    write_bytes(FileSystems.join(folder, "stats.json"), json.dumps(summary).encode())
+
+
+def _digest_text(digest: tuple[int, int]) -> str:
     total, events = digest
-    text = hashlib.sha256(f"{total}:{events}".encode()).hexdigest()
-    if gram is None:  # no user: the films, and no counts between them
-        matrix = np.zeros((len(films), len(films)), np.float32)
-    elif isinstance(gram, str):  # not computed (StatsConfig.gram False): no films either
-        films, matrix = films[:0], np.zeros((0, 0), np.float32)
-    else:
-        matrix = gram
-    sequence = np.zeros_like(matrix)
-    if isinstance(steps, tuple) and len(films):
-        sequence = collab.dense_steps(films, steps)
-    return HistoryStats(
-        film_ids=film_ids, watchers=watchers, gram=collab.FilmGram(films, matrix, sequence),
-        digest=text,
-        events=events, users=users, latest=latest, sample=EventBatch.concat(sample),
-    )  # fmt: skip
+    return hashlib.sha256(f"{total}:{events}".encode()).hexdigest()
+
+
+def _save_summary(
+    _, folder: str, counts, digest, sample, films, latest, users, gram_file: str | None
+) -> str:  # fmt: skip
+    """Write the statistics but the Gram (``gram_file``: already written, or None when the
+    Gram is not computed: an empty one is written)."""
+    if gram_file is None:
+        films = films[:0]
+        write_npz(FileSystems.join(folder, GRAM_FILE), gram=np.zeros((0, 0), np.float32),
+                  sequence_keys=np.zeros(0, np.int64), sequence_values=np.zeros(0, np.float32))
+    _write_summary(folder, counts[0], counts[1], films, _digest_text(digest), digest[1], users,
+                   latest, EventBatch.concat(sample))  # fmt: skip
+    return folder
 
 
 class ComputeHistoryStats(beam.PTransform):
-    """(bucket, complete users) -> one :class:`HistoryStats`: every film's distinct watchers,
-    the Gram of the modelled films, an order-free digest of the events, the number of users,
-    the latest watch, and the events of a seeded sample of users; ``save_to``: also written."""
+    """(bucket, complete users) -> the folder ``save_to`` where one :class:`HistoryStats` is
+    written (:meth:`HistoryStats.load` reads it): every film's distinct watchers, the Gram of
+    the modelled films and their sequence counts, an order-free digest of the events, the
+    number of users, the latest watch, and the events of a seeded sample of users. The Gram's
+    partials go through files under ``save_to``, not through the runner."""
 
-    def __init__(self, config: StatsConfig, save_to: str | None = None) -> None:
+    def __init__(self, config: StatsConfig, save_to: str) -> None:
         super().__init__()
         if config.min_watches < 1 or config.max_films < 1 or config.sample_users < 0:
             raise ValueError("--cowatch_min_watches and --cowatch_max_films must be >= 1")
@@ -495,7 +529,7 @@ class ComputeHistoryStats(beam.PTransform):
         self._save_to = save_to
 
     def expand(self, users: beam.PCollection) -> beam.PCollection:
-        config = self._config
+        config, folder = self._config, self._save_to
         counts = (
             users
             | "FilmWatchers" >> beam.Map(film_watchers)
@@ -504,26 +538,22 @@ class ComputeHistoryStats(beam.PTransform):
         films = counts | "ModelledFilms" >> beam.Map(
             lambda c: collab.select_films(c[0], c[1], config.min_watches, config.max_films)
         )
+        side = beam.pvalue.AsSingleton
+        gram_file = users.pipeline | "NoGram" >> beam.Create([None])
         if config.gram:
             groups = (
                 users
                 | "GramGroups" >> beam.Map(lambda kv: (kv[0] % GRAM_GROUPS, kv[1]))
                 | "GroupForGram" >> beam.GroupByKey()
             )
-            gram = (
-                groups
-                | "GramPartials" >> beam.ParDo(_GramPartialFn(), beam.pvalue.AsSingleton(films))
-                | "SumGram" >> beam.CombineGlobally(_sum_arrays)
-            )
+            partials = (
+                groups | "GramPartials" >> beam.ParDo(_GramPartialFn(folder), side(films)))
             steps = (
                 groups
-                | "SequencePartials" >> beam.ParDo(
-                    _SequencePartialFn(), beam.pvalue.AsSingleton(films))
-                | "SumSequence" >> beam.CombineGlobally(_sum_steps)
-            )  # fmt: skip
-        else:
-            gram = users.pipeline | "NoGram" >> beam.Create([NO_GRAM])
-            steps = users.pipeline | "NoSequence" >> beam.Create([NO_GRAM])
+                | "SequencePartials" >> beam.ParDo(_SequencePartialFn(folder), side(films)))
+            gram_file = gram_file | "WriteGram" >> beam.Map(
+                _write_gram, beam.pvalue.AsList(partials), beam.pvalue.AsList(steps),
+                side(films), folder)  # fmt: skip
         digest = (
             users
             | "Batches" >> beam.Map(lambda kv: kv[1])
@@ -550,19 +580,14 @@ class ComputeHistoryStats(beam.PTransform):
             | "SampleEvents" >> beam.FlatMap(_sample_events, beam.pvalue.AsSingleton(sampled))
             | "CollectSample" >> beam.combiners.ToList()
         )
-        side = beam.pvalue.AsSingleton
-        stats = (
+        return (
             users.pipeline
             | "StatsSeed" >> beam.Create([None])
             | "Stats" >> beam.Map(
-                _stats, side(counts), side(gram), side(digest), side(sample), side(films),
-                side(latest), side(user_count), side(steps),
+                _save_summary, folder, side(counts), side(digest), side(sample), side(films),
+                side(latest), side(user_count), side(gram_file),
             )
         )  # fmt: skip
-        if self._save_to:
-            folder = self._save_to
-            stats = stats | "SaveStats" >> beam.Map(lambda s: (s.save(folder), s)[1])
-        return stats
 
 
 def stats_of_batch(batch: EventBatch, config: StatsConfig = StatsConfig()) -> HistoryStats:
@@ -574,7 +599,11 @@ def stats_of_batch(batch: EventBatch, config: StatsConfig = StatsConfig()) -> Hi
     steps = collab.sequence_steps(films, batch.user_id, batch.movie_id, batch.watched_at)
     sampled = SmallestKeysFn(config.sample_users)
     users = sampled.extract_output(_user_keys(keyed, config.sample_seed, config.sample_users))
-    return _stats(
-        None, (film_ids, watchers), gram, batch_digest(batch), list(_sample_events(keyed, users)),
-        films, int(batch.watched_at.max(initial=0)), len(np.unique(batch.user_id)), steps,
+    digest = batch_digest(batch)
+    sequence = collab.dense_steps(films, steps) if len(films) else np.zeros_like(gram)
+    return HistoryStats(
+        film_ids=film_ids, watchers=watchers, gram=collab.FilmGram(films, gram, sequence),
+        digest=_digest_text(digest), events=digest[1], users=len(np.unique(batch.user_id)),
+        latest=int(batch.watched_at.max(initial=0)),
+        sample=EventBatch.concat(list(_sample_events(keyed, users))),
     )  # fmt: skip

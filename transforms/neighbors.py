@@ -185,7 +185,8 @@ class _MergeFn(beam.DoFn):
         movie_id, groups = joined
         cowatch = next(iter(groups["cowatch"]), [])
         dots = next(iter(groups["poster"]), [])
-        poster = [(nid, float(poster_similarity(d, self._similarity))) for nid, d in dots]
+        scores = poster_similarity(np.array([d for _, d in dots], np.float64), self._similarity)
+        poster = list(zip([nid for nid, _ in dots], np.asarray(scores).tolist(), strict=True))
         if cowatch:
             self._films["with_cowatch" if poster else "cowatch_only"].inc()
         else:

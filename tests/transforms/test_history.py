@@ -171,3 +171,23 @@ def test_a_row_that_is_not_utf8_is_dead_lettered_not_fatal(tmp_path):
     assert EventBatch.concat(batches).movie_id.tolist() == [10, 20]
     assert [(d.reason, d.line_number) for d in dead] == [("bad_movie_id", 3)]
     assert sum(rows for rows, _ in got) == 3
+
+
+def test_histories_changed_by_adding_and_dropping_films_update_the_gram_exactly():
+    batch = random_history(1500)
+    batch = batch.take(np.lexsort((batch.movie_id, batch.watched_at, batch.user_id)))
+    stats = stats_of_batch(batch, StatsConfig(min_watches=1, max_films=300))
+    films = stats.gram.films
+    users = np.unique(batch.user_id)[:6]
+    rng = np.random.default_rng(4)
+    before = [batch.movie_id[batch.user_id == u] for u in users]
+    # drop a film and add two others (one of them maybe outside the Gram), or change nothing
+    after = [np.concatenate([h[1:], rng.choice(films, 2), [10**9]]) if i % 3 else h
+             for i, h in enumerate(before)]  # fmt: skip
+    changed = stats.gram.with_histories_changed(before, after)
+    keep = ~np.isin(batch.user_id, users)
+    users_all = np.concatenate([batch.user_id[keep], np.repeat(users, [len(h) for h in after])])
+    movies_all = np.concatenate([batch.movie_id[keep], *after])
+    again = collab.gram_of_users(films, users_all, movies_all)
+    assert np.array_equal(changed.gram, again)
+    assert not np.array_equal(changed.gram, stats.gram.gram)
